@@ -1,0 +1,1 @@
+"""Datasets: the synthetic smear generator and loaders for ALL smear images."""

@@ -1,0 +1,71 @@
+"""Read the ETL's Parquet dataset: its manifest, a split as a table, and a torch Dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import Dataset
+
+from leukolab.images import image_array
+
+
+def load_manifest(dataset_dir: str | Path) -> dict:
+    """The dataset's ``manifest.json``; a clear error when the folder is not an ETL output."""
+    path = Path(dataset_dir) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{dataset_dir} is not a processed dataset (no manifest.json); run 00_etl first")
+    return json.loads(path.read_text())
+
+
+def load_split(dataset_dir: str | Path, split: str | None = None) -> pd.DataFrame:
+    """Rows of one split (or all) in a stable order, with the encoded image and mask bytes."""
+    filters = [("split", "=", split)] if split else None
+    frame = pq.read_table(Path(dataset_dir) / "data", filters=filters).to_pandas()
+    if split and frame.empty:
+        raise ValueError(f"split {split!r} is empty in {dataset_dir}")
+    return frame.sort_values("source_path").reset_index(drop=True)
+
+
+class SmearDataset(Dataset):
+    """Decoded uint8 images (HxWx3), labels and binary masks of one split, held in memory.
+
+    Images are small after the ETL (128 px: 48 KB each), so decoding once up
+    front makes every epoch pure tensor work. Items are ``(image, label, mask)``
+    with the image as a uint8 CHW tensor; normalisation and augmentation happen
+    on whole batches in :mod:`leukolab.training.augment`.
+    """
+
+    def __init__(self, frame: pd.DataFrame, with_masks: bool = False):
+        self.images = torch.from_numpy(np.stack([image_array(b) for b in frame["image"]])).permute(0, 3, 1, 2).contiguous()
+        self.labels = torch.as_tensor(frame["label"].to_numpy(), dtype=torch.long)
+        if with_masks:
+            if frame["mask"].isna().any():
+                raise ValueError("the experiment needs masks but some images have none; rerun the ETL with require_masks=True")
+            masks = np.stack([image_array(b) > 0 for b in frame["mask"]])
+            self.masks = torch.from_numpy(masks).unsqueeze(1).to(torch.uint8)
+        else:
+            self.masks = torch.zeros((len(frame), 1, 1, 1), dtype=torch.uint8)
+        self.source_paths = list(frame["source_path"])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.labels[index], self.masks[index]
+
+
+def test_examples(run_dir: str | Path, count: int = 8) -> list[tuple[str, bytes]]:
+    """(label, PNG bytes) of a few test-split images of a run's dataset; empty when the run has no dataset yet."""
+    from leukolab.stages import resolve_dataset
+
+    try:
+        frame = load_split(resolve_dataset(None, run_dir), "test")
+    except (FileNotFoundError, ValueError):
+        return []
+    frame = frame.groupby("class_name", sort=True).head(max(1, count // 4)).head(count)
+    return [(f"{r.class_name} · {Path(r.source_path).name}", r.image) for r in frame.itertuples()]

@@ -1,0 +1,93 @@
+"""Run one experiment end to end: load its YAML, train, calibrate, evaluate, log everything to MLflow."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from PIL import Image
+
+from leukolab import plots
+from leukolab.config import deep_merge, load_named, workspace
+from leukolab.data.dataset import SmearDataset, load_manifest, load_split
+from leukolab.models.factory import build_model
+from leukolab.pyfunc import log_smear_model
+from leukolab.tracking import flatten
+from leukolab.training.calibration import fit_temperature
+from leukolab.training.loop import FitResult, evaluate, fit, predict
+
+log = logging.getLogger(__name__)
+
+
+def load_experiment(name: str, overrides: dict | None = None) -> dict:
+    """``params/experiments/<name>.yaml`` with ``overrides`` merged in (``None`` values are ignored)."""
+    experiment = deep_merge(load_named("experiments", name), overrides or {})
+    experiment["name"] = name
+    return experiment
+
+
+@dataclass
+class ExperimentResult:
+    """What a trained experiment hands on to the notebook and the next stage."""
+
+    experiment: dict
+    model: torch.nn.Module
+    fit: FitResult
+    val_metrics: dict
+    test_metrics: dict
+    class_names: list[str]
+    manifest: dict
+    test_set: SmearDataset
+    model_uri: str
+
+
+def run_experiment(experiment: dict, dataset_dir: str | Path) -> ExperimentResult:
+    """Train ``experiment`` on the dataset inside the active MLflow run and log params, metrics, plots and model."""
+    manifest = load_manifest(dataset_dir)
+    class_names = manifest["classes"]
+    needs_masks = experiment["task"] in ("segmentation", "joint")
+    splits = {name: SmearDataset(load_split(dataset_dir, name), with_masks=needs_masks) for name in ("train", "val", "test")}
+    log.info("experiment %s: %s", experiment["name"], {k: len(v) for k, v in splits.items()})
+
+    mlflow.log_params(flatten(experiment))
+    mlflow.set_tags({"dataset_fingerprint": manifest["fingerprint"], "dataset": manifest["dataset"],
+                     "task": experiment["task"], "experiment": experiment["name"]})
+    model = build_model(experiment, len(class_names))
+    mean, std = manifest["train_mean"], manifest["train_std"]
+    checkpoints = workspace() / "data" / "checkpoints" / mlflow.active_run().info.run_id
+    result = fit(model, splits["train"], splits["val"], experiment, mean, std, class_names, checkpoints,
+                 on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
+    model.eval()
+
+    temperature = 1.0
+    if experiment["task"] in ("classification", "joint"):
+        logits = predict(model, splits["val"].images, mean, std)["logits"]
+        temperature = fit_temperature(logits, splits["val"].labels.numpy())
+    val_metrics = evaluate(model, splits["val"], mean, std, class_names, experiment["task"])
+    test_metrics = evaluate(model, splits["test"], mean, std, class_names, experiment["task"])
+    mlflow.log_metrics({"best_epoch": result.best_epoch, "temperature": temperature,
+                        **{f"test_{k}": v for k, v in test_metrics.items()}})
+
+    mlflow.log_figure(plots.learning_curves(result.history), "plots/learning_curves.png")
+    if "logits" in predict(model, splits["test"].images[:1], mean, std):
+        mlflow.log_figure(plots.misclassified(model, splits["test"], mean, std, class_names), "plots/misclassified.png")
+    if needs_masks:
+        mlflow.log_figure(plots.mask_predictions(model, splits["test"], mean, std), "plots/mask_predictions.png")
+
+    meta = {"experiment": experiment, "class_names": class_names, "image_size": manifest["image_size"],
+            "mean": mean, "std": std, "temperature": temperature, "dataset_fingerprint": manifest["fingerprint"]}
+    examples = [_jpeg(splits["test"].images[i]) for i in range(min(2, len(splits["test"])))]
+    info = log_smear_model(model, meta, examples)
+    return ExperimentResult(experiment, model, result, val_metrics, test_metrics, class_names, manifest,
+                            splits["test"], info.model_uri)
+
+
+def _jpeg(image_chw: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image_chw.permute(1, 2, 0).numpy().astype(np.uint8)).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()

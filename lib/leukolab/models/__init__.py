@@ -1,0 +1,1 @@
+"""Models: one factory that builds any experiment's network from its YAML."""

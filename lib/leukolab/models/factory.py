@@ -1,0 +1,84 @@
+"""Build the network an experiment names: smp architectures and encoders by registry name.
+
+Every network returns a dict: ``{"logits": N x classes}`` for classifiers,
+``{"mask": N x 1 x H x W}`` (logits) for segmenters, both for joint models,
+so training, evaluation and serving treat them alike.
+"""
+
+from __future__ import annotations
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from leukolab.models.simple_cnn import SimpleCNN
+
+TASKS = ("classification", "segmentation", "joint")
+
+
+class SmearNet(nn.Module):
+    """Wraps a network so its forward pass returns the dict described above."""
+
+    def __init__(self, network: nn.Module, task: str):
+        super().__init__()
+        self.network, self.task = network, task
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.network(x)
+        if self.task == "classification":
+            return {"logits": out}
+        if self.task == "segmentation":
+            return {"mask": out}
+        mask, logits = out
+        return {"mask": mask, "logits": logits}
+
+
+class EncoderClassifier(nn.Module):
+    """An smp encoder with global average pooling and a linear head."""
+
+    def __init__(self, encoder: str, weights: str | None, num_classes: int, dropout: float):
+        super().__init__()
+        self.encoder = smp.encoders.get_encoder(encoder, in_channels=3, depth=5, weights=weights)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(self.encoder.out_channels[-1], num_classes))
+
+    def forward(self, x):
+        return self.head(self.encoder(x)[-1])
+
+
+def build_model(experiment: dict, num_classes: int) -> SmearNet:
+    """The network of an experiment config (see ``params/experiments/*.yaml``)."""
+    task = experiment["task"]
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    spec = experiment["model"]
+    architecture = spec["architecture"]
+    weights = spec.get("encoder_weights")
+    dropout = spec.get("dropout", 0.2)
+    try:
+        if architecture == "SimpleCNN":
+            network = SimpleCNN(num_classes, width=spec.get("width", 32), dropout=dropout)
+        elif architecture == "EncoderClassifier":
+            network = EncoderClassifier(spec["encoder"], weights, num_classes, dropout)
+        else:
+            aux = {"classes": num_classes, "dropout": dropout} if task == "joint" else None
+            network = smp.create_model(architecture, encoder_name=spec["encoder"], encoder_weights=weights,
+                                       in_channels=3, classes=1, aux_params=aux)
+    except KeyError as error:
+        raise ValueError(f"unknown architecture or encoder in {spec}: {error}") from None
+    except Exception as error:
+        if weights and _is_download_error(error):
+            raise RuntimeError(
+                f"could not download {weights!r} weights for encoder {spec.get('encoder')!r}: this machine cannot reach "
+                "the model hub. Set model.encoder_weights: null to train from scratch, or run where the hub is reachable "
+                "(or with the weights already in the Hugging Face / torch cache)."
+            ) from error
+        raise
+    if architecture in ("SimpleCNN", "EncoderClassifier") and task != "classification":
+        raise ValueError(f"{architecture} only classifies; task {task!r} needs an smp segmentation architecture")
+    return SmearNet(network, task)
+
+
+def _is_download_error(error: Exception) -> bool:
+    text = f"{type(error).__name__} {error}".lower()
+    return any(key in text for key in ("offline", "connection", "localentrynotfound", "url", "resolve", "hub", "download"))

@@ -1,0 +1,134 @@
+"""Figures the notebooks show and MLflow keeps: curves, samples, overlays, confusion matrices."""
+
+from __future__ import annotations
+
+import matplotlib
+
+if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+    matplotlib.use("Agg")  # headless: papermill, servers, CI
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+from leukolab.images import image_array
+
+
+def learning_curves(history: list[dict]):
+    """Training loss and every validation metric per epoch."""
+    frame = pd.DataFrame(history).set_index("epoch")
+    headline = ("val_accuracy", "val_macro_f1", "val_roc_auc_ovr", "val_dice", "val_iou")
+    val_columns = [c for c in headline if c in frame.columns]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    frame["train_loss"].plot(ax=left, marker="o", title="training loss")
+    frame[val_columns].plot(ax=right, marker="o", title="validation metrics", ylim=(0, 1.02))
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def class_counts(manifest: dict):
+    """Images per class and split (stacked bars)."""
+    frame = pd.DataFrame(manifest["counts"]).T[manifest["classes"]]
+    ax = frame.plot(kind="bar", stacked=True, figsize=(6, 3.5), title="images per split and class")
+    ax.set_ylabel("images")
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def sample_grid(frame: pd.DataFrame, class_names: list[str], per_class: int = 4):
+    """A few images per class, with their masks outlined in yellow when present."""
+    fig, axes = plt.subplots(len(class_names), per_class, figsize=(2 * per_class, 2 * len(class_names)), squeeze=False)
+    for row, name in enumerate(class_names):
+        rows = frame[frame["class_name"] == name].head(per_class)
+        for col in range(per_class):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col < len(rows):
+                record = rows.iloc[col]
+                ax.imshow(image_array(record["image"]))
+                if record.get("mask") is not None and not (isinstance(record["mask"], float)):
+                    ax.contour(image_array(record["mask"]) > 0, levels=[0.5], colors="yellow", linewidths=0.8)
+            if col == 0:
+                ax.set_title(name, loc="left", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(labels, predictions, class_names: list[str], title: str = "confusion matrix"):
+    """Row-normalised confusion matrix with counts in the cells."""
+    counts = sk_confusion_matrix(labels, predictions, labels=list(range(len(class_names))))
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            ax.text(j, i, counts[i, j], ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(class_names)), class_names)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def misclassified(model, dataset, mean, std, class_names: list[str], limit: int = 8):
+    """Test images the classifier got wrong, titled true → predicted."""
+    from leukolab.training.loop import predict
+
+    logits = predict(model, dataset.images, mean, std)["logits"]
+    predictions = logits.argmax(1)
+    wrong = np.flatnonzero(predictions != dataset.labels.numpy())[:limit]
+    fig, axes = plt.subplots(1, max(len(wrong), 1), figsize=(2.2 * max(len(wrong), 1), 2.6), squeeze=False)
+    for ax, index in zip(axes[0], wrong):
+        ax.imshow(dataset.images[index].permute(1, 2, 0).numpy())
+        ax.set_title(f"{class_names[dataset.labels[index]]} → {class_names[predictions[index]]}", fontsize=9)
+    for ax in axes[0]:
+        ax.axis("off")
+    if not len(wrong):
+        axes[0, 0].set_title("no misclassified images")
+    fig.tight_layout()
+    return fig
+
+
+def mask_predictions(model, dataset, mean, std, limit: int = 6):
+    """Images with the true mask (green) and the predicted mask (magenta) outlined."""
+    from leukolab.training.loop import predict
+
+    count = min(limit, len(dataset))
+    probabilities = predict(model, dataset.images[:count], mean, std)["mask"]
+    fig, axes = plt.subplots(1, count, figsize=(2.4 * count, 2.6), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        ax.imshow(dataset.images[i].permute(1, 2, 0).numpy())
+        ax.contour(dataset.masks[i, 0].numpy() > 0, levels=[0.5], colors="lime", linewidths=0.8)
+        ax.contour(probabilities[i, 0] >= 0.5, levels=[0.5], colors="magenta", linewidths=0.8)
+        ax.axis("off")
+    axes[0, 0].set_title("true (green) vs predicted (magenta)", loc="left", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def metric_comparison(table: pd.DataFrame, metric: str):
+    """Horizontal bars of one metric per run, best on top."""
+    ordered = table.sort_values(metric)
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(ordered) + 1.2))
+    ax.barh(ordered["run_name"], ordered[metric], color="tab:blue")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(metric)
+    for y, value in enumerate(ordered[metric]):
+        ax.text(value, y, f" {value:.3f}", va="center")
+    fig.tight_layout()
+    return fig
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray, ax=None):
+    """Show an image with a translucent magenta mask on top."""
+    ax = ax or plt.subplots(figsize=(4, 4))[1]
+    ax.imshow(image)
+    if mask is not None:
+        ax.imshow(np.ma.masked_where(mask == 0, mask), cmap="spring", alpha=0.4)
+    ax.axis("off")
+    return ax

@@ -1,0 +1,134 @@
+"""The published model: an MLflow pyfunc that takes raw image bytes and carries its own preprocessing.
+
+Input: a DataFrame with a binary column ``image`` (JPEG, PNG, TIFF, ... bytes).
+Output per row: ``predicted_class``, ``confidence`` and ``prob_<class>`` for
+models that classify; ``mask_png`` (base64 PNG, 0/255) and ``mask_fraction``
+for models that segment. The model's folder holds the weights, a JSON of its
+metadata (classes, image size, mean/std, temperature) and this library's code,
+so ``mlflow.pyfunc.load_model`` is all a server needs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import infer_signature
+from PIL import Image
+
+from leukolab.config import PROJECT_ROOT
+from leukolab.images import decode_image, encode_png, resize_square
+from leukolab.models.factory import build_model
+from leukolab.training.augment import normalize
+
+SERVING_PACKAGES = ("torch", "torchvision", "segmentation-models-pytorch", "timm", "mlflow", "pandas", "numpy", "pillow", "pyyaml")
+
+
+class SmearModel(mlflow.pyfunc.PythonModel):
+    """Preprocessing, the network and postprocessing in one object."""
+
+    def __init__(self, network: torch.nn.Module | None = None, meta: dict | None = None):
+        self.network, self.meta = network, meta
+
+    def load_context(self, context) -> None:
+        self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        network = build_model(self.meta["experiment"], len(self.meta["class_names"]))
+        network.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
+        self.network = network.eval()
+
+    def __getstate__(self):  # pickled into the model folder without its weights (those are artifacts)
+        return {"network": None, "meta": None}
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    @property
+    def task(self) -> str:
+        return self.meta["experiment"]["task"]
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """Resize and stack RGB images into a uint8 NCHW tensor."""
+        size = int(self.meta["image_size"])
+        arrays = [np.asarray(resize_square(im.convert("RGB"), size)) for im in images]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def forward(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
+        """Class probabilities (temperature-scaled) and mask probabilities for a uint8 batch."""
+        self.network.eval()
+        out = self.network(normalize(batch, self.meta["mean"], self.meta["std"]))
+        result = {}
+        if "logits" in out:
+            result["probabilities"] = torch.softmax(out["logits"] / self.meta.get("temperature", 1.0), 1).numpy()
+        if "mask" in out and self.task != "classification":
+            result["mask"] = torch.sigmoid(out["mask"])[:, 0].numpy()
+        return result
+
+    def predict_images(self, images: list[Image.Image]) -> list[dict]:
+        """One answer per image, as in the module docstring (the mask at model resolution)."""
+        out = self.forward(self.preprocess(images))
+        answers = []
+        for i in range(len(images)):
+            answer = {}
+            if "probabilities" in out:
+                p = out["probabilities"][i]
+                answer.update({"predicted_class": self.class_names[int(p.argmax())], "confidence": float(p.max())})
+                answer.update({f"prob_{name}": float(v) for name, v in zip(self.class_names, p)})
+            if "mask" in out:
+                mask = (out["mask"][i] >= 0.5).astype(np.uint8)
+                answer["mask_png"] = base64.b64encode(encode_png(mask * 255)).decode()
+                answer["mask_fraction"] = float(mask.mean())
+            answers.append(answer)
+        return answers
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        images = [decode_image(_as_bytes(value)) for value in model_input["image"]]
+        return pd.DataFrame(self.predict_images(images))
+
+
+def _as_bytes(value) -> bytes:
+    if isinstance(value, str):  # JSON clients send binary columns as base64
+        return base64.b64decode(value)
+    return bytes(value)
+
+
+def serving_requirements() -> list[str]:
+    """Pinned requirements of the serving environment, read from the project's requirements.txt."""
+    pins = {}
+    for line in (PROJECT_ROOT / "requirements.txt").read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line.strip())
+        if match:
+            pins[match.group(1).lower()] = line.strip()
+    return [pins[name] for name in SERVING_PACKAGES if name in pins]
+
+
+def log_smear_model(network: torch.nn.Module, meta: dict, example_images: list[bytes], name: str = "model"):
+    """Log the network as a pyfunc model of the active run, with signature and input example."""
+    scratch = Path(tempfile.mkdtemp(prefix="leukolab-model-"))
+    torch.save(network.state_dict(), scratch / "weights.pt")
+    (scratch / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    example = pd.DataFrame({"image": example_images})
+    model = SmearModel(network.eval(), meta)
+    signature = infer_signature(example, model.predict(None, example))
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=SmearModel(),
+        artifacts={"weights": str(scratch / "weights.pt"), "meta": str(scratch / "meta.json")},
+        code_paths=[str(Path(__file__).parent)],
+        signature=signature,
+        input_example=example,
+        pip_requirements=serving_requirements(),
+    )
+
+
+def load_smear_model(model_uri: str) -> SmearModel:
+    """Load a logged or registered model and return its :class:`SmearModel`."""
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model()

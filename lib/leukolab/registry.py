@@ -1,0 +1,33 @@
+"""The MLflow model registry: register a run's model, tag it, point an alias at it."""
+
+from __future__ import annotations
+
+import logging
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from leukolab.tracking import configure, tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+def register(model_uri: str, name: str, alias: str, tags: dict | None = None, description: str | None = None):
+    """Register ``model_uri`` as a new version of ``name``, tag it and set ``alias``; returns the ModelVersion."""
+    configure()
+    client = MlflowClient()
+    version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
+    if description:
+        client.update_model_version(name, version.version, description=description)
+    client.set_registered_model_alias(name, alias, version.version)
+    log.info("registered %s version %s as @%s (%s)", name, version.version, alias, tracking_uri())
+    return client.get_model_version(name, version.version)
+
+
+def version_by_alias(name: str, alias: str):
+    """The ModelVersion an alias points at, or None when the model or alias does not exist."""
+    configure()
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None

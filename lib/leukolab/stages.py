@@ -1,0 +1,45 @@
+"""How stages hand results on: a small JSON per stage in the pipeline run's folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from leukolab.config import workspace_path
+
+INTERACTIVE_RUN_DIR = "runs/interactive"
+
+
+def run_folder(run_dir: str | Path) -> Path:
+    """The pipeline run's folder (relative paths are in the workspace), created if missing."""
+    folder = workspace_path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_output(run_dir: str | Path, stage: str, payload: dict) -> Path:
+    """Write ``<run_dir>/<stage>.json``; ``stage`` names one stage instance (e.g. ``classify-simple-cnn``)."""
+    path = run_folder(run_dir) / f"{stage}.json"
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def read_output(run_dir: str | Path, stage: str) -> dict:
+    """Read one stage's output, saying which stage to run first when it is missing."""
+    path = workspace_path(run_dir) / f"{stage}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the {stage.split('-')[0]!r} stage for this run_dir first")
+    return json.loads(path.read_text())
+
+
+def read_outputs(run_dir: str | Path, prefix: str) -> dict[str, dict]:
+    """All outputs whose stage name starts with ``prefix`` (the experiment fan-out), by stage name."""
+    folder = workspace_path(run_dir)
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob(f"{prefix}*.json"))}
+
+
+def resolve_dataset(dataset_dir: str | None, run_dir: str | Path) -> Path:
+    """``dataset_dir`` when given, else the dataset the run's ETL stage wrote."""
+    if dataset_dir:
+        return workspace_path(dataset_dir)
+    return Path(read_output(run_dir, "etl")["dataset_dir"])

@@ -1,0 +1,104 @@
+"""MLflow: the tracking URI, stage runs nested under a pipeline run, and logging helpers.
+
+By default the store is SQLite in the workspace (``mlflow.db``) with artifacts
+in ``mlartifacts/``; ``MLFLOW_TRACKING_URI`` points everything elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from leukolab.config import PROJECT_ROOT, workspace
+
+log = logging.getLogger(__name__)
+EXPERIMENT_NAME = "leukolab"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the workspace's SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace() / 'mlflow.db'}"
+
+
+def configure(experiment_name: str = EXPERIMENT_NAME) -> str:
+    """Point MLflow at the tracking store and experiment; return the experiment id.
+
+    Raises ``ConnectionError`` naming the URI when the store cannot be reached.
+    """
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient()
+    try:
+        experiment = client.get_experiment_by_name(experiment_name)
+    except Exception as error:
+        raise ConnectionError(f"MLflow tracking store {uri} is not reachable: {error}") from error
+    if experiment is None:
+        artifacts = (workspace() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+        experiment_id = client.create_experiment(experiment_name, artifact_location=artifacts)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, run_name: str | None = None, parent_run_id: str | None = None, tags: dict | None = None):
+    """An MLflow run for one stage notebook, a child of the pipeline run when ``parent_run_id`` is given."""
+    configure()
+    all_tags = {"leukolab.stage": stage, **git_tags(), **(tags or {})}
+    if parent_run_id:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    with mlflow.start_run(run_name=run_name or stage, tags=all_tags) as run:
+        yield run
+
+
+def git_tags() -> dict[str, str]:
+    """``git_commit`` and ``git_dirty`` of the project, when it is a git checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` to ``{"a.b": 1}``, the form MLflow parameters take."""
+    flat = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def log_figure(figure, name: str) -> None:
+    """Log a matplotlib figure as a PNG artifact of the active run."""
+    mlflow.log_figure(figure, name)
+
+
+def log_json_artifact(payload: dict, name: str) -> None:
+    mlflow.log_dict(payload, name)
+
+
+def log_file_to_run(run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
+    """Attach a file (e.g. the executed notebook) to a finished or running run."""
+    configure()
+    MlflowClient().log_artifact(run_id, str(path), artifact_dir)
+
+
+def scratch_dir() -> Path:
+    """A temporary folder for files about to become artifacts."""
+    return Path(tempfile.mkdtemp(prefix="leukolab-"))

@@ -1,0 +1,1 @@
+"""Training: batch augmentation, losses and the fit loop."""

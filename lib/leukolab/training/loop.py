@@ -1,0 +1,187 @@
+"""The training loop: AdamW, a cosine or one-cycle schedule, early stopping, checkpoints.
+
+One function, :func:`fit`, trains any task. Each epoch ends with validation
+metrics, a callback (MLflow logging) and a checkpoint, so an interrupted
+experiment resumes where it stopped. The best epoch's weights are restored.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from leukolab.data.dataset import SmearDataset
+from leukolab.metrics import classification_metrics, segmentation_metrics
+from leukolab.training.augment import AugmentConfig, augment_batch, normalize
+from leukolab.training.losses import class_weights, classification_loss, segmentation_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    """What training produced: per-epoch history and the epoch whose weights were kept."""
+
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = float("-inf")
+    monitor: str = ""
+    stopped_early: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def default_monitor(task: str) -> str:
+    return {"classification": "val_macro_f1", "segmentation": "val_dice", "joint": "val_macro_f1"}[task]
+
+
+@torch.no_grad()
+def predict(model, images: torch.Tensor, mean, std, batch_size: int = 32, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Logits and mask probabilities for uint8 NCHW images, batch by batch."""
+    model.eval()
+    outputs: dict[str, list] = {}
+    for start in range(0, len(images), batch_size):
+        batch = normalize(images[start:start + batch_size].to(device), mean, std)
+        for key, value in model(batch).items():
+            value = torch.sigmoid(value) if key == "mask" else value
+            outputs.setdefault(key, []).append(value.float().cpu().numpy())
+    return {key: np.concatenate(values) for key, values in outputs.items()}
+
+
+def evaluate(model, dataset: SmearDataset, mean, std, class_names, task: str, device: str = "cpu") -> dict[str, float]:
+    """Metrics of the model on a dataset: classification and/or segmentation, by task."""
+    out = predict(model, dataset.images, mean, std, device=device)
+    metrics = {}
+    if "logits" in out:
+        probabilities = torch.softmax(torch.as_tensor(out["logits"]), 1).numpy()
+        metrics.update(classification_metrics(dataset.labels.numpy(), probabilities, list(class_names)))
+    if "mask" in out and task != "classification":
+        metrics.update(segmentation_metrics(out["mask"], dataset.masks.numpy()))
+    return metrics
+
+
+def fit(
+    model: torch.nn.Module,
+    train_set: SmearDataset,
+    val_set: SmearDataset,
+    experiment: dict,
+    mean, std, class_names,
+    checkpoint_dir: str | Path | None = None,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> FitResult:
+    """Train ``model`` as ``experiment`` says; return the history with the best weights loaded."""
+    task = experiment["task"]
+    train_cfg = experiment.get("training", {})
+    seed = int(experiment.get("seed", 42))
+    seed_everything(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    epochs = int(train_cfg.get("epochs", 10))
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train_set, batch_size=int(train_cfg.get("batch_size", 16)), shuffle=True,
+                        generator=generator, drop_last=len(train_set) > int(train_cfg.get("batch_size", 16)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(train_cfg.get("lr", 1e-3)),
+                                  weight_decay=float(train_cfg.get("weight_decay", 1e-4)))
+    scheduler = _scheduler(optimizer, train_cfg.get("schedule", "cosine"), epochs, len(loader), float(train_cfg.get("lr", 1e-3)))
+    loss_spec = experiment.get("loss", {})
+    weights = class_weights(train_set.labels.numpy(), len(class_names)) if loss_spec.get("class_weights") == "balanced" else None
+    classifies, segments = task in ("classification", "joint"), task in ("segmentation", "joint")
+    cls_loss = classification_loss(loss_spec, None if weights is None else weights.to(device)) if classifies else None
+    seg_loss = segmentation_loss(loss_spec.get("segmentation", loss_spec) if task == "joint" else loss_spec) if segments else None
+    augment = AugmentConfig(**experiment.get("augmentation", {}))
+    stopping = experiment.get("early_stopping", {})
+    monitor = stopping.get("monitor", default_monitor(task))
+    patience = int(stopping.get("patience", 5))
+    clip = float(train_cfg.get("grad_clip", 1.0))
+    scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda")
+
+    result, best_state, start_epoch = FitResult(monitor=monitor), None, 0
+    checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    if checkpoint and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state["config_hash"] == _config_hash(experiment):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            generator.set_state(state["generator"])
+            result, best_state, start_epoch = state["result"], state["best_state"], state["epoch"] + 1
+            log.info("resuming from %s at epoch %d", checkpoint, start_epoch + 1)
+
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        losses = []
+        for images, labels, masks in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, mininterval=2):
+            images, masks = augment_batch(images, masks, augment, generator)
+            images = normalize(images.to(device), mean, std)
+            labels, masks = labels.to(device), masks.to(device).float()
+            with torch.autocast(device_type=device, enabled=device == "cuda"):
+                out = model(images)
+                loss = 0.0
+                if classifies:
+                    loss = loss + cls_loss(out["logits"], labels)
+                if segments:
+                    loss = loss + seg_loss(out["mask"], masks)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            losses.append(loss.item())
+        metrics = {"train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"]}
+        metrics.update({f"val_{k}": v for k, v in evaluate(model, val_set, mean, std, class_names, task, device).items()})
+        result.history.append({"epoch": epoch + 1, **metrics})
+        score = metrics.get(monitor, float("-inf"))
+        improved = score > result.best_score
+        if improved:
+            result.best_score, result.best_epoch = score, epoch + 1
+            best_state = copy.deepcopy(model.state_dict())
+        log.info("epoch %d/%d loss %.4f %s %.4f%s", epoch + 1, epochs, metrics["train_loss"], monitor, score,
+                 " (best)" if improved else "")
+        if on_epoch_end:
+            on_epoch_end(epoch + 1, metrics)
+        if checkpoint:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"config_hash": _config_hash(experiment), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "result": result,
+                        "best_state": best_state, "epoch": epoch}, checkpoint)
+        if epoch + 1 - result.best_epoch >= patience:
+            result.stopped_early = True
+            log.info("early stop: %s did not improve for %d epochs", monitor, patience)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return result
+
+
+def _scheduler(optimizer, name: str, epochs: int, steps_per_epoch: int, lr: float):
+    total = max(1, epochs * steps_per_epoch)
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=lr * 0.01)
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    raise ValueError(f"unknown schedule {name!r}; choose cosine, onecycle or constant")
+
+
+def _config_hash(experiment: dict) -> str:
+    return hashlib.sha256(json.dumps(experiment, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,49 @@
+"""Losses by name, for each task."""
+
+from __future__ import annotations
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+CLASSIFICATION_LOSSES = ("cross_entropy", "focal")
+SEGMENTATION_LOSSES = ("bce", "dice", "bce_dice", "focal")
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency ("balanced") weights, so rare classes count as much as common ones."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = len(labels) / (num_classes * np.maximum(counts, 1))
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+def classification_loss(spec: dict, weights: torch.Tensor | None) -> nn.Module:
+    name = spec.get("name", "cross_entropy")
+    if name == "cross_entropy":
+        return nn.CrossEntropyLoss(weight=weights, label_smoothing=spec.get("label_smoothing", 0.0))
+    if name == "focal":
+        return smp.losses.FocalLoss("multiclass", gamma=spec.get("gamma", 2.0))
+    raise ValueError(f"unknown classification loss {name!r}; choose one of {CLASSIFICATION_LOSSES}")
+
+
+def segmentation_loss(spec: dict) -> nn.Module:
+    name = spec.get("name", "bce_dice")
+    if name == "bce":
+        return nn.BCEWithLogitsLoss()
+    if name == "dice":
+        return smp.losses.DiceLoss("binary", from_logits=True)
+    if name == "bce_dice":
+        return _Sum(nn.BCEWithLogitsLoss(), smp.losses.DiceLoss("binary", from_logits=True))
+    if name == "focal":
+        return smp.losses.FocalLoss("binary", gamma=spec.get("gamma", 2.0))
+    raise ValueError(f"unknown segmentation loss {name!r}; choose one of {SEGMENTATION_LOSSES}")
+
+
+class _Sum(nn.Module):
+    def __init__(self, *losses: nn.Module):
+        super().__init__()
+        self.losses = nn.ModuleList(losses)
+
+    def forward(self, prediction, target):
+        return sum(loss(prediction, target) for loss in self.losses)
