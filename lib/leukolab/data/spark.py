@@ -20,6 +20,8 @@ def spark_session(master: str = "local[*]", app_name: str = "leukolab-etl", arro
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # stay on loopback; a cluster needs a routable address
     from pyspark.sql import SparkSession
 
     scratch = workspace() / "data" / "spark"

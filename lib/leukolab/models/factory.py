@@ -47,7 +47,11 @@ class EncoderClassifier(nn.Module):
 
 
 def build_model(experiment: dict, num_classes: int) -> SmearNet:
-    """The network of an experiment config (see ``params/experiments/*.yaml``)."""
+    """The network of an experiment config (see ``params/experiments/*.yaml``).
+
+    Initial weights are drawn after seeding torch with the experiment's seed, so
+    the same config always starts from the same network.
+    """
     task = experiment["task"]
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
@@ -55,6 +59,7 @@ def build_model(experiment: dict, num_classes: int) -> SmearNet:
     architecture = spec["architecture"]
     weights = spec.get("encoder_weights")
     dropout = spec.get("dropout", 0.2)
+    torch.manual_seed(int(experiment.get("seed", 0)))
     try:
         if architecture == "SimpleCNN":
             network = SimpleCNN(num_classes, width=spec.get("width", 32), dropout=dropout)

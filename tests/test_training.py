@@ -1,0 +1,108 @@
+"""Training: models by name, augmentation, determinism, and learning beyond a trivial baseline."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from leukolab import CLASS_NAMES
+from leukolab.data.dataset import SmearDataset
+from leukolab.data.synthetic import image_rng, render_smear
+from leukolab.experiments import load_experiment
+from leukolab.images import encode_png
+from leukolab.models.factory import build_model
+from leukolab.training.augment import AugmentConfig, augment_batch
+from leukolab.training.loop import evaluate, fit
+
+
+def smear_frame(per_class: int, size: int, seed: int) -> pd.DataFrame:
+    records = []
+    for label, name in enumerate(CLASS_NAMES):
+        for i in range(per_class):
+            image, mask = render_smear(image_rng(seed, name, i), name, size)
+            records.append({"image": encode_png(image), "mask": encode_png(mask * 255), "label": label,
+                            "class_name": name, "source_path": f"{name}/{i}.png"})
+    return pd.DataFrame(records)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return {name: SmearDataset(smear_frame(n, 64, seed), with_masks=True)
+            for name, n, seed in (("train", 40, 1), ("val", 10, 2), ("test", 20, 3))}
+
+
+MEAN, STD = [0.75, 0.65, 0.68], [0.15, 0.17, 0.15]
+
+
+@pytest.mark.parametrize("architecture", ["Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "MAnet"])
+def test_factory_builds_smp_architectures(architecture):
+    model = build_model({"task": "joint", "model": {"architecture": architecture, "encoder": "resnet18"}}, 4)
+    out = model(torch.zeros(2, 3, 64, 64))
+    assert out["mask"].shape == (2, 1, 64, 64) and out["logits"].shape == (2, 4)
+
+
+@pytest.mark.parametrize("encoder", ["resnet34", "densenet121", "efficientnet-b0", "mobilenet_v2"])
+def test_factory_builds_encoder_classifiers(encoder):
+    model = build_model({"task": "classification", "model": {"architecture": "EncoderClassifier", "encoder": encoder}}, 4)
+    assert model(torch.zeros(2, 3, 64, 64))["logits"].shape == (2, 4)
+
+
+def test_imagenet_weights_offline_fail_with_a_clear_message(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="encoder_weights: null"):
+        build_model({"task": "segmentation", "model": {"architecture": "Unet", "encoder": "resnet18",
+                                                        "encoder_weights": "imagenet"}}, 4)
+
+
+def test_augmentation_moves_image_and_mask_together():
+    images = torch.zeros(8, 3, 16, 16, dtype=torch.uint8)
+    images[:, :, :4, :4] = 255
+    masks = (images[:, :1] > 0).to(torch.uint8)
+    config = AugmentConfig(brightness=0, contrast=0, saturation=0, stain=0)
+    out_images, out_masks = augment_batch(images, masks, config, torch.Generator().manual_seed(0))
+    assert torch.equal(out_images[:, :1] > 0.5, out_masks.bool())
+    assert not torch.equal(out_masks, masks)  # something moved
+
+
+def test_same_seed_same_metrics(splits):
+    experiment = load_experiment("simple-cnn", {"training": {"epochs": 2}, "model": {"width": 8}})
+    results = []
+    for _ in range(2):
+        model = build_model(experiment, 4)
+        fit(model, splits["train"], splits["val"], experiment, MEAN, STD, CLASS_NAMES)
+        results.append(evaluate(model, splits["test"], MEAN, STD, CLASS_NAMES, "classification"))
+    assert results[0] == results[1]
+
+
+def test_checkpoint_resumes_an_interrupted_run(splits, tmp_path):
+    experiment = load_experiment("simple-cnn", {"training": {"epochs": 2}, "model": {"width": 8}})
+    first = fit(build_model(experiment, 4), splits["train"], splits["val"], experiment, MEAN, STD, CLASS_NAMES, tmp_path)
+    epochs_seen = []
+    resumed = fit(build_model(experiment, 4), splits["train"], splits["val"], experiment, MEAN, STD, CLASS_NAMES, tmp_path,
+                  on_epoch_end=lambda epoch, metrics: epochs_seen.append(epoch))
+    assert epochs_seen == [] and resumed.history == first.history
+
+
+def colour_baseline_accuracy(train: SmearDataset, test: SmearDataset) -> float:
+    """Nearest class mean on the mean colour of the image: the trivial baseline."""
+    feature = lambda d: d.images.float().mean(dim=(2, 3)).numpy()
+    centroids = np.stack([feature(train)[train.labels.numpy() == k].mean(0) for k in range(4)])
+    predictions = np.linalg.norm(feature(test)[:, None] - centroids[None], axis=2).argmin(1)
+    return float((predictions == test.labels.numpy()).mean())
+
+
+def test_trained_model_beats_the_trivial_colour_baseline(splits):
+    experiment = load_experiment("simple-cnn", {"training": {"epochs": 25}, "early_stopping": {"patience": 25}})
+    model = build_model(experiment, 4)
+    fit(model, splits["train"], splits["val"], experiment, MEAN, STD, CLASS_NAMES)
+    trained = evaluate(model, splits["test"], MEAN, STD, CLASS_NAMES, "classification")["accuracy"]
+    baseline = colour_baseline_accuracy(splits["train"], splits["test"])
+    assert baseline < 0.45
+    assert trained >= baseline + 0.3, (trained, baseline)
+
+
+def test_segmentation_learns_the_white_cells(splits):
+    experiment = load_experiment("unet-mobilenet", {"training": {"epochs": 6}})
+    model = build_model(experiment, 4)
+    fit(model, splits["train"], splits["val"], experiment, MEAN, STD, CLASS_NAMES)
+    assert evaluate(model, splits["test"], MEAN, STD, CLASS_NAMES, "segmentation")["dice"] > 0.6
