@@ -60,7 +60,8 @@ def _tiff16() -> bytes:
 
 
 def run(spark, raw, tmp_path, **overrides):
-    params = EtlParams(image_size=48, classes=["Benign", "Early", "Pre", "Pro"], max_bad_fraction=0.5, **overrides)
+    settings = {"image_size": 48, "classes": ["Benign", "Early", "Pre", "Pro"], "max_bad_fraction": 0.5, **overrides}
+    params = EtlParams(**settings)
     return run_etl(spark, raw, tmp_path, params)
 
 
@@ -68,7 +69,7 @@ def test_every_file_is_accounted_for_with_a_reason(spark, raw, tmp_path):
     before = sorted((p.relative_to(raw), p.stat().st_mtime_ns) for p in raw.rglob("*"))
     manifest = load_manifest(run(spark, raw, tmp_path))
     files = manifest["files"]
-    assert files["in"] == 40 + 40 + 10 + 1  # originals, masks, planted originals, orphan mask (hidden marker excluded)
+    assert files["in"] == 40 + 40 + 9 + 1  # originals, masks, planted originals, orphan mask
     assert files["in"] == files["out"] + files["quarantined"]
     reasons = {q["source_path"]: q["reason"] for q in manifest["quarantine"]}
     assert reasons["Original/Pre/zero.jpg"] == "empty"

@@ -15,13 +15,13 @@ import logging
 import shutil
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from leukolab.data.sources import classify_path, detect_layout, is_hidden
+from leukolab.data.sources import LAYOUTS, classify_path, detect_layout, is_hidden
 from leukolab.data.splits import assign_splits, split_fractions
 from leukolab.images import ImageRejected, decode_image, encode_png, mask_from_image, resize_square
 
@@ -50,7 +50,14 @@ class EtlParams:
     require_masks: bool = False
     max_bad_fraction: float = 0.2
     seed: int = 42
-    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be at least 16 px, got {self.image_size}")
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; choose one of {LAYOUTS} or None to detect it")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ValueError(f"max_bad_fraction must be between 0 and 1, got {self.max_bad_fraction}")
 
 
 def process_file(relative_path: str, content: bytes, layout: str, params: EtlParams) -> dict:
@@ -125,7 +132,7 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
     processed = processed.filter(~processed.source_path.rlike(r"(^|/)\."))  # hidden files are not data
     processed.persist()
     try:
-        meta = processed.drop("png").toPandas()
+        meta = _add_unread_files(processed.drop("png").toPandas(), raw_dir)
         if meta.empty:
             raise ValueError(f"no files found under {raw_dir}")
         table, quarantine, duplicate_groups = _curate(meta, params)
@@ -140,6 +147,20 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
         processed.unpersist()
     log.info("wrote %d images to %s", len(table), dataset_dir)
     return dataset_dir
+
+
+def _add_unread_files(meta: pd.DataFrame, raw_dir: Path) -> pd.DataFrame:
+    """Files on disk that Spark did not hand over (it skips empty files) become quarantine rows."""
+    seen = set(meta["source_path"])
+    unread = []
+    for path in sorted(p for p in raw_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(raw_dir).as_posix()
+        if relative not in seen and not is_hidden(relative):
+            empty = path.stat().st_size == 0
+            unread.append({"source_path": relative, "status": "quarantined", "reason": "empty" if empty else "not_read",
+                           "message": "the file is empty (0 bytes)" if empty else "Spark could not read the file",
+                           "content_hash": hashlib.sha256(b"").hexdigest() if empty else ""})
+    return pd.concat([meta, pd.DataFrame(unread, columns=meta.columns)], ignore_index=True) if unread else meta
 
 
 def _curate(meta: pd.DataFrame, params: EtlParams):
