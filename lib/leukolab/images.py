@@ -16,6 +16,10 @@ DEFAULT_MAX_PIXELS = 64_000_000
 """Refuse images with more pixels than this (decompression bombs): 8000 x 8000."""
 
 
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP")
+"""Formats decoded; others (EPS, which Pillow hands to Ghostscript, among them) are refused as not images."""
+
+
 class ImageRejected(ValueError):
     """An input that cannot be used as an image; ``reason`` is a short machine-readable code."""
 
@@ -37,11 +41,13 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
         raise ImageRejected("not_an_image", "the bytes are not an image format Pillow can read") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise ImageRejected("too_many_pixels", "the image has too many pixels (decompression bomb guard)") from None
+    except OSError as error:  # a header cut short or corrupt
+        raise ImageRejected("truncated", f"the image is truncated or corrupt: {error}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageRejected("too_many_pixels", f"the image has {width}x{height} pixels; the limit is {max_pixels:,}")

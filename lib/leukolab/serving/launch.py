@@ -1,0 +1,130 @@
+"""Run the API: in the foreground for the command line, or as a background process for notebooks and tests."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+import leukolab
+
+
+@dataclass
+class ServerHandle:
+    """A background API server; ``stop()`` it, or use it as a context manager."""
+
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if the server has not exited after ``timeout`` seconds."""
+        atexit.unregister(self.stop)
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the server's log."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def start_server(model_uri: str | None = None, port: int = 0, host: str = "127.0.0.1",
+                 log_path: str | os.PathLike | None = None, timeout: float = 120.0) -> ServerHandle:
+    """Start ``python -m leukolab.serving`` in the background and return once ``/ready`` answers 200.
+
+    ``port=0`` picks a free port. The server's output goes to ``log_path`` (a
+    temporary file by default). Raises ``RuntimeError`` with the log's tail when
+    the server exits or its model fails to load, ``TimeoutError`` after ``timeout`` seconds.
+    """
+    port = port or _free_port(host)
+    if log_path is None:
+        descriptor, log_path = tempfile.mkstemp(prefix="leukolab-serve-", suffix=".log")
+        os.close(descriptor)
+    log_path = Path(log_path)
+    command = [sys.executable, "-m", "leukolab.serving", "--host", host, "--port", str(port)]
+    if model_uri:
+        command += ["--model-uri", model_uri]
+    library = str(Path(leukolab.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [library, os.environ.get("PYTHONPATH")]))}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    server = ServerHandle(process, _url(host, port), log_path)
+    atexit.register(server.stop)
+    _wait_until_ready(server, model_uri, timeout)
+    return server
+
+
+def serve_forever(model_uri: str | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the API in the foreground until interrupted (``leukolab serve``)."""
+    import uvicorn
+
+    from leukolab.serving.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(model_uri), host=host, port=port)
+
+
+def _wait_until_ready(server: ServerHandle, model_uri: str | None, timeout: float) -> None:
+    """Poll ``/ready``; stop the server and raise, with its log's tail, when it dies, fails or times out."""
+    deadline = time.monotonic() + timeout
+    while (state := _readiness(server.url)) != "ready":
+        if server.process.poll() is not None:
+            error, problem = RuntimeError, f"the API server exited with code {server.process.returncode} before it was ready"
+        elif state == "load_failed":
+            error, problem = RuntimeError, f"the API server could not load the model {model_uri or '(its default)'}"
+        elif time.monotonic() > deadline:
+            error, problem = TimeoutError, f"the API server was not ready after {timeout:.0f} s"
+        else:
+            time.sleep(0.2)
+            continue
+        server.stop()
+        raise error(f"{problem}; the end of its log {server.log_path}:\n{server.log_tail()}")
+
+
+def _url(host: str, port: int) -> str:
+    """The URL a local client reaches ``host:port`` at (``0.0.0.0`` is reached on 127.0.0.1)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _readiness(url: str) -> str | None:
+    """``ready``, the server's refusal reason (``loading``, ``load_failed``), or None when it does not answer."""
+    try:
+        response = httpx.get(f"{url}/ready", timeout=2.0, trust_env=False)  # no proxy for a local server
+    except httpx.HTTPError:
+        return None
+    if response.status_code == 200:
+        return "ready"
+    try:
+        return response.json().get("reason")
+    except ValueError:
+        return None

@@ -1,0 +1,63 @@
+"""The served model: resolve a model URI to its registry version, run and dataset, then load it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from leukolab.pyfunc import SmearModel, load_smear_model
+from leukolab.tracking import tracking_uri
+
+DEFAULT_MODEL_URI = "models:/leukolab@champion"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What stands behind a model URI: registry name and version, source run, dataset fingerprint."""
+
+    uri: str
+    name: str | None = None
+    version: str | None = None
+    run_id: str | None = None
+    dataset_fingerprint: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``name/version`` for registered models, else the run id, else the URI."""
+        if self.name and self.version:
+            return f"{self.name}/{self.version}"
+        return self.run_id or self.uri
+
+
+def resolve_model(uri: str) -> tuple[str, ModelInfo]:
+    """The URI to load (an alias pinned to its current version) and the :class:`ModelInfo` behind ``uri``."""
+    if match := re.fullmatch(r"runs:/([^/]+)/.+", uri):
+        return uri, ModelInfo(uri, run_id=match[1])
+    client = MlflowClient()
+    if match := re.fullmatch(r"models:/([^/@]+)@(.+)", uri):
+        version = client.get_model_version_by_alias(match[1], match[2])
+    elif match := re.fullmatch(r"models:/([^/@]+)/(\d+)", uri):
+        version = client.get_model_version(match[1], match[2])
+    else:
+        return uri, ModelInfo(uri)
+    fingerprint = None
+    if version.run_id:
+        try:
+            fingerprint = client.get_run(version.run_id).data.tags.get("dataset_fingerprint")
+        except MlflowException:  # the run was deleted; the version still serves
+            pass
+    info = ModelInfo(uri, version.name, str(version.version), version.run_id, fingerprint)
+    return f"models:/{version.name}/{version.version}", info
+
+
+def load_model(uri: str) -> tuple[SmearModel, ModelInfo]:
+    """Load the model behind ``uri`` from the project's tracking store, with its :class:`ModelInfo`."""
+    store = tracking_uri()
+    mlflow.set_tracking_uri(store)
+    mlflow.set_registry_uri(store)
+    pinned_uri, info = resolve_model(uri)
+    return load_smear_model(pinned_uri), info

@@ -1,0 +1,51 @@
+"""The API's response bodies; every field is described in the OpenAPI document."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="What was wrong, in words")
+    reason: str = Field(description="Machine-readable cause, e.g. not_an_image, file_too_large, loading")
+
+
+class Health(BaseModel):
+    status: str = Field(description='Always "ok": the process answers')
+    model_uri: str = Field(description="The model URI the server was started with")
+    model_ready: bool = Field(description="Whether the model is loaded (see /ready)")
+    leukolab_version: str = Field(description="Version of the leukolab package")
+
+
+class Readiness(BaseModel):
+    status: str = Field(description='"ready" once the model is loaded')
+
+
+class VersionInfo(BaseModel):
+    model_uri: str = Field(description="The model URI the server was started with")
+    name: str | None = Field(description="Registered model name; null for runs:/ URIs")
+    version: str | None = Field(description="Registered model version the alias pointed to at start-up")
+    run_id: str | None = Field(description="MLflow run that logged the model")
+    dataset_fingerprint: str | None = Field(description="The run's dataset_fingerprint tag, when set")
+    task: str = Field(description="classification, segmentation or joint")
+    class_names: list[str] = Field(description="Classes, in the model's output order")
+    image_size: int = Field(description="Side in pixels images are resized to before inference")
+    leukolab_version: str = Field(description="Version of the leukolab package")
+
+
+class Prediction(BaseModel):
+    predicted_class: str | None = Field(description="Most probable class; null for segmentation-only models")
+    probabilities: dict[str, float] | None = Field(description="Probability per class (temperature-scaled softmax)")
+    confidence: float | None = Field(description="Probability of the predicted class")
+    mask: str | None = Field(description="Base64 PNG of the cell mask (0/255) at model resolution; null without segmentation")
+    mask_fraction: float | None = Field(description="Fraction of the image the mask covers")
+    model_version: str | None = Field(description="Model that answered: name/version, else run id; null when unknown")
+    latency_ms: float = Field(description="Server time for this request: reading, decoding and inference")
+
+    @classmethod
+    def from_answer(cls, answer: dict, class_names: list[str], model_version: str | None, latency_ms: float) -> Prediction:
+        """From one :meth:`SmearModel.predict_images` answer."""
+        probabilities = {name: answer[f"prob_{name}"] for name in class_names if f"prob_{name}" in answer}
+        return cls(predicted_class=answer.get("predicted_class"), probabilities=probabilities or None,
+                   confidence=answer.get("confidence"), mask=answer.get("mask_png"),
+                   mask_fraction=answer.get("mask_fraction"), model_version=model_version, latency_ms=latency_ms)

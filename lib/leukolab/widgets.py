@@ -1,0 +1,157 @@
+"""The interactive demo of ``notebooks/demo.ipynb`` (and Voila): upload a smear, see class, confidence and mask.
+
+It predicts through the API when given its URL, else in this process with the
+registered model. :func:`predict_for_demo` and :func:`render_result` hold the
+logic; :func:`build_demo` only wires widgets to them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+
+import httpx
+import ipywidgets as widgets
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+
+from leukolab.images import decode_image
+from leukolab.pyfunc import SmearModel
+from leukolab.serving.model import DEFAULT_MODEL_URI, load_model
+from leukolab.serving.schemas import Prediction
+
+MASK_COLOUR = (1.0, 0.15, 0.1, 0.4)
+"""RGBA of the mask overlay."""
+
+
+class DemoError(RuntimeError):
+    """A failure the demo shows to its user as a message."""
+
+
+def predict_for_demo(image_bytes: bytes, model: SmearModel | None = None, api_url: str | None = None) -> dict:
+    """Predict one image, through the API at ``api_url`` or with ``model``; a dict shaped like ``POST /predict``'s JSON.
+
+    Raises :class:`~leukolab.images.ImageRejected` or :class:`DemoError` with a message fit for the user.
+    """
+    if api_url:
+        return _predict_remote(image_bytes, api_url)
+    if model is None:
+        raise ValueError("give a model or an api_url")
+    started = time.perf_counter()
+    answer = model.predict_images([decode_image(image_bytes)])[0]
+    latency_ms = (time.perf_counter() - started) * 1000
+    return Prediction.from_answer(answer, model.class_names, model_version=None, latency_ms=latency_ms).model_dump()
+
+
+def _predict_remote(image_bytes: bytes, api_url: str) -> dict:
+    try:
+        response = httpx.post(f"{api_url.rstrip('/')}/predict", files={"file": ("image", image_bytes)}, timeout=60.0)
+    except httpx.HTTPError as error:
+        raise DemoError(f"the API at {api_url} is not reachable ({type(error).__name__}: {error})") from None
+    if response.is_error:
+        try:
+            detail = response.json()["detail"]
+        except (ValueError, KeyError, TypeError):
+            detail = response.text[:200] or response.reason_phrase
+        raise DemoError(f"the API refused the image ({response.status_code}): {detail}")
+    return response.json()
+
+
+def render_result(image_bytes: bytes, result: dict) -> Figure:
+    """The image with its mask overlaid and titled with class and confidence, beside a bar chart of probabilities."""
+    image = decode_image(image_bytes)
+    probabilities = result.get("probabilities") or {}
+    figure = Figure(figsize=(10 if probabilities else 5, 4.5), layout="constrained")
+    axes = figure.subplots(1, 2 if probabilities else 1, squeeze=False)[0]
+    axes[0].imshow(image)
+    axes[0].axis("off")
+    if result.get("mask"):
+        mask = Image.open(io.BytesIO(base64.b64decode(result["mask"]))).convert("L").resize(image.size, Image.Resampling.NEAREST)
+        overlay = np.zeros((image.height, image.width, 4))
+        overlay[np.asarray(mask) > 127] = MASK_COLOUR
+        axes[0].imshow(overlay)
+    if result.get("predicted_class"):
+        axes[0].set_title(f"{result['predicted_class']} ({result['confidence']:.0%})")
+    if probabilities:
+        names = list(probabilities)
+        colours = ["tab:red" if name == result.get("predicted_class") else "tab:grey" for name in names]
+        bars = axes[1].barh(names, [probabilities[name] for name in names], color=colours)
+        axes[1].bar_label(bars, fmt="%.2f", padding=3)
+        axes[1].set_xlim(0, 1.1)
+        axes[1].invert_yaxis()
+        axes[1].set_xlabel("probability")
+    return figure
+
+
+def build_demo(model_uri: str = DEFAULT_MODEL_URI, api_url: str | None = None,
+               examples: list[tuple[str, bytes]] | None = None) -> widgets.Widget:
+    """Upload (or pick an example), press Predict, see the result; through ``api_url`` or ``model_uri`` loaded here."""
+    upload = widgets.FileUpload(accept="image/*", multiple=False, description="Upload image")
+    picker = widgets.Dropdown(options=[("(uploaded image)", None), *examples], description="Example") if examples else None
+    button = widgets.Button(description="Predict", button_style="primary", icon="search")
+    message = widgets.HTML()
+    picture = widgets.Image(format="png", layout=widgets.Layout(display="none", max_width="900px"))
+    loaded: dict[str, SmearModel] = {}
+
+    def chosen_image() -> bytes | None:
+        if picker is not None and picker.value is not None:
+            return picker.value
+        return bytes(upload.value[-1]["content"]) if upload.value else None
+
+    def model() -> SmearModel:
+        if "model" not in loaded:
+            try:
+                loaded["model"] = load_model(model_uri)[0]
+            except Exception as error:
+                raise DemoError(f"could not load the model {model_uri}: {error}") from None
+        return loaded["model"]
+
+    def on_upload(_change) -> None:
+        if picker is not None:
+            picker.value = None
+
+    def on_predict(_clicked) -> None:
+        image_bytes = chosen_image()
+        if image_bytes is None:
+            message.value = "<b>Upload an image or choose an example first.</b>"
+            return
+        button.disabled, message.value = True, "Predicting..."
+        try:
+            result = predict_for_demo(image_bytes, model=None if api_url else model(), api_url=api_url)
+            picture.value = _png(render_result(image_bytes, result))
+            picture.layout.display, message.value = None, _summary(result)
+        except Exception as error:  # the widget shows every failure as a message, never a traceback
+            picture.layout.display = "none"
+            message.value = f"<b style='color:#b00'>Could not predict:</b> {html.escape(str(error) or type(error).__name__)}"
+        finally:
+            button.disabled = False
+
+    upload.observe(on_upload, "value")
+    button.on_click(on_predict)
+    controls = [upload, picker, button] if picker else [upload, button]
+    source = f"the API at {api_url}" if api_url else model_uri
+    return widgets.VBox([
+        widgets.HTML(f"<h3>Blood smear classifier</h3><i>Research demo, not for diagnosis. Model: {html.escape(source)}</i>"),
+        widgets.HBox(controls), message, picture,
+    ])
+
+
+def _summary(result: dict) -> str:
+    parts = []
+    if result.get("predicted_class"):
+        parts.append(f"<b>{html.escape(result['predicted_class'])}</b>, confidence {result['confidence']:.1%}")
+    if result.get("mask_fraction") is not None:
+        parts.append(f"mask covers {result['mask_fraction']:.0%} of the image")
+    if result.get("model_version"):
+        parts.append(f"model {html.escape(result['model_version'])}")
+    parts.append(f"{result['latency_ms']:.0f} ms")
+    return " &middot; ".join(parts)
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()

@@ -1,0 +1,64 @@
+"""Shared fixtures: a real, tiny model registered as ``models:/leukolab@champion`` in a temporary workspace."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+
+def _jpeg_bytes(size: tuple[int, int], colour: tuple[int, int, int] = (200, 110, 160)) -> bytes:
+    """A small JPEG of one colour with a dark disc (a stand-in for a stained cell)."""
+    image = Image.new("RGB", size, colour)
+    image.paste((60, 20, 90), (size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def registered_model(tmp_path_factory) -> dict:
+    """A joint Unet/resnet18 (random weights, 64 px) logged with ``log_smear_model`` and registered as
+    ``leukolab`` version 1 with alias ``champion``; its run has tag ``dataset_fingerprint=test-fingerprint``.
+
+    Returns ``{"uri", "tracking_uri", "workspace", "run_id", "version", "class_names", "example_image"}``
+    (``example_image``: JPEG bytes the model accepts). The environment is
+    restored afterwards: tests that load the model use ``model_env`` (or set the two variables themselves).
+    """
+    import mlflow
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from leukolab import tracking
+    from leukolab.models.factory import build_model
+    from leukolab.pyfunc import log_smear_model
+
+    workspace = tmp_path_factory.mktemp("served-workspace")
+    tracking_uri = f"sqlite:///{workspace / 'mlflow.db'}"
+    experiment = {"task": "joint", "model": {"architecture": "Unet", "encoder": "resnet18", "encoder_weights": None}}
+    class_names = ["Benign", "Early", "Pre", "Pro"]
+    meta = {"experiment": experiment, "class_names": class_names, "image_size": 64,
+            "mean": [0.5] * 3, "std": [0.25] * 3, "temperature": 1.0}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LEUKOLAB_WORKSPACE", str(workspace))
+        patch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+        tracking.configure()
+        torch.manual_seed(0)
+        network = build_model(experiment, len(class_names))
+        with mlflow.start_run(tags={"dataset_fingerprint": "test-fingerprint"}) as run:
+            logged = log_smear_model(network, meta, example_images=[_jpeg_bytes((80, 60)), _jpeg_bytes((64, 64))])
+        version = mlflow.register_model(logged.model_uri, "leukolab").version
+        MlflowClient().set_registered_model_alias("leukolab", "champion", version)
+    return {"uri": "models:/leukolab@champion", "tracking_uri": tracking_uri, "workspace": workspace,
+            "run_id": run.info.run_id, "version": str(version), "class_names": class_names,
+            "example_image": _jpeg_bytes((80, 60))}
+
+
+@pytest.fixture(scope="module")
+def model_env(registered_model) -> dict:
+    """``LEUKOLAB_WORKSPACE`` and ``MLFLOW_TRACKING_URI`` set to the registered model's, for one test module."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LEUKOLAB_WORKSPACE", str(registered_model["workspace"]))
+        patch.setenv("MLFLOW_TRACKING_URI", registered_model["tracking_uri"])
+        yield registered_model

@@ -1,0 +1,285 @@
+"""The prediction API on a real registered model: endpoints, refusals, image modes, metrics, the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import struct
+import time
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from leukolab.serving import app as app_module
+from leukolab.serving.app import ServingSettings, create_app
+from leukolab.serving.launch import start_server
+from leukolab.serving.metrics import ServingMetrics
+
+LIMITS = ServingSettings(max_upload_bytes=200_000, max_pixels=4_000_000)
+
+
+def ready_client(app, **options) -> TestClient:
+    """Enter a TestClient (running the lifespan) and wait for the model to load."""
+    client = TestClient(app, **options).__enter__()
+    deadline = time.monotonic() + 60
+    while client.get("/ready").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return client
+
+
+@pytest.fixture(scope="module")
+def client(model_env):
+    client = ready_client(create_app(model_env["uri"], LIMITS))
+    yield client
+    client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def fresh_client(model_env):
+    """An app of its own, for tests that count metrics."""
+    def make(settings: ServingSettings = LIMITS, **options) -> TestClient:
+        clients.append(ready_client(create_app(model_env["uri"], settings), **options))
+        return clients[-1]
+    clients: list[TestClient] = []
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def encode(image: Image.Image, format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+SMEAR = encode(Image.new("RGB", (80, 60), (200, 110, 160)), "JPEG")
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG claiming ``width`` x ``height`` pixels in a few dozen bytes (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def predict(client: TestClient, data: bytes, name: str = "smear.jpg"):
+    return client.post("/predict", files={"file": (name, data)})
+
+
+def metric(text: str, sample_name: str, **labels) -> float:
+    """Sum of the samples called ``sample_name`` whose labels include ``labels``."""
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == sample_name and labels.items() <= sample.labels.items())
+
+
+def test_health_ready_and_version(client, model_env):
+    health = client.get("/").json()
+    assert (health["status"], health["model_uri"], health["model_ready"]) == ("ok", model_env["uri"], True)
+    assert client.get("/ready").json() == {"status": "ready"}
+    version = client.get("/version").json()
+    assert version["name"] == "leukolab" and version["version"] == model_env["version"]
+    assert version["run_id"] == model_env["run_id"]
+    assert version["dataset_fingerprint"] == "test-fingerprint"
+    assert version["class_names"] == model_env["class_names"] and version["task"] == "joint"
+    assert version["image_size"] == 64
+
+
+def test_predict_answers_class_probabilities_and_mask(client, model_env):
+    response = predict(client, SMEAR)
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body["probabilities"]) == set(model_env["class_names"])
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert body["predicted_class"] == max(body["probabilities"], key=body["probabilities"].get)
+    assert body["confidence"] == pytest.approx(max(body["probabilities"].values()))
+    mask = Image.open(io.BytesIO(base64.b64decode(body["mask"])))
+    assert mask.size == (64, 64) and set(np.unique(np.asarray(mask))) <= {0, 255}
+    assert 0 <= body["mask_fraction"] <= 1
+    assert body["model_version"] == f"leukolab/{model_env['version']}"
+    assert body["latency_ms"] > 0
+
+
+def file_field(data: bytes, field: str = "file") -> dict:
+    return {"files": {field: ("upload", data)}}
+
+
+NOISE_JPEG = encode(Image.effect_noise((400, 300), 60).convert("RGB"), "JPEG")
+CHUNKED_UPLOAD = iter([b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n',
+                       b"\xff" * 300_000, b"\r\n--b--\r\n"])  # no Content-Length: the stream is counted
+BAD_REQUESTS = {
+    "empty file": (file_field(b""), 400, "empty"),
+    "not an image": (file_field(b"hello, world"), 415, "not_an_image"),
+    "truncated jpeg": (file_field(NOISE_JPEG[:1500]), 400, "truncated"),
+    "jpeg cut inside its header": (file_field(NOISE_JPEG[:300]), 400, "truncated"),
+    "wrong field name": (file_field(SMEAR, field="image"), 422, "missing_file"),
+    "no body": ({}, 422, "missing_file"),
+    "text instead of a file": ({"data": {"file": "not a file"}}, 422, "missing_file"),
+    "json body": ({"json": {"file": "abc"}}, 422, "missing_file"),
+    "multipart without boundary": ({"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data"}},
+                                   400, "malformed_request"),
+    "file just over the limit": (file_field(b"\xff" * 210_000), 413, "file_too_large"),
+    "body far over the limit": (file_field(b"\xff" * 1_000_000), 413, "file_too_large"),
+    "chunked body over the limit": ({"content": CHUNKED_UPLOAD, "headers": {"content-type": "multipart/form-data; boundary=b"}},
+                                    413, "file_too_large"),
+    "too many pixels": (file_field(encode(Image.new("L", (2100, 2100)), "PNG")), 413, "too_many_pixels"),
+    "decompression bomb": (file_field(png_header_only(100_000, 100_000)), 413, "too_many_pixels"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=str)
+def test_bad_input_is_refused_with_json_and_the_next_request_succeeds(client, case):
+    request, status, reason = BAD_REQUESTS[case]
+    response = client.post("/predict", **request)
+    assert (response.status_code, response.json()["reason"]) == (status, reason)
+    assert isinstance(response.json()["detail"], str) and response.json()["detail"]
+    assert predict(client, SMEAR).status_code == 200
+
+
+def test_missing_file_message_names_the_field(client):
+    assert "field named 'file'" in client.post("/predict", files={"image": ("a.jpg", SMEAR)}).json()["detail"]
+
+
+def test_unknown_route_and_method_answer_json(client):
+    assert client.get("/nope").json()["reason"] == "not_found"
+    assert client.get("/predict").status_code == 405
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("P", (40, 30), i) for i in (10, 200)]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+IMAGE_MODES = {
+    "greyscale": lambda: encode(Image.new("L", (50, 40), 120), "PNG"),
+    "rgba": lambda: encode(Image.new("RGBA", (50, 40), (200, 10, 10, 100)), "PNG"),
+    "palette": lambda: encode(Image.new("RGB", (50, 40), (20, 200, 90)).convert("P"), "PNG"),
+    "cmyk jpeg": lambda: encode(Image.new("CMYK", (50, 40), (10, 200, 30, 0)), "JPEG"),
+    "16-bit png": lambda: encode(Image.fromarray(np.full((40, 50), 40_000, dtype=np.uint16)), "PNG"),
+    "animated gif": animated_gif,
+    "tiff": lambda: encode(Image.new("RGB", (50, 40), (90, 90, 200)), "TIFF"),
+}
+
+
+@pytest.mark.parametrize("mode", IMAGE_MODES, ids=str)
+def test_image_modes_are_converted(client, mode):
+    response = predict(client, IMAGE_MODES[mode](), name="image")
+    assert response.status_code == 200, response.text
+    assert response.json()["predicted_class"] is not None
+
+
+def test_inference_runs_off_the_event_loop(client, monkeypatch):
+    infer = app_module._infer
+
+    def infer_and_check_no_loop(*args):
+        with pytest.raises(RuntimeError):
+            asyncio.get_running_loop()
+        return infer(*args)
+
+    monkeypatch.setattr(app_module, "_infer", infer_and_check_no_loop)
+    assert predict(client, SMEAR).status_code == 200
+
+
+def test_a_bug_in_inference_is_a_json_500_and_counted(fresh_client, monkeypatch):
+    def crash(*args):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(app_module, "_infer", crash)
+    client = fresh_client(raise_server_exceptions=False)
+    response = predict(client, SMEAR)
+    assert (response.status_code, response.json()["reason"]) == (500, "internal_error")
+    text = client.get("/metrics").text
+    assert metric(text, "leukolab_requests_total", route="/predict", status="500") == 1
+    assert metric(text, "leukolab_prediction_errors_total", reason="internal_error") == 1
+
+
+def test_openapi_documents_every_response_field(client):
+    schema = client.get("/openapi.json").json()
+    for model in ("Prediction", "VersionInfo", "Health", "ErrorBody"):
+        properties = schema["components"]["schemas"][model]["properties"]
+        assert all(field.get("description") for field in properties.values()), model
+    upload = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert upload["required"] == ["file"] and upload["properties"]["file"]["description"]
+    responses = schema["paths"]["/predict"]["post"]["responses"]
+    assert {"200", "400", "413", "415", "422", "503"} <= set(responses)
+    assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+
+
+def test_metrics_count_known_requests(fresh_client, model_env):
+    client = fresh_client()
+    for _ in range(2):
+        assert predict(client, SMEAR).status_code == 200
+    assert predict(client, b"not an image").status_code == 415
+    client.get("/no/such/path")
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert metric(text, "leukolab_requests_total", route="/predict", status="200") == 2
+    assert metric(text, "leukolab_requests_total", route="/predict", status="415") == 1
+    assert metric(text, "leukolab_requests_total", route="unmatched", status="404") == 1
+    assert "/no/such/path" not in text
+    assert metric(text, "leukolab_predictions_total") == 2
+    assert metric(text, "leukolab_prediction_errors_total", reason="not_an_image") == 1
+    assert metric(text, "leukolab_inference_seconds_count") == 2
+    assert metric(text, "leukolab_prediction_confidence_count") == 2
+    info = dict(name="leukolab", version=model_env["version"], run_id=model_env["run_id"])
+    assert metric(text, "leukolab_model_info", **info) == 1
+
+
+def test_low_confidence_alert_fires_after_a_run_of_unsure_predictions(fresh_client):
+    client = fresh_client(ServingSettings(low_confidence_threshold=0.99, low_confidence_run=3))
+    for expected in (0, 0, 1, 1):
+        predict(client, SMEAR)
+        assert metric(client.get("/metrics").text, "leukolab_low_confidence_alert") == expected
+
+
+def test_low_confidence_alert_resets_on_a_confident_prediction():
+    metrics = ServingMetrics(low_confidence_threshold=0.5, low_confidence_run=5)
+    alert = []
+    for confidence in (0.4, 0.3, 0.45, 0.2, 0.49, 0.1, 0.9, 0.4):
+        metrics.observe_prediction("Pre", confidence, 0.01)
+        alert.append(metrics.low_confidence_alert._value.get())
+    assert alert == [0, 0, 0, 0, 1, 1, 0, 0]
+
+
+def test_a_model_that_cannot_load_leaves_the_server_up_and_unready(model_env):
+    with TestClient(create_app("models:/no-such-model@champion", LIMITS)) as client:
+        assert client.get("/").json()["model_ready"] is False
+        deadline = time.monotonic() + 30
+        while (ready := client.get("/ready").json())["reason"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready["reason"] == "load_failed" and "no-such-model" in ready["detail"]
+        response = predict(client, SMEAR)
+        assert (response.status_code, response.json()["reason"]) == (503, "load_failed")
+        assert client.get("/version").status_code == 503
+
+
+def test_settings_come_from_the_environment():
+    settings = ServingSettings.from_env({"LEUKOLAB_MAX_UPLOAD_BYTES": "1234", "LEUKOLAB_MAX_PIXELS": "99",
+                                         "LEUKOLAB_MODEL_URI": "models:/other@challenger"})
+    assert (settings.max_upload_bytes, settings.max_pixels, settings.model_uri) == (1234, 99, "models:/other@challenger")
+    assert ServingSettings.from_env({}) == ServingSettings()
+    with pytest.raises(ValueError, match="LEUKOLAB_MAX_PIXELS"):
+        ServingSettings.from_env({"LEUKOLAB_MAX_PIXELS": "lots"})
+
+
+@pytest.mark.integration
+def test_real_server_answers_over_http(model_env, tmp_path):
+    with start_server(model_env["uri"], log_path=tmp_path / "server.log", timeout=90) as server:
+        response = httpx.post(f"{server.url}/predict", files={"file": ("smear.jpg", SMEAR)}, timeout=30)
+        assert response.status_code == 200 and response.json()["model_version"] == "leukolab/1"
+        assert "leukolab_model_info" in httpx.get(f"{server.url}/metrics").text
+    assert server.process.poll() is not None
+
+
+@pytest.mark.integration
+def test_start_server_reports_a_model_that_cannot_load(model_env):
+    with pytest.raises(RuntimeError, match="could not load the model") as failure:
+        start_server("models:/no-such-model@champion", timeout=90)
+    assert "no-such-model" in str(failure.value)
