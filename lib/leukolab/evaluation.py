@@ -79,3 +79,11 @@ def choose_champion(table: pd.DataFrame, metric: str, tie_breaker: str = "latenc
         raise ValueError(f"metric {metric!r} was not measured; choose one of {sorted(c for c in table.columns if table[c].dtype.kind == 'f')}")
     ranked = candidates.sort_values([metric, tie_breaker], ascending=[False, True])
     return ranked.iloc[0]
+
+
+def candidate_summary(row: pd.Series | None) -> dict | None:
+    """What the publish stage needs of an evaluated run: ids, model URI and its measured metrics."""
+    if row is None:
+        return None
+    metrics = {k: float(v) for k, v in row.items() if isinstance(v, float) and pd.notna(v)}
+    return {"run_id": row["run_id"], "experiment": row["experiment"], "model_uri": row["model_uri"], "metrics": metrics}

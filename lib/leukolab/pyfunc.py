@@ -130,5 +130,8 @@ def log_smear_model(network: torch.nn.Module, meta: dict, example_images: list[b
 
 
 def load_smear_model(model_uri: str) -> SmearModel:
-    """Load a logged or registered model and return its :class:`SmearModel`."""
+    """Load a logged or registered model from the workspace's tracking store and return its :class:`SmearModel`."""
+    from leukolab.tracking import configure
+
+    configure()
     return mlflow.pyfunc.load_model(model_uri).unwrap_python_model()

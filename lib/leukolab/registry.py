@@ -31,3 +31,24 @@ def version_by_alias(name: str, alias: str):
         return MlflowClient().get_model_version_by_alias(name, alias)
     except mlflow.exceptions.MlflowException:
         return None
+
+
+def publish(candidate: dict, name: str, alias: str, pipeline_run_id: str | None) -> dict:
+    """Register an evaluated candidate (``30_evaluate``'s ``champion`` or ``segmenter``) with its lineage as tags.
+
+    Returns what the publish stage hands on: name, version, alias, model URI and test metrics.
+    """
+    configure()
+    source = MlflowClient().get_run(candidate["run_id"])
+    tags = {
+        "pipeline_run_id": pipeline_run_id or "interactive",
+        "source_run_id": candidate["run_id"],
+        "experiment": candidate["experiment"],
+        "dataset_fingerprint": source.data.tags.get("dataset_fingerprint", ""),
+        "git_commit": source.data.tags.get("git_commit", ""),
+        **{f"test_{k}": round(v, 4) for k, v in candidate["metrics"].items()},
+    }
+    version = register(candidate["model_uri"], name, alias, tags,
+                       description=f"{candidate['experiment']}: for research use only, not a diagnostic device.")
+    return {"model_name": name, "version": version.version, "alias": alias, "model_uri": f"models:/{name}@{alias}",
+            "source_run_id": candidate["run_id"], "test_metrics": candidate["metrics"]}

@@ -5,12 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from leukolab.pyfunc import SmearModel, load_smear_model
-from leukolab.tracking import tracking_uri
+from leukolab.tracking import configure
 
 DEFAULT_MODEL_URI = "models:/leukolab@champion"
 
@@ -56,8 +55,6 @@ def resolve_model(uri: str) -> tuple[str, ModelInfo]:
 
 def load_model(uri: str) -> tuple[SmearModel, ModelInfo]:
     """Load the model behind ``uri`` from the project's tracking store, with its :class:`ModelInfo`."""
-    store = tracking_uri()
-    mlflow.set_tracking_uri(store)
-    mlflow.set_registry_uri(store)
+    configure()
     pinned_uri, info = resolve_model(uri)
     return load_smear_model(pinned_uri), info
