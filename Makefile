@@ -12,6 +12,8 @@ PORT ?= 8000
 export HF_HUB_OFFLINE ?= 1
 export PYSPARK_PYTHON := $(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(BIN)/python
+# This checkout's library comes first, also in kernels and Spark workers (the venv is shared by clones).
+export PYTHONPATH := $(CURDIR)/lib
 
 .PHONY: help env run smoke test test-unit test-notebooks lab mlflow-ui serve demo clean
 
