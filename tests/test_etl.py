@@ -1,117 +1,271 @@
-"""The Spark ETL on a real local[2] session, with planted bad files."""
+"""The Spark ETL on a real local[2] session: every layout, planted bad files, duplicates, patients, determinism.
+
+One Spark session and one ETL run per raw folder serve the whole module; the
+tests then read what each run wrote.
+"""
 
 import io
 import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from leukolab.data.dataset import SmearDataset, load_manifest, load_split
-from leukolab.data.etl import EtlParams, run_etl
+from leukolab.data.etl import DATASET_COLUMNS, EtlParams, run_etl
 from leukolab.data.synthetic import generate_dataset
 
 pytestmark = pytest.mark.integration
+CLASSES = ["Benign", "Early", "Pre", "Pro"]
 
 
 @pytest.fixture(scope="module")
 def spark(tmp_path_factory):
-    import os
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LEUKOLAB_WORKSPACE", str(tmp_path_factory.mktemp("spark-workspace")))
+        from leukolab.data.spark import spark_session
 
-    os.environ["LEUKOLAB_WORKSPACE"] = str(tmp_path_factory.mktemp("spark-workspace"))
-    from leukolab.data.spark import spark_session
+        session = spark_session("local[2]")
+        yield session
+        session.stop()
 
-    session = spark_session("local[2]")
-    yield session
-    session.stop()
+
+def encode(image: Image.Image, format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def tiff16(size: int = 96) -> bytes:
+    return encode(Image.fromarray(np.linspace(0, 65535, size * size).astype(np.uint16).reshape(size, size)), "TIFF")
+
+
+def write(path, data: bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# ---------------------------------------------------------------- original_segmented, with every kind of bad file
 
 
 @pytest.fixture(scope="module")
-def raw(tmp_path_factory):
-    """Synthetic smears plus every kind of bad file."""
+def planted(tmp_path_factory):
+    """Synthetic smears (original_segmented) plus every kind of bad file, duplicates and near duplicates."""
     root = generate_dataset(tmp_path_factory.mktemp("raw") / "planted", images_per_class=10, image_size=96, seed=3)
     original = root / "Original"
-    (original / "Pre" / "zero.jpg").write_bytes(b"")
-    (original / "Pre" / "notes.jpg").write_text("not an image")
+    write(original / "Pre" / "zero.jpg", b"")
+    write(original / "Pre" / "notes.jpg", b"not an image")
     good = (original / "Pro" / "Pro_0000.jpg").read_bytes()
-    (original / "Pro" / "cut.jpg").write_bytes(good[: len(good) // 3])
-    (original / "Early" / "tiny.png").write_bytes(_png(Image.new("RGB", (8, 8))))
-    (original / "Benign" / "wide.TIF").write_bytes(_tiff16())
-    (original / "Benign" / "alpha.Png").write_bytes(_png(Image.new("RGBA", (96, 96), (200, 100, 150, 128))))
-    (root / "Segmented" / "Pro" / "orphan.png").write_bytes(_png(Image.new("L", (96, 96))))
+    write(original / "Pro" / "cut.jpg", good[: len(good) // 3])
+    write(original / "Early" / "tiny.png", encode(Image.new("RGB", (8, 8)), "PNG"))
+    write(original / "Benign" / "wide.TIF", tiff16())
+    write(original / "Benign" / "alpha.Png", encode(Image.new("RGBA", (96, 96), (200, 100, 150, 128)), "PNG"))
+    flipped = Image.open(original / "Early" / "Early_0009.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    write(original / "Early" / "with space.JPG", encode(flipped, "JPEG"))
+    write(root / "Segmented" / "Pro" / "orphan.png", encode(Image.new("L", (96, 96)), "PNG"))
     shutil.copy(original / "Early" / "Early_0001.jpg", original / "Early" / "Early_copy.jpg")  # within a class
     shutil.copy(original / "Pre" / "Pre_0002.jpg", original / "Pro" / "Pre_0002_misfiled.jpg")  # across classes
-    (root / "Original" / "Unknown").mkdir()
-    shutil.copy(original / "Pre" / "Pre_0003.jpg", root / "Original" / "Unknown" / "x.jpg")
+    write(original / "Unknown" / "x.jpg", (original / "Pre" / "Pre_0003.jpg").read_bytes())
+    smear = Image.open(original / "Benign" / "Benign_0004.jpg")
+    write(original / "Benign" / "Benign_0004_recompressed.jpg", encode(smear, "JPEG", quality=60))  # near, same class
+    brighter = ImageEnhance.Brightness(Image.open(original / "Early" / "Early_0005.jpg")).enhance(1.08)
+    write(original / "Pro" / "Early_0005_brighter.png", encode(brighter, "PNG"))  # near, another class
+    write(root / ".DS_Store", b"hidden")
+    write(original / "Pre" / ".~lock.jpg", b"hidden")
     return root
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+def run(spark, raw, out, **overrides):
+    settings = {"image_size": 48, "classes": CLASSES, "max_bad_fraction": 0.5, "holdouts": 1, **overrides}
+    return run_etl(spark, raw, out, EtlParams(**settings))
 
 
-def _tiff16() -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.linspace(0, 65535, 96 * 96).astype(np.uint16).reshape(96, 96)).save(buffer, format="TIFF")
-    return buffer.getvalue()
+@pytest.fixture(scope="module")
+def planted_run(spark, planted, tmp_path_factory):
+    before = sorted((p.relative_to(planted), p.stat().st_mtime_ns) for p in planted.rglob("*"))
+    dataset_dir = run(spark, planted, tmp_path_factory.mktemp("out"))
+    after = sorted((p.relative_to(planted), p.stat().st_mtime_ns) for p in planted.rglob("*"))
+    assert before == after, "the raw folder was modified"
+    return dataset_dir, load_manifest(dataset_dir), load_split(dataset_dir)
 
 
-def run(spark, raw, tmp_path, **overrides):
-    settings = {"image_size": 48, "classes": ["Benign", "Early", "Pre", "Pro"], "max_bad_fraction": 0.5, **overrides}
-    params = EtlParams(**settings)
-    return run_etl(spark, raw, tmp_path, params)
-
-
-def test_every_file_is_accounted_for_with_a_reason(spark, raw, tmp_path):
-    before = sorted((p.relative_to(raw), p.stat().st_mtime_ns) for p in raw.rglob("*"))
-    manifest = load_manifest(run(spark, raw, tmp_path))
+def test_every_file_is_accounted_for_with_a_reason(planted_run):
+    _, manifest, table = planted_run
     files = manifest["files"]
-    assert files["in"] == 40 + 40 + 9 + 1  # originals, masks, planted originals, orphan mask
+    assert files["in"] == 40 + 40 + 12 + 1  # originals, masks, planted originals, orphan mask; hidden files are not input
     assert files["in"] == files["out"] + files["quarantined"]
+    assert files["out"] == len(table) + table["mask"].notna().sum()
     reasons = {q["source_path"]: q["reason"] for q in manifest["quarantine"]}
-    assert reasons["Original/Pre/zero.jpg"] == "empty"
-    assert reasons["Original/Pre/notes.jpg"] == "not_an_image"
-    assert reasons["Original/Pro/cut.jpg"] == "truncated"
-    assert reasons["Original/Early/tiny.png"] == "too_small"
-    assert reasons["Segmented/Pro/orphan.png"] == "mask_without_original"
-    assert reasons["Original/Unknown/x.jpg"] == "unknown_class"
-    assert reasons["Original/Pro/Pre_0002_misfiled.jpg"] == "conflicting_labels"
-    assert reasons["Original/Pre/Pre_0002.jpg"] == "conflicting_labels"
-    assert "Original/Benign/wide.TIF" not in reasons and "Original/Benign/alpha.Png" not in reasons
-    assert before == sorted((p.relative_to(raw), p.stat().st_mtime_ns) for p in raw.rglob("*")), "raw folder was modified"
+    assert reasons == {
+        "Original/Pre/zero.jpg": "empty",
+        "Original/Pre/notes.jpg": "not_an_image",
+        "Original/Pro/cut.jpg": "truncated",
+        "Original/Early/tiny.png": "too_small",
+        "Segmented/Pro/orphan.png": "mask_without_original",
+        "Original/Unknown/x.jpg": "unknown_class",
+        "Original/Pro/Pre_0002_misfiled.jpg": "conflicting_labels",
+        "Original/Pre/Pre_0002.jpg": "conflicting_labels",
+        "Segmented/Pre/Pre_0002.png": "conflicting_labels",
+    }
+    assert manifest["quarantine_reasons"]["conflicting_labels"] == 3
+    assert {"Original/Benign/wide.TIF", "Original/Benign/alpha.Png", "Original/Early/with space.JPG"} <= set(table["source_path"])
 
 
-def test_duplicates_share_a_split_and_masks_are_paired(spark, raw, tmp_path):
-    dataset_dir = run(spark, raw, tmp_path)
-    manifest = load_manifest(dataset_dir)
-    assert ["Original/Early/Early_0001.jpg", "Original/Early/Early_copy.jpg"] in manifest["duplicate_groups"]
-    table = load_split(dataset_dir)
-    pair = table[table["source_path"].isin(["Original/Early/Early_0001.jpg", "Original/Early/Early_copy.jpg"])]
-    assert pair["split"].nunique() == 1
-    assert table[table["source_path"] == "Original/Benign/Benign_0000.jpg"]["mask"].notna().all()
-    assert table[table["source_path"] == "Original/Benign/alpha.Png"]["mask"].isna().all()
+def test_dataset_columns_masks_and_torch_dataset(planted_run):
+    _, manifest, table = planted_run
+    assert list(table.columns) == list(DATASET_COLUMNS)
+    row = table.set_index("source_path").loc["Original/Benign/Benign_0000.jpg"]
+    assert row["mask"] is not None and (row["original_width"], row["original_height"]) == (96, 96)
+    assert row["class_name"] == "Benign" and row["label"] == 0 and len(row["phash"]) == 16
+    assert table.set_index("source_path").loc["Original/Benign/alpha.Png", "mask"] is None
+    assert manifest["has_masks"] and manifest["schema_version"] == 2
     dataset = SmearDataset(table[table["mask"].notna()], with_masks=True)
     assert dataset.images.shape[1:] == (3, 48, 48) and set(dataset.masks.unique().tolist()) == {0, 1}
     assert 0.3 < np.mean(manifest["train_mean"]) < 0.95 and all(0.02 < s < 0.5 for s in manifest["train_std"])
 
 
-def test_same_input_same_manifest_and_reuse(spark, raw, tmp_path):
-    first = run(spark, raw, tmp_path / "a")
-    second = run(spark, raw, tmp_path / "b")
+def test_exact_and_near_duplicates_are_grouped_in_one_split(planted_run):
+    _, manifest, table = planted_run
+    groups = manifest["duplicate_groups"]
+    assert ["Original/Early/Early_0001.jpg", "Original/Early/Early_copy.jpg"] in groups
+    assert ["Original/Benign/Benign_0004.jpg", "Original/Benign/Benign_0004_recompressed.jpg"] in groups
+    assert ["Original/Early/Early_0005.jpg", "Original/Pro/Early_0005_brighter.png"] in groups  # kept: only bytes prove a conflict
+    near = {(p["a"], p["b"]) for p in manifest["near_duplicate_pairs"]}
+    assert ("Original/Benign/Benign_0004.jpg", "Original/Benign/Benign_0004_recompressed.jpg") in near
+    assert all(p["distance"] <= 4 for p in manifest["near_duplicate_pairs"])
+    for group in groups:
+        rows = table[table["source_path"].isin(group)]
+        assert len(rows) == len(group) and rows["split"].nunique() == 1 and rows["group_id"].nunique() == 1
+
+
+def test_splits_are_stratified_with_a_holdout(planted_run):
+    _, manifest, table = planted_run
+    assert set(manifest["counts"]) == {"train", "val", "test", "holdout_1"}
+    counts = pd.crosstab(table["class_name"], table["split"])
+    assert (counts["train"] >= 6).all() and (counts[["val", "test", "holdout_1"]] >= 1).all().all()
+    assert counts.to_dict() == {split: dict(per_class) for split, per_class in manifest["counts"].items()}
+
+
+def test_same_input_same_manifest_and_reuse(spark, planted, planted_run, tmp_path):
+    first, manifest, _ = planted_run
+    second = run(spark, planted, tmp_path)
     assert first.name == second.name
     assert (first / "manifest.json").read_bytes() == (second / "manifest.json").read_bytes()
-    assert run(spark, raw, tmp_path / "a") == first  # reused, not rewritten
-    other = run(spark, raw, tmp_path / "a", seed=99)
-    assert other.name != first.name
+    written = (first / "manifest.json").stat().st_mtime_ns
+    assert run(spark, planted, first.parent.parent) == first  # reused, not rewritten
+    assert (first / "manifest.json").stat().st_mtime_ns == written
 
 
-def test_required_masks_and_bad_share_limit(spark, raw, tmp_path):
-    manifest = load_manifest(run(spark, raw, tmp_path, require_masks=True))
-    reasons = {q["source_path"]: q["reason"] for q in manifest["quarantine"]}
+def test_parameters_change_the_fingerprint_required_masks_and_bad_share_limit(spark, planted, planted_run, tmp_path):
+    first, _, _ = planted_run
+    dataset_dir = run(spark, planted, tmp_path, require_masks=True, seed=99)
+    assert dataset_dir.name != first.name
+    reasons = {q["source_path"]: q["reason"] for q in load_manifest(dataset_dir)["quarantine"]}
     assert reasons["Original/Benign/alpha.Png"] == "missing_mask"
+    assert reasons["Original/Pro/Early_0005_brighter.png"] == "missing_mask" and "Original/Early/Early_0005.jpg" not in reasons
     with pytest.raises(ValueError, match="max_bad_fraction"):
-        run(spark, raw, tmp_path / "strict", max_bad_fraction=0.01)
-    assert json.loads(json.dumps(manifest))["schema_version"] == 1
+        run(spark, planted, tmp_path / "strict", max_bad_fraction=0.01)
+    assert not (tmp_path / "strict").exists()
+
+
+# ---------------------------------------------------------------- imagefolder: formats, contrast
+
+
+@pytest.fixture(scope="module")
+def imagefolder(planted, tmp_path_factory):
+    """<class>/* in every format the ETL reads, and a full-range gradient."""
+    root = tmp_path_factory.mktemp("raw") / "imagefolder"
+    smears = [sorted((planted / "Original" / name).glob(f"{name}_*.jpg")) for name in ("Pro", "Pre", "Benign")]
+    images = [Image.open(path).convert("RGB") for path in sum(smears, [])]  # 30 different smears
+    for name, batch in (("Blast", images[:10]), ("Normal", images[10:20])):
+        formats = [("a.JPG", "JPEG", {}), ("b.Jpg", "JPEG", {}), ("c.jpeg", "JPEG", {}), ("d.bmp", "BMP", {}),
+                   ("e.tif", "TIFF", {}), ("f.png", "PNG", {}), ("g.PNG", "PNG", {}), ("h.tiff", "TIFF", {}),
+                   ("i.jpg", "JPEG", {}), ("j.jpg", "JPEG", {})]
+        for image, (file_name, format, options) in zip(batch, formats):
+            write(root / name / f"{name}_{file_name}", encode(image, format, **options))
+    write(root / "Blast" / "grey.png", encode(images[20].convert("L"), "PNG"))
+    write(root / "Blast" / "palette.png", encode(images[21].convert("P"), "PNG"))
+    write(root / "Normal" / "cmyk.jpg", encode(images[22].convert("CMYK"), "JPEG"))
+    write(root / "Normal" / "deep.tif", tiff16())
+    write(root / "Normal" / "rgba.png", encode(images[23].convert("RGBA"), "PNG"))
+    ramp = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
+    write(root / "Normal" / "gradient.png", encode(Image.fromarray(np.stack([ramp, ramp.T, 255 - ramp], -1)), "PNG"))
+    shutil.copy(root / "Blast" / "Blast_a.JPG", root / "Blast" / "copy.jpg")
+    return root
+
+
+def test_imagefolder_reads_every_format_and_extension_case(spark, imagefolder, tmp_path):
+    dataset_dir = run_etl(spark, imagefolder, tmp_path, EtlParams(image_size=64, seed=1))
+    manifest, table = load_manifest(dataset_dir), load_split(dataset_dir)
+    assert manifest["layout"] == "imagefolder" and manifest["classes"] == ["Blast", "Normal"]
+    assert manifest["files"] == {"in": 27, "out": 27, "quarantined": 0}
+    assert ["Blast/Blast_a.JPG", "Blast/copy.jpg"] in manifest["duplicate_groups"]
+    assert not manifest["has_masks"] and table["mask"].isna().all()
+    assert all(np.asarray(Image.open(io.BytesIO(b))).shape == (64, 64, 3) for b in table["image"])
+
+    # The seed's transform.py normalises, then save_image clamps to [0, 1]: most contrast is lost.
+    # The ETL stores the image as it is (mean and std go to the manifest), so the gradient survives bit for bit.
+    source = np.asarray(Image.open(imagefolder / "Normal" / "gradient.png"))
+    stored = np.asarray(Image.open(io.BytesIO(table.set_index("source_path").loc["Normal/gradient.png", "image"])))
+    assert np.array_equal(stored, source)
+    normalised = (source / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    seed_saved = np.clip(normalised * 255 + 0.5, 0, 255).astype(np.uint8)  # torchvision.utils.save_image
+    assert (np.isin(seed_saved, [0, 255])).mean() > 0.4 and not np.array_equal(seed_saved, source)
+
+
+# ---------------------------------------------------------------- label_in_name (ALL-IDB2) and cnmc (C-NMC 2019)
+
+
+@pytest.fixture(scope="module")
+def all_idb2(planted, tmp_path_factory):
+    root = tmp_path_factory.mktemp("raw") / "ALL_IDB2"
+    smears = sorted((planted / "Original").glob("*/[A-Z]*_000[0-7].jpg"))[:24]
+    for i, path in enumerate(smears, start=1):
+        write(root / "img" / f"Im{i:03d}_{i % 2}.tif", encode(Image.open(path), "TIFF"))
+    write(root / "img" / "readme.txt", b"ALL-IDB2: 260 images, label in the name")
+    return root
+
+
+def test_label_in_name_is_detected_and_names_the_classes(spark, all_idb2, tmp_path):
+    dataset_dir = run_etl(spark, all_idb2, tmp_path, EtlParams(image_size=32, min_side=16, max_bad_fraction=0.1))
+    manifest, table = load_manifest(dataset_dir), load_split(dataset_dir)
+    assert manifest["layout"] == "label_in_name" and manifest["classes"] == ["Blast", "Normal"]
+    assert manifest["quarantine"] == [{"source_path": "img/readme.txt", "reason": "unknown_class",
+                                       "message": "the file name does not match label_pattern '_(?P<label>[01])\\\\.'"}]
+    labels = table.set_index("source_path")["class_name"]
+    assert labels["img/Im001_1.tif"] == "Blast" and labels["img/Im002_0.tif"] == "Normal"
+
+    # a new input file makes a new dataset
+    changed = tmp_path / "changed"
+    shutil.copytree(all_idb2, changed)
+    shutil.copy(changed / "img" / "Im001_1.tif", changed / "img" / "Im099_1.tif")
+    again = run_etl(spark, changed, tmp_path, EtlParams(image_size=32, min_side=16, max_bad_fraction=0.1), dataset_name="ALL_IDB2")
+    assert again.parent == dataset_dir.parent and again.name != dataset_dir.name
+
+
+@pytest.fixture(scope="module")
+def cnmc(planted, tmp_path_factory):
+    """C-NMC 2019 style: fold_k/{all,hem}/UID_<patient>_<image>_<cell>_<class>.bmp, several images per patient."""
+    root = tmp_path_factory.mktemp("raw") / "C-NMC"
+    smears = sorted((planted / "Original").glob("*/[A-Z]*_00[0-9][0-9].jpg"))  # 40
+    patients = [("all", str(p)) for p in range(1, 9)] + [("hem", f"H{p}") for p in range(1, 9)]
+    for i, path in enumerate(smears):
+        folder, patient = patients[i % len(patients)]
+        write(root / "training_data" / f"fold_{i % 3}" / folder / f"UID_{patient}_{i}_1_{folder}.bmp",
+              encode(Image.open(path), "BMP"))
+    return root
+
+
+def test_cnmc_patients_never_straddle_splits(spark, cnmc, tmp_path):
+    dataset_dir = run_etl(spark, cnmc, tmp_path, EtlParams(image_size=32, seed=4))
+    manifest, table = load_manifest(dataset_dir), load_split(dataset_dir)
+    assert manifest["layout"] == "cnmc" and manifest["classes"] == ["all", "hem"]
+    assert manifest["files"] == {"in": 40, "out": 40, "quarantined": 0}
+    assert table["patient_id"].notna().all() and table["patient_id"].nunique() == 16
+    assert (table.groupby("patient_id")["split"].nunique() == 1).all()
+    assert (table.groupby("patient_id")["group_id"].nunique() == 1).all()
+    assert sum(manifest["patients"].values()) == 16 and set(manifest["patients"]) == {"train", "val", "test"}
+    assert json.loads((dataset_dir / "manifest.json").read_text())["parameters"]["patient_pattern"] is None

@@ -1,49 +1,174 @@
-"""Raw dataset layouts: which files are images, which are masks, and their classes.
+"""Raw dataset layouts: which files are images, which are masks, their classes and patients.
 
-``original_segmented``: ``<root>/Original/<class>/*`` with optional masks or
-segmented images in ``<root>/Segmented/<class>/<same stem>.*`` (Aria et al.).
-``imagefolder``: ``<root>/<class>/*``. The raw folder is only ever read.
+A layout is chosen by name (the ``layout`` parameter of ``00_etl``) or detected:
+
+``original_segmented``
+    ``<root>/Original/<class>/*`` with optional masks or segmented images in
+    ``<root>/Segmented/<class>/<same stem>.*`` (the public ALL dataset of Aria
+    et al.; what :mod:`leukolab.data.synthetic` writes).
+``imagefolder``
+    ``<root>/<class>/*``.
+``label_in_name``
+    the label is in the file name, found by a regular expression with a
+    ``label`` group (and optionally a ``patient`` group), anywhere under the
+    root. The default, ``_(?P<label>[01])\\.``, reads ALL-IDB2 (``Im001_1.tif``
+    is a blast, ``Im131_0.tif`` is not); label names map the captured text to
+    class names.
+``cnmc``
+    C-NMC 2019: images under folders named ``all`` or ``hem`` at any depth
+    (``fold_0/all/UID_11_10_1_all.bmp``); the patient id comes from the file
+    name (``UID_11_...`` is patient 11, ``UID_H10_...`` healthy subject H10).
+
+The raw folder is only ever read. Paths are relative to the root, with ``/``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-LAYOUTS = ("original_segmented", "imagefolder")
+LAYOUTS = ("original_segmented", "imagefolder", "label_in_name", "cnmc")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+ALL_IDB2_LABEL_PATTERN = r"_(?P<label>[01])\."
+"""ALL-IDB2 file names end in ``_1`` (blast) or ``_0`` (no blast)."""
+ALL_IDB2_LABEL_NAMES = {"0": "Normal", "1": "Blast"}
+CNMC_PATIENT_PATTERN = r"^UID_(?P<patient>H?\d+)_"
+"""C-NMC 2019 names: ``UID_<patient>_<image>_<cell>_<all|hem>.bmp``; healthy subjects' ids start with H."""
+CNMC_CLASS_FOLDERS = {"all": "all", "hem": "hem"}
+"""C-NMC folder name (any case) to class name: ``all`` (leukemic blast) or ``hem`` (normal cell)."""
 
 
 @dataclass(frozen=True)
 class SourceFile:
-    """Where a raw file sits in its layout."""
+    """Where a raw file sits in its layout.
+
+    ``role`` is ``original``, ``mask`` or ``ignored``; an ignored file carries
+    the quarantine ``reason`` and ``message`` that explain why.
+    """
 
     relative_path: str
-    role: str  # "original", "mask", or "ignored"
+    role: str
     class_name: str
     stem: str
+    patient_id: str | None = None
+    reason: str | None = None
+    message: str | None = None
 
 
-def detect_layout(root: str | Path) -> str:
-    """``original_segmented`` when ``<root>/Original`` exists, else ``imagefolder``."""
+@dataclass(frozen=True)
+class Layout:
+    """A named layout with its options; :meth:`locate` tells what a file is from its path alone.
+
+    ``patient_pattern`` (a regex with a ``patient`` group, searched in the file
+    name) gives patient ids in any layout; ``None`` takes the layout's default
+    (C-NMC's for ``cnmc``, none otherwise).
+    """
+
+    name: str
+    label_pattern: str = ALL_IDB2_LABEL_PATTERN
+    label_names: dict[str, str] = field(default_factory=lambda: dict(ALL_IDB2_LABEL_NAMES))
+    patient_pattern: str | None = None
+
+    def __post_init__(self):
+        if self.name not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.name!r}; choose one of {LAYOUTS} or None to detect it")
+        for option, pattern, group in (("label_pattern", self.label_pattern, "label"),
+                                       ("patient_pattern", self.patient_pattern, "patient")):
+            if pattern is None:
+                continue
+            try:
+                compiled = re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"{option} {pattern!r} is not a regular expression: {error}") from None
+            if group not in compiled.groupindex:
+                raise ValueError(f"{option} {pattern!r} needs a named group (?P<{group}>...)")
+
+    def locate(self, relative_path: str) -> SourceFile:
+        """Role, class, stem and patient of a file given its path relative to the raw root."""
+        path = PurePosixPath(relative_path)
+        parts, stem, name = path.parts, path.stem, path.name
+        if self.name == "original_segmented":
+            if len(parts) == 3 and parts[0] in ("Original", "Segmented"):
+                role = "original" if parts[0] == "Original" else "mask"
+                return SourceFile(relative_path, role, parts[1], stem, self._patient(name))
+            return _misplaced(relative_path, stem, "Original/<class>/<file> or Segmented/<class>/<file>")
+        if self.name == "imagefolder":
+            if len(parts) == 2:
+                return SourceFile(relative_path, "original", parts[0], stem, self._patient(name))
+            return _misplaced(relative_path, stem, "<class>/<file>")
+        if self.name == "label_in_name":
+            match = re.search(self.label_pattern, name)
+            if not match:
+                return SourceFile(relative_path, "ignored", "", stem, reason="unknown_class",
+                                  message=f"the file name does not match label_pattern {self.label_pattern!r}")
+            label = match.group("label")
+            patient = match.groupdict().get("patient") or self._patient(name)
+            return SourceFile(relative_path, "original", self.label_names.get(label, label), stem, patient)
+        # cnmc: the class is the nearest enclosing all/hem folder
+        for folder in reversed(parts[:-1]):
+            if folder.lower() in CNMC_CLASS_FOLDERS:
+                return SourceFile(relative_path, "original", CNMC_CLASS_FOLDERS[folder.lower()], stem, self._patient(name))
+        return SourceFile(relative_path, "ignored", "", stem, reason="unknown_class",
+                          message="not inside a folder named all or hem")
+
+    def _patient(self, name: str) -> str | None:
+        pattern = self.patient_pattern if self.patient_pattern is not None else (
+            CNMC_PATIENT_PATTERN if self.name == "cnmc" else None)
+        match = re.search(pattern, name) if pattern else None
+        return match.group("patient") if match else None
+
+
+def _misplaced(relative_path: str, stem: str, expected: str) -> SourceFile:
+    return SourceFile(relative_path, "ignored", "", stem, reason="unexpected_location",
+                      message=f"not where the layout puts images ({expected})")
+
+
+def detect_layout(root: str | Path, label_pattern: str = ALL_IDB2_LABEL_PATTERN) -> str:
+    """The layout of a raw folder, judged from its folder names and image file names.
+
+    In order: ``Original/`` present: ``original_segmented``; folders named
+    ``all`` and ``hem``: ``cnmc``; two or more top-level folders holding
+    images: ``imagefolder``; at least 90% of the image names matching
+    ``label_pattern`` with two or more labels: ``label_in_name``; one folder of
+    images: ``imagefolder``. Anything else is a ``ValueError`` asking for ``layout``.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"raw data folder not found: {root}")
-    return "original_segmented" if (root / "Original").is_dir() else "imagefolder"
+    if (root / "Original").is_dir():
+        return "original_segmented"
+    images = [path for path in walk_files(root) if PurePosixPath(path).suffix.lower() in IMAGE_SUFFIXES]
+    folders = {part.lower() for path in images for part in PurePosixPath(path).parts[:-1]}
+    if {"all", "hem"} <= folders:
+        return "cnmc"
+    class_folders = {PurePosixPath(path).parts[0] for path in images if len(PurePosixPath(path).parts) == 2}
+    if len(class_folders) >= 2:
+        return "imagefolder"
+    matches = [re.search(label_pattern, PurePosixPath(path).name) for path in images]
+    labels = {match.group("label") for match in matches if match}
+    if images and len(labels) >= 2 and sum(map(bool, matches)) >= 0.9 * len(images):
+        return "label_in_name"
+    if class_folders:
+        return "imagefolder"
+    raise ValueError(
+        f"cannot tell the layout of {root} ({len(images)} images; no Original/ folder, no all/ and hem/ folders, "
+        f"no class folders, file names do not match {label_pattern!r}): pass layout= one of {LAYOUTS}"
+    )
 
 
-def classify_path(relative_path: str, layout: str) -> SourceFile:
-    """Role, class and stem of a file given its path relative to the raw root."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
-    parts = PurePosixPath(relative_path).parts
-    stem = PurePosixPath(relative_path).stem
-    if layout == "original_segmented":
-        if len(parts) == 3 and parts[0] in ("Original", "Segmented"):
-            return SourceFile(relative_path, "original" if parts[0] == "Original" else "mask", parts[1], stem)
-    elif len(parts) == 2:
-        return SourceFile(relative_path, "original", parts[0], stem)
-    return SourceFile(relative_path, "ignored", "", stem)
+def walk_files(root: str | Path) -> list[str]:
+    """Every file under ``root`` that is not hidden, as sorted relative POSIX paths."""
+    root = str(root)
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        relative = os.path.relpath(folder, root)
+        prefix = "" if relative == "." else relative.replace(os.sep, "/") + "/"
+        found.extend(prefix + name for name in files if not name.startswith("."))
+    return sorted(found)
 
 
 def is_hidden(relative_path: str) -> bool:
