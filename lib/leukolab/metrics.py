@@ -21,7 +21,8 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, class_
         metrics[f"recall_{name}"] = float(recall[i])
         metrics[f"f1_{name}"] = float(f1[i])
     if len(np.unique(labels)) == len(class_names):
-        metrics["roc_auc_ovr"] = float(roc_auc_score(labels, probabilities, multi_class="ovr", labels=indices))
+        scores = probabilities[:, 1] if len(class_names) == 2 else probabilities  # binary data sets (ALL-IDB)
+        metrics["roc_auc_ovr"] = float(roc_auc_score(labels, scores, multi_class="ovr", labels=indices))
     return metrics
 
 
