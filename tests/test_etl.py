@@ -269,3 +269,35 @@ def test_cnmc_patients_never_straddle_splits(spark, cnmc, tmp_path):
     assert (table.groupby("patient_id")["group_id"].nunique() == 1).all()
     assert sum(manifest["patients"].values()) == 16 and set(manifest["patients"]) == {"train", "val", "test"}
     assert json.loads((dataset_dir / "manifest.json").read_text())["parameters"]["patient_pattern"] is None
+
+
+# ---------------------------------------------------------------- the data report
+
+
+def test_data_report_figures_tables_and_mlflow_artifacts(planted_run, tmp_path, monkeypatch):
+    from leukolab.data.report import build_report, log_report
+
+    dataset_dir, manifest, table = planted_run
+    report = build_report(dataset_dir)
+    assert set(report.figures) == {"counts", "samples", "sizes", "colours"}
+    counts = report.tables["counts"]
+    assert counts.loc["total", "total"] == len(table) and list(counts.index[:3]) == ["train", "val", "test"]
+    assert len(report.tables["quarantine"]) == manifest["files"]["quarantined"]
+    assert report.tables["quarantine_reasons"].set_index("reason")["files"]["conflicting_labels"] == 3
+    kinds = report.tables["duplicates"].set_index("paths")["kind"]
+    assert kinds["Original/Early/Early_0001.jpg\nOriginal/Early/Early_copy.jpg"] == "exact"
+    assert kinds["Original/Benign/Benign_0004.jpg\nOriginal/Benign/Benign_0004_recompressed.jpg"] == "near"
+    samples = report.figures["samples"].axes
+    assert sum(len(ax.images) for ax in samples) == 16 and any(ax.collections for ax in samples)  # 4 per class, masks outlined
+
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(tmp_path))
+    from leukolab.tracking import configure
+
+    configure()
+    with mlflow.start_run() as run:
+        log_report(report)
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "report")}
+    assert logged == {f"report/{n}.png" for n in report.figures} | {f"report/{n}.csv" for n in report.tables}

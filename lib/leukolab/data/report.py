@@ -1,0 +1,168 @@
+"""The data report of ``00_etl``: what went in, what came out, what was left out and why.
+
+Figures and tables are built from the dataset folder the ETL wrote (its
+``manifest.json`` and Parquet); pixels are read only for the few images the
+sample grid and the colour histograms use. :func:`log_report` puts all of it
+into the active MLflow run under ``report/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from matplotlib.ticker import MaxNLocator
+
+from leukolab import plots
+from leukolab.data.dataset import load_manifest
+from leukolab.images import image_array
+
+METADATA_COLUMNS = ["source_path", "class_name", "split", "content_hash", "patient_id", "original_width",
+                    "original_height", "group_id"]
+
+
+@dataclass
+class DataReport:
+    """The report's figures and tables by name (``counts``, ``samples``, ``sizes``, ``colours``; ``counts``,
+    ``quarantine``, ``quarantine_reasons``, ``duplicates``)."""
+
+    manifest: dict
+    figures: dict = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def build_report(dataset_dir: str | Path, samples_per_class: int = 4, colour_images_per_class: int = 64) -> DataReport:
+    """Every figure and table of the data report of one ETL output."""
+    manifest = load_manifest(dataset_dir)
+    table = pq.read_table(Path(dataset_dir) / "data", columns=METADATA_COLUMNS).to_pandas()
+    classes = manifest["classes"]
+    report = DataReport(manifest)
+    report.tables["counts"] = counts_table(manifest)
+    report.figures["counts"] = counts_chart(report.tables["counts"])
+    report.figures["samples"] = plots.sample_grid(
+        read_images(dataset_dir, pick(table[table["split"] == "train"], samples_per_class, ordered=True)), classes, samples_per_class)
+    report.figures["sizes"] = size_histograms(table, classes)
+    report.figures["colours"] = colour_histograms(read_images(dataset_dir, pick(table, colour_images_per_class)), classes)
+    report.tables["quarantine"] = quarantine_table(manifest)
+    report.tables["quarantine_reasons"] = report.tables["quarantine"].groupby("reason").size().rename("files").reset_index()
+    report.tables["duplicates"] = duplicate_table(manifest, table)
+    for figure in report.figures.values():
+        plt.close(figure)  # shown where the notebook displays them, not all at once
+    return report
+
+
+def counts_table(manifest: dict) -> pd.DataFrame:
+    """Images per split (rows, in split order) and class (columns), with totals."""
+    order = {"train": 0, "val": 1, "test": 2}
+    splits = sorted(manifest["counts"], key=lambda s: (order.get(s, 3), s))
+    frame = pd.DataFrame(manifest["counts"]).T.loc[splits, manifest["classes"]]
+    frame["total"] = frame.sum(1)
+    frame.loc["total"] = frame.sum(0)
+    return frame
+
+
+def pick(table: pd.DataFrame, per_class: int, ordered: bool = False, seed: int = 0) -> pd.DataFrame:
+    """Up to ``per_class`` rows of each class: the first by path, or a seeded sample."""
+    table = table.sort_values("source_path")
+    if ordered:
+        return table.groupby("class_name", sort=True).head(per_class)
+    rng = np.random.default_rng(seed)
+    return pd.concat([rows if len(rows) <= per_class else rows.iloc[np.sort(rng.choice(len(rows), per_class, replace=False))]
+                      for _, rows in table.groupby("class_name", sort=True)])
+
+
+def read_images(dataset_dir: str | Path, rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with their ``image`` and ``mask`` bytes, read from the Parquet for just these paths."""
+    if rows.empty:
+        return rows.assign(image=[], mask=[])
+    pixels = pq.read_table(Path(dataset_dir) / "data", columns=["source_path", "image", "mask"],
+                           filters=[("source_path", "in", list(rows["source_path"]))]).to_pandas()
+    return rows.merge(pixels, on="source_path").sort_values("source_path").reset_index(drop=True)
+
+
+def counts_chart(counts: pd.DataFrame):
+    """Grouped bars: images per split (in split order), one bar per class, from :func:`counts_table`."""
+    frame = counts.drop(index="total", columns="total")
+    ax = frame.plot(kind="bar", figsize=(7, 3.5), rot=0, width=0.8, title="images per split and class")
+    for container in ax.containers:
+        ax.bar_label(container, fontsize=7)
+    ax.set_ylabel("images")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.2)  # room for the legend above the bars
+    ax.legend(fontsize=8, ncols=min(4, len(frame.columns)), loc="upper right")
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def size_histograms(table: pd.DataFrame, classes: list[str]):
+    """Original sizes (before resizing) by class: a bar per size when there are few, else width and height histograms."""
+    sizes = table["original_width"].astype(str) + " x " + table["original_height"].astype(str)
+    if sizes.nunique() <= 12:
+        frame = pd.crosstab(sizes, table["class_name"]).reindex(columns=classes, fill_value=0)
+        ax = frame.plot(kind="barh", stacked=True, figsize=(7, 0.6 + 0.35 * len(frame) + 1), title="original image sizes (px)")
+        ax.set_xlabel("images")
+        ax.set_ylabel("")
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+        ax.figure.tight_layout()
+        return ax.figure
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, column in zip(axes, ("original_width", "original_height")):
+        values = [table.loc[table["class_name"] == name, column].to_numpy() for name in classes]
+        ax.hist(values, bins=30, stacked=True, label=classes)
+        ax.set_xlabel(f"{column.split('_')[1]} (px)")
+        ax.set_ylabel("images")
+    axes[1].legend(fontsize=8)
+    fig.suptitle("original image sizes")
+    fig.tight_layout()
+    return fig
+
+
+def colour_histograms(images: pd.DataFrame, classes: list[str]):
+    """Red, green and blue intensity distributions of the processed images, one panel per class."""
+    fig, axes = plt.subplots(1, len(classes), figsize=(3 * len(classes), 2.8), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], classes):
+        arrays = [image_array(b).reshape(-1, 3) for b in images.loc[images["class_name"] == name, "image"]]
+        if arrays:
+            pixels = np.concatenate(arrays)
+            for channel, colour in enumerate(("red", "green", "blue")):
+                counts = np.bincount(pixels[:, channel], minlength=256)
+                ax.plot(counts / counts.sum(), color=colour, linewidth=1)
+        ax.set_title(f"{name} ({len(arrays)} images)", fontsize=9)
+        ax.set_xlim(0, 255)
+        ax.set_xlabel("intensity")
+    axes[0, 0].set_ylabel("share of pixels")
+    fig.tight_layout()
+    return fig
+
+
+def quarantine_table(manifest: dict) -> pd.DataFrame:
+    """Every file left out, with its reason and message."""
+    return pd.DataFrame(manifest["quarantine"], columns=["source_path", "reason", "message"])
+
+
+def duplicate_table(manifest: dict, table: pd.DataFrame) -> pd.DataFrame:
+    """One row per duplicate group: its size, kind (``exact``, ``near`` or ``exact+near``), classes, split and paths."""
+    by_path = table.set_index("source_path")
+    rows = []
+    for number, paths in enumerate(manifest["duplicate_groups"]):
+        members = by_path.loc[paths]
+        distinct = members["content_hash"].nunique()
+        kind = "exact" if distinct == 1 else "near" if distinct == len(paths) else "exact+near"
+        rows.append({"group": number, "images": len(paths), "kind": kind,
+                     "classes": ", ".join(sorted(members["class_name"].unique())),
+                     "split": ", ".join(sorted(members["split"].unique())), "paths": "\n".join(paths)})
+    return pd.DataFrame(rows, columns=["group", "images", "kind", "classes", "split", "paths"])
+
+
+def log_report(report: DataReport, artifact_dir: str = "report") -> None:
+    """Log every figure (PNG) and table (CSV) of the report to the active MLflow run."""
+    import mlflow
+
+    for name, figure in report.figures.items():
+        mlflow.log_figure(figure, f"{artifact_dir}/{name}.png")
+    for name, frame in report.tables.items():
+        mlflow.log_text(frame.to_csv(index=name == "counts"), f"{artifact_dir}/{name}.csv")
