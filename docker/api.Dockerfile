@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1.7
+# The prediction API alone: `python -m leukolab.serving` as a non-root user, healthy once /ready answers 200.
+# compose builds it from the repository root (context ..); by hand: docker build -f docker/api.Dockerfile .
+# It installs the distributions in docker/requirements-api.txt (no Spark, Jupyter, Voila or test tools),
+# each held to its requirements.txt pin by `-c requirements.txt`.
+FROM python:3.11-slim-bookworm
+
+# CPU wheels of requirements.txt's torch/torchvision versions (see workspace.Dockerfile).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG UID=1000
+ARG GID=1000
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    LEUKOLAB_WORKSPACE=/home/leukolab \
+    LEUKOLAB_MODEL_URI=models:/leukolab@champion
+
+COPY requirements.txt docker/requirements-api.txt /tmp/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -m venv /opt/venv \
+ && pip install --index-url "$TORCH_INDEX_URL" \
+      "$(grep -E '^torch==' /tmp/requirements.txt)" "$(grep -E '^torchvision==' /tmp/requirements.txt)" \
+ && pip install -r /tmp/requirements-api.txt -c /tmp/requirements.txt \
+ && pip check
+
+WORKDIR /opt/leukolab
+COPY pyproject.toml README.md requirements.txt ./
+COPY lib/ lib/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps . \
+ && groupadd --gid "$GID" leukolab \
+ && useradd --uid "$UID" --gid "$GID" --create-home --shell /usr/sbin/nologin leukolab
+
+USER leukolab
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4)"]
+ENTRYPOINT ["python", "-m", "leukolab.serving"]
+CMD ["--host", "0.0.0.0", "--port", "8000"]
