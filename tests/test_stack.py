@@ -6,8 +6,9 @@
 - The images: base images and third-party images pinned, the API non-root with a health check on
   ``/ready``, build contexts that never carry ``.env``, and an API requirement list that is enough: the
   API loads a model and predicts with every distribution outside that list hidden.
-- MLflow's server starts with the exact command line of the ``mlflow`` service and accepts the Host
-  header services send it.
+- MLflow's server and JupyterLab start with the exact command lines of their services (paths and
+  addresses moved to this machine): MLflow accepts the Host header services send it and stores artifacts,
+  JupyterLab opens on the notebooks and only with the token.
 - ``promtool check config``/``check rules`` pass; every metric the dashboard and the alerts query is one
   the running API exports; a real Prometheus with the committed scrape config and alert rules, pointed at
   a real API, counts the predictions this test makes and runs every dashboard query.
@@ -443,6 +444,37 @@ def test_mlflow_service_command_runs_and_accepts_service_names(tools, tmp_path):
         run = client.create_run(client.create_experiment("stack-check"))
         client.log_text(run.info.run_id, "served through the tracking server", "note.txt")
         assert list((tmp_path / "artifacts").rglob("note.txt")), "artifacts are not stored by the server"
+    finally:
+        stop(server)
+
+
+@pytest.mark.integration
+def test_jupyter_service_command_opens_the_notebooks_behind_the_token(tools, tmp_path):
+    """The jupyter service's command line on 127.0.0.1, with this checkout where the container mounts it."""
+    service = resolved(tools, env_file(tmp_path))["services"]["jupyter"]
+    port = free_port()
+    local = {"--ip=0.0.0.0": "--ip=127.0.0.1", "--port=8888": f"--port={port}", "=/opt/leukolab": f"={ROOT}"}
+    command = []
+    for arg in service["command"]:
+        for old, new in local.items():
+            arg = arg.replace(old, new)
+        command.append(arg)
+    assert command[:2] == ["jupyter", "lab"] and f"--ServerApp.root_dir={ROOT}" in command
+    command += ["--allow-root"] if os.geteuid() == 0 else []  # the container runs as a user
+    token = service["environment"]["JUPYTER_TOKEN"]
+    log = tmp_path / "jupyter.log"
+    with open(log, "wb") as output:
+        server = subprocess.Popen([str(Path(sys.executable).parent / "jupyter"), *command[1:]], stdout=output,
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                  env={**os.environ, "JUPYTER_TOKEN": token, "HOME": str(tmp_path / "home")})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/api/status?token={token}", server, log, 90)
+        landing = httpx.get(f"{url}/?token={token}", trust_env=False)
+        assert landing.status_code == 302 and landing.headers["location"].startswith("/lab/tree/notebooks")
+        listing = httpx.get(f"{url}/api/contents/notebooks", params={"token": token}, trust_env=False)
+        assert listing.status_code == 200 and "demo.ipynb" in {item["name"] for item in listing.json()["content"]}
+        assert httpx.get(f"{url}/api/contents/notebooks", trust_env=False).status_code == 403
     finally:
         stop(server)
 
