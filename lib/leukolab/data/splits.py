@@ -92,20 +92,21 @@ def assign_splits(rows: pd.DataFrame, fractions: dict[str, float], seed: int) ->
     targets = np.array([fractions[n] for n in names])
     classes = sorted(rows["class_name"].unique())
     per_group = pd.crosstab(rows["group"], rows["class_name"]).reindex(columns=classes, fill_value=0).sort_index()
-    sizes = per_group.sum(1).to_numpy()
+    class_counts = per_group.to_numpy(dtype=float)
+    sizes = class_counts.sum(1)
     order = np.random.default_rng(_stable_seed(seed, "groups")).permutation(len(per_group))
     order = order[np.argsort(-sizes[order], kind="stable")]  # largest groups first, seeded order among equals
     filled = np.zeros((len(names), len(classes)))  # images per split and class so far
     seen = np.zeros(len(classes))
-    group_split = {}
+    choices = np.empty(len(per_group), dtype=int)
     for index in order:
-        counts = per_group.iloc[index].to_numpy(dtype=float)
+        counts = class_counts[index]
         seen += counts
         # Shortfall of each split against its target share of each class, after this group.
         deficit = (targets[:, None] * seen[None, :] - filled) @ counts
-        choice = int(np.argmax(deficit))
-        group_split[per_group.index[index]] = names[choice]
-        filled[choice] += counts
+        choices[index] = int(np.argmax(deficit))
+        filled[choices[index]] += counts
+    group_split = dict(zip(per_group.index, np.array(names, dtype=object)[choices]))
     return rows["group"].map(group_split).astype(object)
 
 
