@@ -73,6 +73,7 @@ def planted(tmp_path_factory):
     write(original / "Benign" / "Benign_0004_recompressed.jpg", encode(smear, "JPEG", quality=60))  # near, same class
     brighter = ImageEnhance.Brightness(Image.open(original / "Early" / "Early_0005.jpg")).enhance(1.08)
     write(original / "Pro" / "Early_0005_brighter.png", encode(brighter, "PNG"))  # near, another class
+    write(original / "Pre" / "_draft.jpg", (original / "Pre" / "Pre_0004.jpg").read_bytes() + b"\0")  # Spark skips "_" names
     write(root / ".DS_Store", b"hidden")
     write(original / "Pre" / ".~lock.jpg", b"hidden")
     return root
@@ -95,12 +96,13 @@ def planted_run(spark, planted, tmp_path_factory):
 def test_every_file_is_accounted_for_with_a_reason(planted_run):
     _, manifest, table = planted_run
     files = manifest["files"]
-    assert files["in"] == 40 + 40 + 12 + 1  # originals, masks, planted originals, orphan mask; hidden files are not input
+    assert files["in"] == 40 + 40 + 13 + 1  # originals, masks, planted originals, orphan mask; hidden files are not input
     assert files["in"] == files["out"] + files["quarantined"]
     assert files["out"] == len(table) + table["mask"].notna().sum()
     reasons = {q["source_path"]: q["reason"] for q in manifest["quarantine"]}
     assert reasons == {
         "Original/Pre/zero.jpg": "empty",
+        "Original/Pre/_draft.jpg": "not_read",
         "Original/Pre/notes.jpg": "not_an_image",
         "Original/Pro/cut.jpg": "truncated",
         "Original/Early/tiny.png": "too_small",
