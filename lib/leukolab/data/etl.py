@@ -171,8 +171,8 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
     dataset_name = dataset_name or raw_dir.name
     root_uri = raw_dir.as_uri().replace("file:///", "file:/") + "/"
     started = time.perf_counter()
-    read_conf = _read_partitioning(raw_dir, on_disk, spark.sparkContext.defaultParallelism * tasks_per_core)
-    with _spark_conf(spark, read_conf):
+    settings = _session_settings(raw_dir, on_disk, spark.sparkContext.defaultParallelism * tasks_per_core)
+    with _spark_conf(spark, settings):
         from pyspark.sql import functions as F
 
         files = (
@@ -204,8 +204,9 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
     return dataset_dir
 
 
-def _read_partitioning(raw_dir: Path, on_disk: list[str], partitions: int) -> dict[str, str]:
-    """Spark read settings that cut the input into about ``partitions`` parts of equal bytes.
+def _session_settings(raw_dir: Path, on_disk: list[str], partitions: int) -> dict[str, str]:
+    """Spark SQL settings for one run: the input cut into about ``partitions`` parts of equal bytes, and Arrow
+    for the driver's small tables.
 
     Spark's defaults count 4 MB of "open cost" per file, which turns 2,000
     small JPEGs into ~60 tasks whose fixed cost (a Python round trip each)
