@@ -53,22 +53,22 @@ class CellProfile:
 
 CLASS_PROFILES = {
     "Benign": CellProfile(
-        radius=(0.064, 0.010), nc_ratio=(0.80, 0.06), irregularity=(0.02, 0.012), cleft=(0.0, 0.04),
+        radius=(0.062, 0.007), nc_ratio=(0.82, 0.04), irregularity=(0.02, 0.010), cleft=(0.0, 0.03),
         chromatin=(1.30, 0.14), texture=(0.10, 0.05), grain=(0.004, 0.001),
         nucleoli=(0, 0), nucleolus_contrast=(0.0, 0.0), vacuoles=(0, 0),
     ),
     "Early": CellProfile(
-        radius=(0.080, 0.011), nc_ratio=(0.74, 0.07), irregularity=(0.035, 0.018), cleft=(0.04, 0.06),
+        radius=(0.080, 0.007), nc_ratio=(0.72, 0.04), irregularity=(0.03, 0.012), cleft=(0.03, 0.04),
         chromatin=(1.05, 0.14), texture=(0.25, 0.07), grain=(0.004, 0.001),
         nucleoli=(0, 1), nucleolus_contrast=(0.30, 0.10), vacuoles=(0, 1),
     ),
     "Pre": CellProfile(
-        radius=(0.090, 0.012), nc_ratio=(0.56, 0.07), irregularity=(0.07, 0.03), cleft=(0.22, 0.10),
+        radius=(0.092, 0.008), nc_ratio=(0.55, 0.045), irregularity=(0.08, 0.025), cleft=(0.28, 0.08),
         chromatin=(1.10, 0.14), texture=(0.30, 0.08), grain=(0.009, 0.002),
         nucleoli=(1, 2), nucleolus_contrast=(0.50, 0.12), vacuoles=(0, 2),
     ),
     "Pro": CellProfile(
-        radius=(0.104, 0.013), nc_ratio=(0.70, 0.07), irregularity=(0.10, 0.035), cleft=(0.15, 0.10),
+        radius=(0.108, 0.009), nc_ratio=(0.68, 0.045), irregularity=(0.12, 0.03), cleft=(0.15, 0.08),
         chromatin=(0.85, 0.14), texture=(0.50, 0.10), grain=(0.006, 0.0015),
         nucleoli=(2, 4), nucleolus_contrast=(0.70, 0.12), vacuoles=(2, 6),
     ),
