@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -111,6 +112,11 @@ def fit(
     patience = int(stopping.get("patience", 5))
     clip = float(train_cfg.get("grad_clip", 1.0))
     scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda")
+    # An exponential moving average of the weights (and BN statistics) is what gets validated and kept:
+    # it evens out the step-to-step noise of small-batch training.
+    ema_decay = float(train_cfg.get("ema_decay", 0.0))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay else None
+    kept = ema.module if ema else model
 
     result, best_state, start_epoch = FitResult(monitor=monitor), None, 0
     checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
@@ -118,6 +124,8 @@ def fit(
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         if state["config_hash"] == _config_hash(experiment):
             model.load_state_dict(state["model"])
+            if ema:
+                ema.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             generator.set_state(state["generator"])
@@ -145,22 +153,24 @@ def fit(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if ema:
+                ema.update_parameters(model)
             losses.append(loss.item())
         metrics = {"train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"]}
-        metrics.update({f"val_{k}": v for k, v in evaluate(model, val_set, mean, std, class_names, task, device).items()})
+        metrics.update({f"val_{k}": v for k, v in evaluate(kept, val_set, mean, std, class_names, task, device).items()})
         result.history.append({"epoch": epoch + 1, **metrics})
         score = metrics.get(monitor, float("-inf"))
         improved = score > result.best_score
         if improved:
             result.best_score, result.best_epoch = score, epoch + 1
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(kept.state_dict())
         log.info("epoch %d/%d loss %.4f %s %.4f%s", epoch + 1, epochs, metrics["train_loss"], monitor, score,
                  " (best)" if improved else "")
         if on_epoch_end:
             on_epoch_end(epoch + 1, metrics)
         if checkpoint:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"config_hash": _config_hash(experiment), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            torch.save({"config_hash": _config_hash(experiment), "model": model.state_dict(), "ema": ema.state_dict() if ema else None, "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "result": result,
                         "best_state": best_state, "epoch": epoch}, checkpoint)
         if epoch + 1 - result.best_epoch >= patience:
