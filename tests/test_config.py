@@ -22,7 +22,7 @@ def test_unknown_names_list_the_choices():
 
 
 def test_every_profile_plans_every_stage_and_every_experiment_exists():
-    for profile in ("smoke", "default"):
+    for profile in ("smoke", "default", "full"):
         tasks = plan(profile)
         assert [t.stage for t in tasks][0] == "etl" and [t.stage for t in tasks][-1] == "serve"
         for task in tasks:
