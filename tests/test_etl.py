@@ -48,6 +48,28 @@ def write(path, data: bytes):
     return path
 
 
+def plant_bad_files(root, place, good) -> dict[str, str]:
+    """The usual bad files, where ``place(class_index, stem, suffix)`` puts them in a layout: zero bytes, text named
+    as an image, a truncated copy of ``good`` and an 8 px image in class 0, and a byte copy of ``good`` (a class-0
+    image) in class 1. Returns the reason expected for each of them and for ``good``, by relative path."""
+    data = good.read_bytes()
+    planted = {
+        place(0, "zero", ".jpg"): (b"", "empty"),
+        place(0, "notes", ".jpg"): (b"not an image", "not_an_image"),
+        place(0, "cut", good.suffix): (data[: len(data) // 3], "truncated"),
+        place(0, "tiny", ".png"): (encode(Image.new("RGB", (8, 8)), "PNG"), "too_small"),
+        place(1, "misfiled", good.suffix): (data, "conflicting_labels"),
+    }
+    for path, (content, _) in planted.items():
+        write(path, content)
+    expected = {path: reason for path, (_, reason) in planted.items()} | {good: "conflicting_labels"}
+    return {path.relative_to(root).as_posix(): reason for path, reason in expected.items()}
+
+
+def reasons(manifest: dict) -> dict[str, str]:
+    return {q["source_path"]: q["reason"] for q in manifest["quarantine"]}
+
+
 # ---------------------------------------------------------------- original_segmented, with every kind of bad file
 
 
@@ -196,14 +218,16 @@ def imagefolder(planted, tmp_path_factory):
     ramp = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
     write(root / "Normal" / "gradient.png", encode(Image.fromarray(np.stack([ramp, ramp.T, 255 - ramp], -1)), "PNG"))
     shutil.copy(root / "Blast" / "Blast_a.JPG", root / "Blast" / "copy.jpg")
-    return root
+    bad = plant_bad_files(root, lambda c, stem, suffix: root / ("Blast", "Normal")[c] / f"{stem}{suffix}", root / "Blast" / "Blast_b.Jpg")
+    return root, bad
 
 
 def test_imagefolder_reads_every_format_and_extension_case(spark, imagefolder, tmp_path):
-    dataset_dir = run_etl(spark, imagefolder, tmp_path, EtlParams(image_size=64, seed=1))
+    imagefolder, bad = imagefolder
+    dataset_dir = run_etl(spark, imagefolder, tmp_path, EtlParams(image_size=64, seed=1, max_bad_fraction=0.3))
     manifest, table = load_manifest(dataset_dir), load_split(dataset_dir)
     assert manifest["layout"] == "imagefolder" and manifest["classes"] == ["Blast", "Normal"]
-    assert manifest["files"] == {"in": 27, "out": 27, "quarantined": 0}
+    assert manifest["files"] == {"in": 32, "out": 26, "quarantined": 6} and reasons(manifest) == bad
     assert ["Blast/Blast_a.JPG", "Blast/copy.jpg"] in manifest["duplicate_groups"]
     assert not manifest["has_masks"] and table["mask"].isna().all()
     assert all(np.asarray(Image.open(io.BytesIO(b))).shape == (64, 64, 3) for b in table["image"])
@@ -227,24 +251,29 @@ def all_idb2(planted, tmp_path_factory):
     smears = sorted((planted / "Original").glob("*/[A-Z]*_000[0-7].jpg"))[:24]
     for i, path in enumerate(smears, start=1):
         write(root / "img" / f"Im{i:03d}_{i % 2}.tif", encode(Image.open(path), "TIFF"))
+    write(root / "img" / "Im950_0.tif", tiff16())
     write(root / "img" / "readme.txt", b"ALL-IDB2: 260 images, label in the name")
-    return root
+    bad = plant_bad_files(root, lambda c, stem, suffix: root / "img" / f"{stem}_{'10'[c]}{suffix}", root / "img" / "Im001_1.tif")
+    return root, bad | {"img/readme.txt": "unknown_class"}
 
 
 def test_label_in_name_is_detected_and_names_the_classes(spark, all_idb2, tmp_path):
-    dataset_dir = run_etl(spark, all_idb2, tmp_path, EtlParams(image_size=32, min_side=16, max_bad_fraction=0.1))
+    all_idb2, bad = all_idb2
+    params = EtlParams(image_size=32, min_side=16, max_bad_fraction=0.3)
+    dataset_dir = run_etl(spark, all_idb2, tmp_path, params)
     manifest, table = load_manifest(dataset_dir), load_split(dataset_dir)
     assert manifest["layout"] == "label_in_name" and manifest["classes"] == ["Blast", "Normal"]
-    assert manifest["quarantine"] == [{"source_path": "img/readme.txt", "reason": "unknown_class",
-                                       "message": "the file name does not match label_pattern '_(?P<label>[01])\\\\.'"}]
+    assert manifest["files"] == {"in": 31, "out": 24, "quarantined": 7} and reasons(manifest) == bad
+    readme = next(q for q in manifest["quarantine"] if q["source_path"] == "img/readme.txt")
+    assert readme["message"] == "the file name does not match label_pattern '_(?P<label>[01])\\\\.'"
     labels = table.set_index("source_path")["class_name"]
-    assert labels["img/Im001_1.tif"] == "Blast" and labels["img/Im002_0.tif"] == "Normal"
+    assert labels["img/Im003_1.tif"] == "Blast" and labels["img/Im002_0.tif"] == "Normal"
 
     # a new input file makes a new dataset
     changed = tmp_path / "changed"
     shutil.copytree(all_idb2, changed)
-    shutil.copy(changed / "img" / "Im001_1.tif", changed / "img" / "Im099_1.tif")
-    again = run_etl(spark, changed, tmp_path, EtlParams(image_size=32, min_side=16, max_bad_fraction=0.1), dataset_name="ALL_IDB2")
+    shutil.copy(changed / "img" / "Im003_1.tif", changed / "img" / "Im099_1.tif")
+    again = run_etl(spark, changed, tmp_path, params, dataset_name="ALL_IDB2")
     assert again.parent == dataset_dir.parent and again.name != dataset_dir.name
 
 
@@ -258,14 +287,20 @@ def cnmc(planted, tmp_path_factory):
         folder, patient = patients[i % len(patients)]
         write(root / "training_data" / f"fold_{i % 3}" / folder / f"UID_{patient}_{i}_1_{folder}.bmp",
               encode(Image.open(path), "BMP"))
-    return root
+    write(root / "test_data" / "1.bmp", (root / "training_data" / "fold_1" / "all" / "UID_2_1_1_all.bmp").read_bytes())
+    folders = [("all", "1"), ("hem", "H1")]
+    bad = plant_bad_files(root, lambda c, stem, suffix: root / "training_data" / "fold_0" / folders[c][0]
+                          / f"UID_{folders[c][1]}_{stem}_1_{folders[c][0]}{suffix}",
+                          root / "training_data" / "fold_0" / "all" / "UID_1_0_1_all.bmp")
+    return root, bad | {"test_data/1.bmp": "unknown_class"}
 
 
 def test_cnmc_patients_never_straddle_splits(spark, cnmc, tmp_path):
-    dataset_dir = run_etl(spark, cnmc, tmp_path, EtlParams(image_size=32, seed=4))
+    cnmc, bad = cnmc
+    dataset_dir = run_etl(spark, cnmc, tmp_path, EtlParams(image_size=32, seed=4, max_bad_fraction=0.3))
     manifest, table = load_manifest(dataset_dir), load_split(dataset_dir)
     assert manifest["layout"] == "cnmc" and manifest["classes"] == ["all", "hem"]
-    assert manifest["files"] == {"in": 40, "out": 40, "quarantined": 0}
+    assert manifest["files"] == {"in": 46, "out": 39, "quarantined": 7} and reasons(manifest) == bad
     assert table["patient_id"].notna().all() and table["patient_id"].nunique() == 16
     assert (table.groupby("patient_id")["split"].nunique() == 1).all()
     assert (table.groupby("patient_id")["group_id"].nunique() == 1).all()
@@ -294,12 +329,13 @@ def test_data_report_figures_tables_and_mlflow_artifacts(planted_run, tmp_path, 
 
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(tmp_path))
-    from leukolab.tracking import configure
-
-    configure()
-    with mlflow.start_run() as run:
-        log_report(report)
-    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "report")}
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store starts in a fraction of SQLite's time
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
+    try:
+        with mlflow.start_run() as run:
+            log_report(report)
+        logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "report")}
+    finally:
+        mlflow.set_tracking_uri(previous)
     assert logged == {f"report/{n}.png" for n in report.figures} | {f"report/{n}.csv" for n in report.tables}

@@ -3,11 +3,11 @@
 Files are read with Spark's ``binaryFile`` source; decoding, validation,
 resizing, PNG encoding and hashing run in ``mapInPandas`` on the workers
 (Arrow batches of ``spark.sql.execution.arrow.maxRecordsPerBatch`` images).
-The driver only sees small metadata, never pixels: it pairs masks with
+The driver only sees small metadata, never the images: it pairs masks with
 originals, quarantines what cannot be used, groups duplicates and patients,
-assigns splits and writes ``manifest.json``, while the pixels stay in Spark's
-cache on the executors until the final Parquet write. In = out + quarantined,
-always.
+assigns splits and writes ``manifest.json``, while the images stay in Spark's
+cache on the executors until the final Parquet write (the small binary masks
+are broadcast to them through the driver). In = out + quarantined, always.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import math
 import shutil
 import time
 import uuid
-from urllib.parse import unquote
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd

@@ -48,7 +48,7 @@ def build_report(dataset_dir: str | Path, samples_per_class: int = 4, colour_ima
     report.figures["sizes"] = size_histograms(table, classes)
     report.figures["colours"] = colour_histograms(read_images(dataset_dir, pick(table, colour_images_per_class)), classes)
     report.tables["quarantine"] = quarantine_table(manifest)
-    report.tables["quarantine_reasons"] = report.tables["quarantine"].groupby("reason").size().rename("files").reset_index()
+    report.tables["quarantine_reasons"] = pd.DataFrame(list(manifest["quarantine_reasons"].items()), columns=["reason", "files"])
     report.tables["duplicates"] = duplicate_table(manifest, table)
     for figure in report.figures.values():
         plt.close(figure)  # shown where the notebook displays them, not all at once
