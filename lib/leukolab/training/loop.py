@@ -18,8 +18,8 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
+from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from leukolab.data.dataset import SmearDataset
@@ -115,7 +115,8 @@ def fit(
     # An exponential moving average of the weights (and BN statistics) is what gets validated and kept:
     # it evens out the step-to-step noise of small-batch training.
     ema_decay = float(train_cfg.get("ema_decay", 0.0))
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay else None
+    # Warm-up ramps the decay from 0, so early epochs are not dominated by the random initial weights.
+    ema = ModelEmaV3(model, decay=ema_decay, use_warmup=True) if ema_decay else None
     kept = ema.module if ema else model
 
     result, best_state, start_epoch = FitResult(monitor=monitor), None, 0
@@ -154,7 +155,7 @@ def fit(
             scaler.update()
             scheduler.step()
             if ema:
-                ema.update_parameters(model)
+                ema.update(model, step=epoch * len(loader) + len(losses) + 1)
             losses.append(loss.item())
         metrics = {"train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"]}
         metrics.update({f"val_{k}": v for k, v in evaluate(kept, val_set, mean, std, class_names, task, device).items()})
