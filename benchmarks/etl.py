@@ -184,7 +184,7 @@ def pool_etl(raw: Path, out: Path, size: int, cores: int, spark) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from leukolab.data.etl import DATASET_COLUMNS, EtlParams, _curate
+    from leukolab.data.etl import DATASET_COLUMNS, DATASET_SCHEMA, EtlParams, _curate
     from leukolab.data.sources import walk_files
 
     params = EtlParams(image_size=size, layout="imagefolder")
@@ -197,8 +197,10 @@ def pool_etl(raw: Path, out: Path, size: int, cores: int, spark) -> None:
     table = table.merge(meta[["source_path", "png"]], on="source_path")
     dataset = table.rename(columns={"png": "image", "width": "original_width", "height": "original_height"})
     dataset["mask"] = None
+    dataset[["original_width", "original_height"]] = dataset[["original_width", "original_height"]].astype("int32")
     out.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pandas(dataset[list(DATASET_COLUMNS)], preserve_index=False), out / "data.parquet")
+    pq.write_table(pa.Table.from_pandas(dataset[list(DATASET_COLUMNS)], schema=DATASET_SCHEMA, preserve_index=False),
+                   out / "data.parquet", compression="none", use_dictionary=[c for c in DATASET_COLUMNS if c not in ("image", "mask")])
 
 
 if __name__ == "__main__":

@@ -1,13 +1,21 @@
 """Spark ETL: raw smear images to a split, de-duplicated Parquet dataset with a manifest.
 
-Files are read with Spark's ``binaryFile`` source; decoding, validation,
-resizing, PNG encoding and hashing run in ``mapInPandas`` on the workers
-(Arrow batches of ``spark.sql.execution.arrow.maxRecordsPerBatch`` images).
-The driver only sees small metadata, never the images: it pairs masks with
-originals, quarantines what cannot be used, groups duplicates and patients,
-assigns splits and writes ``manifest.json``, while the images stay in Spark's
-cache on the executors until the final Parquet write (the small binary masks
-are broadcast to them through the driver). In = out + quarantined, always.
+Two passes of Spark tasks, with the driver's curation between them:
+
+1. Files are read with Spark's ``binaryFile`` source; decoding, validation,
+   resizing, PNG encoding and hashing run in ``mapInPandas`` on the workers
+   (Arrow batches of ``spark.sql.execution.arrow.maxRecordsPerBatch`` images).
+   Each batch's encoded images go straight to a part file in the output's
+   staging folder; only metadata returns to Spark.
+2. The driver pairs masks with originals, quarantines what cannot be used,
+   groups duplicates and patients, assigns splits and builds the manifest.
+3. Spark tasks read the part files back, add the curated columns and write
+   the dataset's Parquet files.
+
+Pixels never reach the driver, nor the JVM after decoding: in the first pass
+they go from the Python worker to disk, in the second from disk to disk. In =
+out + quarantined, always. Output folders must be on a filesystem every worker
+and the driver see at the same path (any local folder with ``local[*]``).
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from leukolab.data.sources import (
     ALL_IDB2_LABEL_NAMES,
@@ -49,10 +59,14 @@ PROCESSED_SCHEMA = (
     "pixel_sum array<double>, pixel_sq_sum array<double>"
 )
 PROCESSED_COLUMNS = tuple(column.split()[0] for column in PROCESSED_SCHEMA.split(", "))
-DATASET_COLUMNS = (
-    "image", "mask", "label", "class_name", "split", "source_path", "content_hash", "patient_id",
-    "original_width", "original_height", "group_id", "phash",
-)
+META_SCHEMA = PROCESSED_SCHEMA.replace("png binary", "part string")
+"""What the first pass returns to Spark: the processed row without its PNG, and the part file that holds it."""
+DATASET_SCHEMA = pa.schema([
+    ("image", pa.binary()), ("mask", pa.binary()), ("label", pa.int64()), ("class_name", pa.string()),
+    ("split", pa.string()), ("source_path", pa.string()), ("content_hash", pa.string()), ("patient_id", pa.string()),
+    ("original_width", pa.int32()), ("original_height", pa.int32()), ("group_id", pa.int64()), ("phash", pa.string()),
+])
+DATASET_COLUMNS = tuple(DATASET_SCHEMA.names)
 """Columns of the dataset Parquet, in order; later stages read them by name."""
 _MAX_PARTITION_BYTES = 128 * 1024 * 1024  # Spark's default ceiling on one read partition
 _VALUES = np.arange(256, dtype=np.float64) / 255.0
@@ -140,15 +154,27 @@ def perceptual_hash(image) -> str:
     return str(imagehash.phash(image))
 
 
-def _process_batches(root_uri: str, layout: Layout, params: EtlParams):
-    """The ``mapInPandas`` function: binaryFile rows in, processed rows out."""
+def _process_batches(root_uri: str, layout: Layout, params: EtlParams, parts_dir: str):
+    """The first pass's ``mapInPandas`` function: binaryFile rows in, metadata out, encoded images to a part file per batch.
+
+    Part files get unique names, so a retried or speculative task attempt
+    never overwrites one that the driver's metadata points to.
+    """
     root = unquote(root_uri)  # Spark's paths are URIs: a space in a name arrives as %20
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            rows = [process_file(unquote(path)[len(root):], bytes(content), layout, params)
-                    for path, content in zip(batch["path"], batch["content"])]
-            yield pd.DataFrame(rows, columns=list(PROCESSED_COLUMNS))
+            frame = pd.DataFrame([process_file(unquote(path)[len(root):], bytes(content), layout, params)
+                                  for path, content in zip(batch["path"], batch["content"])], columns=list(PROCESSED_COLUMNS))
+            encoded = frame["png"].notna()
+            frame["part"] = None
+            if encoded.any():
+                part = f"{parts_dir}/part-{uuid.uuid4().hex}.parquet"
+                pixels = pa.table({"source_path": frame.loc[encoded, "source_path"].tolist(),
+                                   "png": pa.array(frame.loc[encoded, "png"].tolist(), pa.binary())})
+                pq.write_table(pixels, part, compression="none", use_dictionary=False)
+                frame.loc[encoded, "part"] = part
+            yield frame.drop(columns="png")
 
     return run
 
@@ -171,37 +197,44 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
     dataset_name = dataset_name or raw_dir.name
     root_uri = raw_dir.as_uri().replace("file:///", "file:/") + "/"
     started = time.perf_counter()
-    settings = _session_settings(raw_dir, on_disk, spark.sparkContext.defaultParallelism * tasks_per_core)
-    with _spark_conf(spark, settings):
-        from pyspark.sql import functions as F
+    tasks = spark.sparkContext.defaultParallelism * tasks_per_core
+    staging = Path(output_root).resolve() / dataset_name / f".staging-{uuid.uuid4().hex[:8]}"
+    (staging / "processed").mkdir(parents=True)
+    try:
+        with _spark_conf(spark, _session_settings(raw_dir, on_disk, tasks)):
+            from pyspark.sql import functions as F
 
-        files = (
-            spark.read.format("binaryFile")
-            .option("recursiveFileLookup", "true")
-            .option("ignoreCorruptFiles", "false")
-            .load(str(raw_dir))
-        )
-        relative = F.expr(f"substring(path, {len(root_uri) + 1})")
-        files = files.filter(~relative.rlike(r"(^|/)\.")).select("path", "content")  # hidden files are not data
-        processed = files.mapInPandas(_process_batches(root_uri, params.layout_for(layout), params), PROCESSED_SCHEMA)
-        processed.persist()
-        try:
-            meta = _add_unread_files(processed.drop("png").toPandas(), raw_dir, on_disk)
-            processed_at = time.perf_counter()
-            table, quarantine, duplicates = _curate(meta, params)
-            fingerprint = _fingerprint(meta, params, layout)
-            dataset_dir = Path(output_root) / dataset_name / fingerprint
-            manifest = _manifest(dataset_name, raw_dir, layout, params, fingerprint, meta, table, quarantine, duplicates)
-            if (dataset_dir / "manifest.json").is_file():
-                log.info("dataset %s is up to date (fingerprint %s); reusing it", dataset_name, fingerprint)
-                return dataset_dir
-            curated_at = time.perf_counter()
-            _write(spark, processed, table, dataset_dir, manifest)
-        finally:
-            processed.unpersist()
+            files = (
+                spark.read.format("binaryFile")
+                .option("recursiveFileLookup", "true")
+                .option("ignoreCorruptFiles", "false")
+                .load(str(raw_dir))
+            )
+            relative = F.expr(f"substring(path, {len(root_uri) + 1})")
+            files = files.filter(~relative.rlike(r"(^|/)\.")).select("path", "content")  # hidden files are not data
+            processed = files.mapInPandas(
+                _process_batches(root_uri, params.layout_for(layout), params, str(staging / "processed")), META_SCHEMA)
+            meta = _add_unread_files(processed.toPandas(), raw_dir, on_disk)
+        processed_at = time.perf_counter()
+        table, quarantine, duplicates = _curate(meta, params)
+        fingerprint = _fingerprint(meta, params, layout)
+        dataset_dir = staging.parent / fingerprint
+        manifest = _manifest(dataset_name, raw_dir, layout, params, fingerprint, meta, table, quarantine, duplicates)
+        if (dataset_dir / "manifest.json").is_file():
+            log.info("dataset %s is up to date (fingerprint %s); reusing it", dataset_name, fingerprint)
+            return Path(output_root) / dataset_name / fingerprint
+        curated_at = time.perf_counter()
+        _write(spark, meta, table, staging / "data", tasks)
+        shutil.rmtree(staging / "processed")
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if dataset_dir.exists():
+            shutil.rmtree(dataset_dir)
+        staging.rename(dataset_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when the run succeeded
     log.info("wrote %d images to %s (process %.1f s, curate %.1f s, write %.1f s)", len(table), dataset_dir,
              processed_at - started, curated_at - processed_at, time.perf_counter() - curated_at)
-    return dataset_dir
+    return Path(output_root) / dataset_name / fingerprint
 
 
 def _session_settings(raw_dir: Path, on_disk: list[str], partitions: int) -> dict[str, str]:
@@ -370,38 +403,62 @@ def _manifest(name, raw_dir, layout, params, fingerprint, meta, table, quarantin
     }
 
 
-def _write(spark, processed, table: pd.DataFrame, dataset_dir: Path, manifest: dict) -> None:
-    """Join pixels to the curated table in Spark, write Parquet and the manifest, then move into place.
+def _write(spark, meta: pd.DataFrame, table: pd.DataFrame, data_dir: Path, tasks: int) -> None:
+    """The second pass: Spark tasks read the first pass's part files, add the curated columns and write ``data_dir``.
 
-    The curated table (no pixels) is broadcast to the cached images, so the
-    images are written where they were processed, without a shuffle; masks
-    (small binary PNGs) are broadcast too.
+    Part files are packed into at most ``tasks`` output files of about equal
+    image counts; each task gets only the metadata of its own rows.
     """
-    from pyspark.sql import functions as F
+    part_of = dict(zip(meta["source_path"], meta["part"]))
+    rows = table.assign(mask_part=table["mask_path"].map(part_of), original_width=table["width"].astype("int32"),
+                        original_height=table["height"].astype("int32"))
+    rows = rows[["part", "mask_part", "mask_path", *(c for c in DATASET_COLUMNS if c not in ("image", "mask"))]]
+    data_dir.mkdir()
+    jobs = [(index, str(data_dir), rows[rows["part"].isin(parts)].to_dict("list"))
+            for index, parts in enumerate(_pack(rows.groupby("part").size(), tasks))]
+    written = spark.sparkContext.parallelize(jobs, max(len(jobs), 1)).map(_write_dataset_part).sum()
+    if written != len(table):
+        raise AssertionError(f"the dataset has {written} rows, the curated table {len(table)}")
 
-    assignments = spark.createDataFrame(
-        table[["source_path", "mask_path", "label", "class_name", "split", "content_hash", "patient_id", "group_id", "phash"]]
-        .assign(original_width=table["width"].astype("int32"), original_height=table["height"].astype("int32")),
-        "source_path string, mask_path string, label long, class_name string, split string, content_hash string, "
-        "patient_id string, group_id long, phash string, original_width int, original_height int",
-    )
-    images = processed.filter(F.col("role") == "original").select("source_path", F.col("png").alias("image"))
-    dataset = images.join(F.broadcast(assignments), "source_path")
-    if manifest["has_masks"]:
-        masks = processed.filter(F.col("role") == "mask").select(F.col("source_path").alias("mask_path"), F.col("png").alias("mask"))
-        dataset = dataset.join(F.broadcast(masks), "mask_path", "left")
-    else:
-        dataset = dataset.withColumn("mask", F.lit(None).cast("binary"))
-    dataset = dataset.select(*DATASET_COLUMNS)
-    staging = dataset_dir.parent / f".staging-{uuid.uuid4().hex[:8]}"
-    # PNG bytes do not compress further and every blob is unique: no codec, no dictionary (a third less write time).
-    (dataset.write.mode("overwrite").option("compression", "none")
-     .option("parquet.enable.dictionary#image", "false").option("parquet.enable.dictionary#mask", "false")
-     .parquet(str(staging / "data")))
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    if dataset_dir.exists():
-        shutil.rmtree(dataset_dir)
-    staging.rename(dataset_dir)
+
+def _pack(sizes: pd.Series, bins: int) -> list[list[str]]:
+    """Items (index) into at most ``bins`` bins of about equal total size: largest first, each to the emptiest bin."""
+    loads, contents = [0] * min(bins, len(sizes)), [[] for _ in range(min(bins, len(sizes)))]
+    for item, size in sorted(sizes.items(), key=lambda pair: (-pair[1], pair[0])):
+        emptiest = loads.index(min(loads))
+        loads[emptiest] += size
+        contents[emptiest].append(item)
+    return contents
+
+
+def _write_dataset_part(job) -> int:
+    """One second-pass task: its rows' images (and masks) from their part files, with the curated columns, as one Parquet file.
+
+    The pixels stay in Arrow buffers: read, gathered with ``take``, written.
+    """
+    index, data_dir, rows = job
+    rows = pd.DataFrame(rows).sort_values("source_path", ignore_index=True)
+    columns = {name: pa.array(rows[name], DATASET_SCHEMA.field(name).type, from_pandas=True)
+               for name in DATASET_COLUMNS if name not in ("image", "mask")}
+    columns["image"] = _gather_pixels(rows["part"], rows["source_path"])
+    columns["mask"] = _gather_pixels(rows["mask_part"], rows["mask_path"])
+    table = pa.table([columns[name] for name in DATASET_COLUMNS], schema=DATASET_SCHEMA)
+    # PNG bytes do not compress further and every blob is unique: no codec, and dictionaries only for the small columns.
+    pq.write_table(table, f"{data_dir}/part-{index:05d}.parquet", compression="none",
+                   use_dictionary=[c for c in DATASET_COLUMNS if c not in ("image", "mask")])
+    return table.num_rows
+
+
+def _gather_pixels(parts: pd.Series, paths: pd.Series) -> pa.ChunkedArray | pa.Array:
+    """The PNG bytes of ``paths`` (null where the path is null), in their order, from the first-pass part files that hold them."""
+    known = paths.notna()
+    if not known.any():
+        return pa.nulls(len(paths), pa.binary())
+    pixels = pa.concat_tables([pq.ParquetFile(part).read(columns=["source_path", "png"]) for part in sorted(set(parts[known]))])
+    positions = pd.Index(pixels.column("source_path").to_pylist()).get_indexer(paths.where(known, None))
+    if (positions[known.to_numpy()] < 0).any():
+        raise AssertionError("a curated image is missing from the first pass's part files")
+    return pixels.column("png").take(pa.array(positions, pa.int64(), mask=~known.to_numpy()))
 
 
 def raw_folder(raw_dir: str | None, images_per_class: int, seed: int) -> Path:
