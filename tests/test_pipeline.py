@@ -37,28 +37,26 @@ def test_smoke_run_keeps_every_executed_notebook_and_output(smoke_run):
     assert summary["status"] == "FINISHED" and [s["name"] for s in summary["stages"]] == NOTEBOOKS
 
 
-def test_smoke_run_registers_a_champion_and_prints_it(smoke_run):
+def test_smoke_run_registers_a_champion_and_prints_it(smoke_run, monkeypatch):
     workspace, result = smoke_run
     assert "champion: leukolab version 1 (@champion)" in result.stdout
-    os.environ["LEUKOLAB_WORKSPACE"] = str(workspace)
-    try:
-        from mlflow.tracking import MlflowClient
+    monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(workspace))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # earlier tests may leave another store there
+    from mlflow.tracking import MlflowClient
 
-        from leukolab.tracking import configure
+    from leukolab.tracking import configure
 
-        configure()
-        client = MlflowClient()
-        champion = client.get_model_version_by_alias("leukolab", "champion")
-        assert champion.tags["pipeline_run_id"]
-        parent = client.get_run(champion.tags["pipeline_run_id"])
-        assert parent.data.tags["leukolab.pipeline_run_id"] == "smoke-1" and parent.info.status == "FINISHED"
-        children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-        assert sorted(r.data.tags["leukolab.stage"] for r in children) == sorted(["etl", "segment", "classify", "evaluate", "publish", "serve"])
-        trained = next(r for r in children if r.data.tags["leukolab.stage"] == "classify")
-        assert "notebook" in [a.path for a in client.list_artifacts(trained.info.run_id)]
-        assert len(client.get_metric_history(trained.info.run_id, "val_macro_f1")) == 1
-    finally:
-        del os.environ["LEUKOLAB_WORKSPACE"]
+    configure()
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("leukolab", "champion")
+    assert champion.tags["pipeline_run_id"]
+    parent = client.get_run(champion.tags["pipeline_run_id"])
+    assert parent.data.tags["leukolab.pipeline_run_id"] == "smoke-1" and parent.info.status == "FINISHED"
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["leukolab.stage"] for r in children) == sorted(["etl", "segment", "classify", "evaluate", "publish", "serve"])
+    trained = next(r for r in children if r.data.tags["leukolab.stage"] == "classify")
+    assert "notebook" in [a.path for a in client.list_artifacts(trained.info.run_id)]
+    assert len(client.get_metric_history(trained.info.run_id, "val_macro_f1")) == 1
 
 
 def test_a_failing_stage_stops_the_run_and_says_where(tmp_path):
