@@ -81,18 +81,20 @@ def main() -> None:
     variants = {"a": ("Spark ETL (run_etl)", spark_etl), "b": ("seed 004 transform.py", seed_transform),
                 "c": (f"Pool({args.cores}) of PIL workers", pool_etl)}
     seconds = {key: [] for key in variants}
+    cpu = {key: [] for key in variants}
     with tempfile.TemporaryDirectory(dir=workdir, prefix="outputs-") as scratch:
         for repeat in range(args.repeats):
             for key, (name, run) in variants.items():
                 if key not in args.variants:
                     continue
                 out = Path(scratch) / f"{key}{repeat}"
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), cpu_seconds()
                 run(raw, out, args.size, args.cores, spark)
                 seconds[key].append(time.perf_counter() - t0)
+                cpu[key].append(cpu_seconds() - c0)
                 written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
                 print(f"  ({key}) {name:28s} {seconds[key][-1]:6.1f} s  {len(files) / seconds[key][-1]:6.1f} images/s"
-                      f"  ({written / 1e6:.0f} MB written)", flush=True)
+                      f"  CPU {cpu[key][-1]:6.1f} s  ({written / 1e6:.0f} MB written, load {os.getloadavg()[0]:.1f})", flush=True)
                 shutil.rmtree(out)
     spark.stop()
 
@@ -104,14 +106,33 @@ def main() -> None:
     if len(rate) < 3:
         return
     cold = len(files) / (statistics.median(seconds["a"]) + spark_start + spark_warm_up)
+    per_image = {key: 1000 * statistics.median(times) / len(files) for key, times in cpu.items()}
     print(f"a/b = {rate['a'] / rate['b']:.2f}   (goal >= 2.0)")
     print(f"a/c = {rate['a'] / rate['c']:.2f}   (goal >= 0.7)")
     print(f"counting the session start and warm-up too: a = {cold:.1f} images/s, a/b = {cold / rate['b']:.2f}, "
           f"a/c = {cold / rate['c']:.2f}")
+    print(f"CPU time per image (all processes; other jobs' load does not change it): a {per_image['a']:.1f} ms, "
+          f"b {per_image['b']:.1f} ms, c {per_image['c']:.1f} ms; b/a = {per_image['b'] / per_image['a']:.2f}, "
+          f"c/a = {per_image['c'] / per_image['a']:.2f}")
     if args.markdown:
         print(f"\n| {time.strftime('%Y-%m-%d')} | {len(files)} x {args.size} px | {args.cores} | {os.getloadavg()[0]:.1f} "
               f"| {rate['a']:.0f} | {rate['b']:.0f} | {rate['c']:.0f} | {rate['a'] / rate['b']:.2f} "
-              f"| {rate['a'] / rate['c']:.2f} | {spark_start:.0f} s |")
+              f"| {rate['a'] / rate['c']:.2f} | {per_image['a']:.1f} / {per_image['b']:.1f} / {per_image['c']:.1f} ms "
+              f"| {spark_start:.0f} s + {spark_warm_up:.0f} s |")
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and every process under it (the Spark JVM and its Python workers, the pool's workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:4])  # user, system, and children that have ended (the pool's workers)
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:4])
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def _import_everything() -> None:
