@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 import uuid
@@ -59,8 +60,8 @@ PROCESSED_SCHEMA = (
     "pixel_sum array<double>, pixel_sq_sum array<double>"
 )
 PROCESSED_COLUMNS = tuple(column.split()[0] for column in PROCESSED_SCHEMA.split(", "))
-META_SCHEMA = PROCESSED_SCHEMA.replace("png binary", "part string")
-"""What the first pass returns to Spark: the processed row without its PNG, and the part file that holds it."""
+META_SCHEMA = PROCESSED_SCHEMA.replace("png binary", "part string, png_bytes int")
+"""What the first pass returns to Spark: the processed row without its PNG, the part file that holds it and its size."""
 DATASET_SCHEMA = pa.schema([
     ("image", pa.binary()), ("mask", pa.binary()), ("label", pa.int64()), ("class_name", pa.string()),
     ("split", pa.string()), ("source_path", pa.string()), ("content_hash", pa.string()), ("patient_id", pa.string()),
@@ -69,6 +70,7 @@ DATASET_SCHEMA = pa.schema([
 DATASET_COLUMNS = tuple(DATASET_SCHEMA.names)
 """Columns of the dataset Parquet, in order; later stages read them by name."""
 _MAX_PARTITION_BYTES = 128 * 1024 * 1024  # Spark's default ceiling on one read partition
+_MAX_FILE_BYTES = 256 * 1024 * 1024  # images per dataset Parquet file (and held by one second-pass task)
 _VALUES = np.arange(256, dtype=np.float64) / 255.0
 
 
@@ -167,7 +169,7 @@ def _process_batches(root_uri: str, layout: Layout, params: EtlParams, parts_dir
             frame = pd.DataFrame([process_file(unquote(path)[len(root):], bytes(content), layout, params)
                                   for path, content in zip(batch["path"], batch["content"])], columns=list(PROCESSED_COLUMNS))
             encoded = frame["png"].notna()
-            frame["part"] = None
+            frame["part"], frame["png_bytes"] = None, frame["png"].map(len, na_action="ignore")
             if encoded.any():
                 part = f"{parts_dir}/part-{uuid.uuid4().hex}.parquet"
                 pixels = pa.table({"source_path": frame.loc[encoded, "source_path"].tolist(),
@@ -406,16 +408,19 @@ def _manifest(name, raw_dir, layout, params, fingerprint, meta, table, quarantin
 def _write(spark, meta: pd.DataFrame, table: pd.DataFrame, data_dir: Path, tasks: int) -> None:
     """The second pass: Spark tasks read the first pass's part files, add the curated columns and write ``data_dir``.
 
-    Part files are packed into at most ``tasks`` output files of about equal
-    image counts; each task gets only the metadata of its own rows.
+    Part files are packed into output files of about equal bytes: ``tasks``
+    of them, or more where that keeps each under ``_MAX_FILE_BYTES``. Each
+    task gets only the metadata of its own rows.
     """
     part_of = dict(zip(meta["source_path"], meta["part"]))
     rows = table.assign(mask_part=table["mask_path"].map(part_of), original_width=table["width"].astype("int32"),
                         original_height=table["height"].astype("int32"))
     rows = rows[["part", "mask_part", "mask_path", *(c for c in DATASET_COLUMNS if c not in ("image", "mask"))]]
     data_dir.mkdir()
+    sizes = table.groupby("part")["png_bytes"].sum()
+    files = max(tasks, math.ceil(sizes.sum() / _MAX_FILE_BYTES))
     jobs = [(index, str(data_dir), rows[rows["part"].isin(parts)].to_dict("list"))
-            for index, parts in enumerate(_pack(rows.groupby("part").size(), tasks))]
+            for index, parts in enumerate(_pack(sizes, files))]
     written = spark.sparkContext.parallelize(jobs, max(len(jobs), 1)).map(_write_dataset_part).sum()
     if written != len(table):
         raise AssertionError(f"the dataset has {written} rows, the curated table {len(table)}")
@@ -444,8 +449,9 @@ def _write_dataset_part(job) -> int:
     columns["mask"] = _gather_pixels(rows["mask_part"], rows["mask_path"])
     table = pa.table([columns[name] for name in DATASET_COLUMNS], schema=DATASET_SCHEMA)
     # PNG bytes do not compress further and every blob is unique: no codec, and dictionaries only for the small columns.
-    pq.write_table(table, f"{data_dir}/part-{index:05d}.parquet", compression="none",
-                   use_dictionary=[c for c in DATASET_COLUMNS if c not in ("image", "mask")])
+    path, partial = f"{data_dir}/part-{index:05d}.parquet", f"{data_dir}/.part-{index:05d}-{uuid.uuid4().hex}"
+    pq.write_table(table, partial, compression="none", use_dictionary=[c for c in DATASET_COLUMNS if c not in ("image", "mask")])
+    os.replace(partial, path)  # a retried or speculative attempt replaces the file whole
     return table.num_rows
 
 
