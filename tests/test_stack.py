@@ -19,7 +19,6 @@ The tools come from ``docker/install-check-tools.sh`` (``make stack-tools``): th
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re

@@ -122,13 +122,3 @@ def metric_comparison(table: pd.DataFrame, metric: str):
         ax.text(value, y, f" {value:.3f}", va="center")
     fig.tight_layout()
     return fig
-
-
-def overlay_mask(image: np.ndarray, mask: np.ndarray, ax=None):
-    """Show an image with a translucent magenta mask on top."""
-    ax = ax or plt.subplots(figsize=(4, 4))[1]
-    ax.imshow(image)
-    if mask is not None:
-        ax.imshow(np.ma.masked_where(mask == 0, mask), cmap="spring", alpha=0.4)
-    ax.axis("off")
-    return ax

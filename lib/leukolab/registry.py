@@ -24,15 +24,6 @@ def register(model_uri: str, name: str, alias: str, tags: dict | None = None, de
     return client.get_model_version(name, version.version)
 
 
-def version_by_alias(name: str, alias: str):
-    """The ModelVersion an alias points at, or None when the model or alias does not exist."""
-    configure()
-    try:
-        return MlflowClient().get_model_version_by_alias(name, alias)
-    except mlflow.exceptions.MlflowException:
-        return None
-
-
 def publish(candidate: dict, name: str, alias: str, pipeline_run_id: str | None) -> dict:
     """Register an evaluated candidate (``30_evaluate``'s ``champion`` or ``segmenter``) with its lineage as tags.
 

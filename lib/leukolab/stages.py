@@ -7,8 +7,6 @@ from pathlib import Path
 
 from leukolab.config import workspace_path
 
-INTERACTIVE_RUN_DIR = "runs/interactive"
-
 
 def run_folder(run_dir: str | Path) -> Path:
     """The pipeline run's folder (relative paths are in the workspace), created if missing."""

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 import mlflow
@@ -84,21 +83,7 @@ def flatten(mapping: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def log_figure(figure, name: str) -> None:
-    """Log a matplotlib figure as a PNG artifact of the active run."""
-    mlflow.log_figure(figure, name)
-
-
-def log_json_artifact(payload: dict, name: str) -> None:
-    mlflow.log_dict(payload, name)
-
-
 def log_file_to_run(run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
     """Attach a file (e.g. the executed notebook) to a finished or running run."""
     configure()
     MlflowClient().log_artifact(run_id, str(path), artifact_dir)
-
-
-def scratch_dir() -> Path:
-    """A temporary folder for files about to become artifacts."""
-    return Path(tempfile.mkdtemp(prefix="leukolab-"))
