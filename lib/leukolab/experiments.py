@@ -14,11 +14,12 @@ from PIL import Image
 
 from leukolab import plots
 from leukolab.config import deep_merge, load_named, workspace
-from leukolab.data.dataset import SmearDataset, load_manifest, load_split
+from leukolab.data.dataset import SmearDataset, load_datasets, load_manifest
 from leukolab.models.factory import build_model
 from leukolab.pyfunc import log_smear_model
 from leukolab.tracking import flatten
 from leukolab.training.calibration import fit_temperature
+from leukolab.training.distributed import fit_distributed
 from leukolab.training.loop import FitResult, evaluate, fit, predict
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def run_experiment(experiment: dict, dataset_dir: str | Path) -> ExperimentResul
     manifest = load_manifest(dataset_dir)
     class_names = manifest["classes"]
     needs_masks = experiment["task"] in ("segmentation", "joint")
-    splits = {name: SmearDataset(load_split(dataset_dir, name), with_masks=needs_masks) for name in ("train", "val", "test")}
+    splits = load_datasets(dataset_dir, ("train", "val", "test"), needs_masks)
     log.info("experiment %s: %s", experiment["name"], {k: len(v) for k, v in splits.items()})
 
     mlflow.log_params(flatten(experiment))
@@ -60,8 +61,12 @@ def run_experiment(experiment: dict, dataset_dir: str | Path) -> ExperimentResul
     model = build_model(experiment, len(class_names))
     mean, std = manifest["train_mean"], manifest["train_std"]
     checkpoints = workspace() / "data" / "checkpoints" / mlflow.active_run().info.run_id
-    result = fit(model, splits["train"], splits["val"], experiment, mean, std, class_names, checkpoints,
-                 on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
+    processes = int(experiment.get("distributed", {}).get("num_processes", 1))
+    if processes > 1:
+        result = fit_distributed(model, experiment, dataset_dir, processes, checkpoints)
+    else:
+        result = fit(model, splits["train"], splits["val"], experiment, mean, std, class_names, checkpoints,
+                     on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
     model.eval()
 
     temperature = 1.0

@@ -59,6 +59,11 @@ class SmearDataset(Dataset):
         return self.images[index], self.labels[index], self.masks[index]
 
 
+def load_datasets(dataset_dir: str | Path, splits: tuple[str, ...], with_masks: bool) -> dict[str, SmearDataset]:
+    """In-memory datasets of the named splits."""
+    return {name: SmearDataset(load_split(dataset_dir, name), with_masks=with_masks) for name in splits}
+
+
 def test_examples(run_dir: str | Path, count: int = 8) -> list[tuple[str, bytes]]:
     """(label, PNG bytes) of a few test-split images of a run's dataset; empty when the run has no dataset yet."""
     from leukolab.stages import resolve_dataset

@@ -18,7 +18,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
@@ -39,6 +41,7 @@ class FitResult:
     best_score: float = float("-inf")
     monitor: str = ""
     stopped_early: bool = False
+    shard: list[int] = field(default_factory=list)  # distributed runs: training indices this process saw in its first epoch
 
 
 def seed_everything(seed: int) -> None:
@@ -87,17 +90,30 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
 ) -> FitResult:
-    """Train ``model`` as ``experiment`` says; return the history with the best weights loaded."""
+    """Train ``model`` as ``experiment`` says; return the history with the best weights loaded.
+
+    Inside an initialised ``torch.distributed`` process group (see
+    :mod:`leukolab.training.distributed`) each process trains on its own shard
+    under DistributedDataParallel (``batch_size`` is per process); rank 0
+    validates, decides early stopping for all, calls ``on_epoch_end`` and
+    writes the checkpoint.
+    """
     task = experiment["task"]
     train_cfg = experiment.get("training", {})
     seed = int(experiment.get("seed", 42))
     seed_everything(seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    device_type = device.split(":")[0]
     model.to(device)
     epochs = int(train_cfg.get("epochs", 10))
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_set, batch_size=int(train_cfg.get("batch_size", 16)), shuffle=True,
-                        generator=generator, drop_last=len(train_set) > int(train_cfg.get("batch_size", 16)))
+    batch_size = int(train_cfg.get("batch_size", 16))
+    generator = torch.Generator().manual_seed(seed + rank)
+    sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=seed, drop_last=True) if distributed else None
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                        generator=None if sampler else generator, drop_last=len(train_set) > batch_size * world)
+    trained = DistributedDataParallel(model) if distributed else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(train_cfg.get("lr", 1e-3)),
                                   weight_decay=float(train_cfg.get("weight_decay", 1e-4)))
     scheduler = _scheduler(optimizer, train_cfg.get("schedule", "cosine"), epochs, len(loader), float(train_cfg.get("lr", 1e-3)))
@@ -111,7 +127,7 @@ def fit(
     monitor = stopping.get("monitor", default_monitor(task))
     patience = int(stopping.get("patience", 5))
     clip = float(train_cfg.get("grad_clip", 1.0))
-    scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=device_type == "cuda")
     # An exponential moving average of the weights (and BN statistics) is what gets validated and kept:
     # it evens out the step-to-step noise of small-batch training.
     ema_decay = float(train_cfg.get("ema_decay", 0.0))
@@ -136,12 +152,16 @@ def fit(
     for epoch in range(start_epoch, epochs):
         model.train()
         losses = []
-        for images, labels, masks in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, mininterval=2):
+        if sampler:
+            sampler.set_epoch(epoch)
+            result.shard = result.shard or list(sampler)
+        for images, labels, masks in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, mininterval=2,
+                                          disable=rank > 0):
             images, masks = augment_batch(images, masks, augment, generator)
             images = normalize(images.to(device), mean, std)
             labels, masks = labels.to(device), masks.to(device).float()
-            with torch.autocast(device_type=device, enabled=device == "cuda"):
-                out = model(images)
+            with torch.autocast(device_type=device_type, enabled=device_type == "cuda"):
+                out = trained(images)
                 loss = 0.0
                 if classifies:
                     loss = loss + cls_loss(out["logits"], labels)
@@ -157,30 +177,42 @@ def fit(
             if ema:
                 ema.update(model, step=epoch * len(loader) + len(losses) + 1)
             losses.append(loss.item())
-        metrics = {"train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"]}
-        metrics.update({f"val_{k}": v for k, v in evaluate(kept, val_set, mean, std, class_names, task, device).items()})
-        result.history.append({"epoch": epoch + 1, **metrics})
-        score = metrics.get(monitor, float("-inf"))
-        improved = score > result.best_score
-        if improved:
-            result.best_score, result.best_epoch = score, epoch + 1
-            best_state = copy.deepcopy(kept.state_dict())
-        log.info("epoch %d/%d loss %.4f %s %.4f%s", epoch + 1, epochs, metrics["train_loss"], monitor, score,
-                 " (best)" if improved else "")
-        if on_epoch_end:
-            on_epoch_end(epoch + 1, metrics)
-        if checkpoint:
+        if rank == 0:
+            best_state = _end_epoch(result, epoch, epochs, losses, optimizer, kept, val_set, mean, std, class_names, task,
+                                    device, on_epoch_end, best_state)
+        if checkpoint and rank == 0:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"config_hash": _config_hash(experiment), "model": model.state_dict(), "ema": ema.state_dict() if ema else None, "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "result": result,
                         "best_state": best_state, "epoch": epoch}, checkpoint)
-        if epoch + 1 - result.best_epoch >= patience:
+        stop = torch.tensor([epoch + 1 - result.best_epoch >= patience])
+        if distributed:
+            dist.broadcast(stop, src=0)
+        if stop.item():
             result.stopped_early = True
             log.info("early stop: %s did not improve for %d epochs", monitor, patience)
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     return result
+
+
+def _end_epoch(result: FitResult, epoch, epochs, losses, optimizer, kept, val_set, mean, std, class_names, task, device,
+               on_epoch_end, best_state):
+    """Validate, record the epoch, keep the best weights and report; returns the best state so far."""
+    metrics = {"train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"]}
+    metrics.update({f"val_{k}": v for k, v in evaluate(kept, val_set, mean, std, class_names, task, device).items()})
+    result.history.append({"epoch": epoch + 1, **metrics})
+    score = metrics.get(result.monitor, float("-inf"))
+    improved = score > result.best_score
+    if improved:
+        result.best_score, result.best_epoch = score, epoch + 1
+        best_state = copy.deepcopy(kept.state_dict())
+    log.info("epoch %d/%d loss %.4f %s %.4f%s", epoch + 1, epochs, metrics["train_loss"], result.monitor, score,
+             " (best)" if improved else "")
+    if on_epoch_end:
+        on_epoch_end(epoch + 1, metrics)
+    return best_state
 
 
 def _scheduler(optimizer, name: str, epochs: int, steps_per_epoch: int, lr: float):

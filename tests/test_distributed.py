@@ -1,0 +1,66 @@
+"""Distributed training: two DDP processes through Spark's TorchDistributor on ``local[2]``."""
+
+import json
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from leukolab import tracking
+from leukolab.data.dataset import load_datasets, load_manifest
+from leukolab.data.etl import EtlParams, run_etl
+from leukolab.data.synthetic import generate_dataset
+from leukolab.experiments import load_experiment
+from leukolab.models.factory import build_model
+from leukolab.training.distributed import fit_distributed
+from leukolab.training.loop import evaluate
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("distributed-workspace")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LEUKOLAB_WORKSPACE", str(workspace))
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'mlflow.db'}")
+        from leukolab.data.spark import spark_session
+
+        spark = spark_session("local[2]")
+        raw = generate_dataset(workspace / "raw", 8, image_size=64, seed=3)
+        dataset_dir = run_etl(spark, raw, workspace / "processed", EtlParams(image_size=32, min_side=16, seed=3))
+        experiment = load_experiment("simple-cnn", {"training": {"epochs": 2}, "model": {"width": 8},
+                                                    "distributed": {"num_processes": 2}})
+        tracking.configure()
+        manifest = load_manifest(dataset_dir)
+        model = build_model(experiment, len(manifest["classes"]))
+        with mlflow.start_run() as run:
+            result = fit_distributed(model, experiment, dataset_dir, 2, workspace / "checkpoints", spark=spark)
+        spark.stop()
+        yield {"run_id": run.info.run_id, "result": result, "model": model, "manifest": manifest,
+               "checkpoints": workspace / "checkpoints", "dataset_dir": dataset_dir, "experiment": experiment}
+
+
+def test_each_rank_trains_on_its_own_shard(trained):
+    ranks = [json.loads((trained["checkpoints"] / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    train_size = len(load_datasets(trained["dataset_dir"], ("train",), False)["train"])
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert set(ranks[0]["indices"]).isdisjoint(ranks[1]["indices"])
+    assert ranks[0]["samples"] == ranks[1]["samples"] == train_size // 2
+    assert sorted(trained["result"].shard) == ranks[0]["indices"]
+
+
+def test_rank_zero_logs_the_run_once_per_epoch(trained):
+    client = MlflowClient()
+    history = client.get_metric_history(trained["run_id"], "val_macro_f1")
+    assert [m.step for m in history] == [row["epoch"] for row in trained["result"].history] == [1, 2]
+    logged = {a.path for a in client.list_artifacts(trained["run_id"], "distributed")}
+    assert logged == {"distributed/rank-0.json", "distributed/rank-1.json"}
+    assert client.get_run(trained["run_id"]).data.params["distributed.backend"] == "gloo"
+
+
+def test_best_weights_come_back_to_the_driver(trained):
+    manifest, result = trained["manifest"], trained["result"]
+    val = load_datasets(trained["dataset_dir"], ("val",), False)["val"]
+    metrics = evaluate(trained["model"], val, manifest["train_mean"], manifest["train_std"], manifest["classes"], "classification")
+    assert metrics["macro_f1"] == pytest.approx(result.best_score)
