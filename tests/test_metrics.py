@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from leukolab.metrics import classification_metrics, segmentation_metrics
+from leukolab.intervals import classification_intervals, mean_interval
+from leukolab.metrics import classification_metrics, expected_calibration_error, reliability_table, segmentation_metrics
 from leukolab.training.calibration import fit_temperature
 
 
@@ -34,3 +35,32 @@ def test_temperature_softens_overconfident_logits():
     logits = rng.normal(size=(500, 3))
     logits[np.arange(500), labels] += 1.0
     assert fit_temperature(logits * 5, labels) > 2.0
+
+
+def test_calibration_error_by_hand():
+    labels = np.array([0, 0, 0, 0, 1])
+    # every prediction says class 0 with 0.8 confidence: 4 of 5 right, so perfectly calibrated
+    calibrated = np.tile([0.8, 0.2], (5, 1))
+    assert expected_calibration_error(labels, calibrated) == pytest.approx(0.0)
+    # 0.95 confidence, 0.8 accuracy: the gap is 0.15
+    overconfident = np.tile([0.95, 0.05], (5, 1))
+    assert expected_calibration_error(labels, overconfident) == pytest.approx(0.15)
+    table = reliability_table(labels, overconfident)
+    assert table["count"].sum() == 5 and table.dropna()["accuracy"].tolist() == [0.8]
+
+
+def test_bootstrap_intervals_are_seeded_and_hold_the_estimate():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 120)
+    probabilities = np.eye(3)[np.where(rng.random(120) < 0.8, labels, (labels + 1) % 3)] * 0.7 + 0.1
+    first = classification_intervals(labels, probabilities, ["a", "b", "c"], samples=400, seed=1)
+    assert first == classification_intervals(labels, probabilities, ["a", "b", "c"], samples=400, seed=1)
+    estimate = classification_metrics(labels, probabilities, ["a", "b", "c"])
+    for name in ("accuracy", "macro_f1", "f1_a", "recall_c", "roc_auc_ovr"):
+        low, high = first[name]
+        assert low <= estimate[name] <= high and high - low < 0.3, name
+    small = classification_intervals(labels[:30], probabilities[:30], ["a", "b", "c"], samples=400, seed=1)
+    assert small["accuracy"][1] - small["accuracy"][0] > first["accuracy"][1] - first["accuracy"][0]
+    dice = rng.uniform(0.8, 1.0, 50)
+    low, high = mean_interval(dice, samples=400, seed=1)
+    assert low < dice.mean() < high

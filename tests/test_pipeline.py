@@ -65,3 +65,26 @@ def test_a_failing_stage_stops_the_run_and_says_where(tmp_path):
     assert "stage 'etl' failed in cell" in result.stderr and "image_size must be at least 16" in result.stderr
     assert str(tmp_path / "runs" / "broken" / "00_etl.ipynb") in result.stderr
     assert json.loads((tmp_path / "runs" / "broken" / "pipeline.json").read_text())["status"] == "FAILED"
+
+
+def test_the_published_champion_reevaluates_to_its_registered_metrics(smoke_run, monkeypatch):
+    workspace, _ = smoke_run
+    monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(workspace))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from leukolab.evaluation import reevaluate_version
+    from leukolab.tracking import configure
+
+    configure()
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("leukolab", "champion")
+    dataset_dir = json.loads((workspace / "runs" / "smoke-1" / "etl.json").read_text())["dataset_dir"]
+    metrics = reevaluate_version("leukolab", champion.version, dataset_dir)
+    for name in ("accuracy", "macro_f1"):
+        assert round(metrics[name], 4) == float(champion.tags[f"test_{name}"])
+        assert f"[{metrics[f'{name}_ci_low']:.4f}, {metrics[f'{name}_ci_high']:.4f}]" == champion.tags[f"test_{name}_ci95"]
+    source = client.get_run(champion.tags["source_run_id"]).data.metrics
+    assert source["eval_test_macro_f1"] == pytest.approx(metrics["macro_f1"])
+    assert "## Known limitations" in mlflow.artifacts.load_text(champion.tags["model_card"])

@@ -1,33 +1,21 @@
 """Training: models by name, augmentation, determinism, and learning beyond a trivial baseline."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from leukolab import CLASS_NAMES
 from leukolab.data.dataset import SmearDataset
-from leukolab.data.synthetic import image_rng, render_smear
+from leukolab.data.synthetic import smear_table
 from leukolab.experiments import load_experiment
-from leukolab.images import encode_png
 from leukolab.models.factory import build_model
 from leukolab.training.augment import AugmentConfig, augment_batch
 from leukolab.training.loop import evaluate, fit
 
 
-def smear_frame(per_class: int, size: int, seed: int) -> pd.DataFrame:
-    records = []
-    for label, name in enumerate(CLASS_NAMES):
-        for i in range(per_class):
-            image, mask = render_smear(image_rng(seed, name, i), name, size)
-            records.append({"image": encode_png(image), "mask": encode_png(mask * 255), "label": label,
-                            "class_name": name, "source_path": f"{name}/{i}.png"})
-    return pd.DataFrame(records)
-
-
 @pytest.fixture(scope="module")
 def splits():
-    return {name: SmearDataset(smear_frame(n, 64, seed), with_masks=True)
+    return {name: SmearDataset(smear_table(n, 64, seed), with_masks=True)
             for name, n, seed in (("train", 40, 1), ("val", 10, 2), ("test", 20, 3))}
 
 

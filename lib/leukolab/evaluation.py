@@ -1,24 +1,31 @@
-"""Evaluate every experiment run of a pipeline run on held-out splits and choose the champion.
+"""Evaluate every experiment run of a pipeline run on the held-out splits and choose the champion.
 
 Models are loaded back from MLflow exactly as a server would load them, so
 the numbers describe the published artifact, not the in-memory network.
+Headline metrics carry seeded bootstrap 95% intervals (``<metric>_ci_low`` and
+``<metric>_ci_high`` columns).
 """
 
 from __future__ import annotations
 
 import time
 
+import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
-from leukolab.data.dataset import SmearDataset, load_split
-from leukolab.metrics import classification_metrics, segmentation_metrics
+from leukolab.data.dataset import SmearDataset, load_manifest, load_split
+from leukolab.intervals import classification_intervals, mean_interval
+from leukolab.metrics import classification_metrics, segmentation_scores
 from leukolab.pyfunc import SmearModel, load_smear_model
 from leukolab.stages import read_outputs
 
 EXPERIMENT_STAGES = ("segment", "classify")
+HEADLINE = ("accuracy", "macro_f1", "roc_auc_ovr", "ece", "dice", "iou", "latency_ms_per_image")
 
 
 def experiment_runs(run_dir) -> pd.DataFrame:
@@ -30,12 +37,21 @@ def experiment_runs(run_dir) -> pd.DataFrame:
         for stage, out in read_outputs(run_dir, f"{prefix}-").items()
     ]
     if not rows:
-        raise ValueError(f"no experiment runs found in {run_dir}: run 10_segment or 20_classify for this run_dir first")
+        raise ValueError(f"no experiment runs found in {run_dir}: the pipeline run has no finished segment or classify "
+                         "stage (run 10_segment or 20_classify for this run_dir first)")
     return pd.DataFrame(rows)
 
 
-def evaluate_model(model: SmearModel, dataset: SmearDataset, batch_size: int = 32) -> tuple[dict, dict]:
-    """Metrics of a loaded model on a dataset and its raw outputs (probabilities, masks)."""
+def evaluation_splits(dataset_dir) -> list[str]:
+    """``test`` and every non-empty holdout split of the dataset."""
+    counts = load_manifest(dataset_dir)["counts"]
+    return ["test", *sorted(s for s in counts if s.startswith("holdout") and sum(counts[s].values()))]
+
+
+def evaluate_model(model: SmearModel, dataset: SmearDataset, batch_size: int = 32, bootstrap_samples: int = 1000,
+                   seed: int = 0) -> tuple[dict, dict]:
+    """Metrics (with bootstrap intervals unless ``bootstrap_samples`` is 0) of a loaded model on a dataset, and its raw outputs."""
+    model.forward(dataset.images[:1])  # warm-up, so the latency is that of a running server
     outputs: dict[str, list] = {}
     start = time.perf_counter()
     for first in range(0, len(dataset), batch_size):
@@ -43,36 +59,108 @@ def evaluate_model(model: SmearModel, dataset: SmearDataset, batch_size: int = 3
             outputs.setdefault(key, []).append(value)
     seconds = time.perf_counter() - start
     outputs = {key: np.concatenate(values) for key, values in outputs.items()}
-    metrics = {"latency_ms_per_image": 1000 * seconds / max(len(dataset), 1)}
+    metrics = {"images": len(dataset), "latency_ms_per_image": 1000 * seconds / max(len(dataset), 1)}
     if "probabilities" in outputs:
-        metrics.update(classification_metrics(dataset.labels.numpy(), outputs["probabilities"], model.class_names))
-    if "mask" in outputs:
-        metrics.update(segmentation_metrics(outputs["mask"], dataset.masks.numpy()))
+        labels, probabilities = dataset.labels.numpy(), outputs["probabilities"]
+        metrics.update(classification_metrics(labels, probabilities, model.class_names))
+        if bootstrap_samples:
+            metrics.update(_interval_columns(classification_intervals(labels, probabilities, model.class_names,
+                                                                      bootstrap_samples, seed)))
+    if "mask" in outputs and dataset.masks.shape[-1] > 1:
+        dice, iou = segmentation_scores(outputs["mask"], dataset.masks.numpy())
+        metrics.update({"dice": float(dice.mean()), "iou": float(iou.mean())})
+        if bootstrap_samples:
+            metrics.update(_interval_columns({"dice": mean_interval(dice, bootstrap_samples, seed),
+                                              "iou": mean_interval(iou, bootstrap_samples, seed)}))
     return metrics, outputs
 
 
-def evaluate_runs(runs: pd.DataFrame, dataset_dir, split: str = "test") -> tuple[pd.DataFrame, dict]:
-    """Evaluate each run's logged model on ``split``; returns the metrics table and each run's outputs."""
+def _interval_columns(intervals: dict[str, tuple[float, float]]) -> dict[str, float]:
+    return {f"{name}_ci_{end}": value for name, (low, high) in intervals.items() for end, value in (("low", low), ("high", high))}
+
+
+def load_run_model(run) -> SmearModel:
+    """A run's logged model, or an error naming the run and the URI."""
+    try:
+        return load_smear_model(run.model_uri)
+    except Exception as error:
+        raise RuntimeError(f"the model of run {run.run_id} ({run.experiment}) cannot be loaded from "
+                           f"{run.model_uri}: {type(error).__name__}: {error}") from error
+
+
+def evaluate_runs(runs: pd.DataFrame, dataset_dir, splits: list[str] | None = None, bootstrap_samples: int = 1000,
+                  seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """Evaluate each run's logged model on each split (default: test and holdouts).
+
+    Returns one row per run and split, and per split the ``dataset``, the
+    ``class_names`` and each run's raw outputs under ``runs`` by run id.
+    """
+    evaluated = {}
+    for split in splits or evaluation_splits(dataset_dir):
+        frame = load_split(dataset_dir, split)
+        evaluated[split] = {"dataset": SmearDataset(frame, with_masks=bool(frame["mask"].notna().all())), "runs": {}}
+    rows = []
+    with torch.no_grad():
+        for run in tqdm(list(runs.itertuples(index=False)), desc="evaluating runs"):
+            model = load_run_model(run)
+            for split, entry in evaluated.items():
+                metrics, entry["runs"][run.run_id] = evaluate_model(model, entry["dataset"], bootstrap_samples=bootstrap_samples, seed=seed)
+                entry["class_names"] = model.class_names
+                rows.append({**run._asdict(), "split": split, **metrics})
+    return pd.DataFrame(rows), evaluated
+
+
+def reevaluate_version(model_name: str, version: str, dataset_dir, split: str = "test", bootstrap_samples: int = 1000,
+                       seed: int = 0) -> dict:
+    """Evaluate a registered version again on ``split``; the dataset must have the fingerprint it was evaluated on."""
+    from leukolab.tracking import configure
+
+    configure()
+    registered = MlflowClient().get_model_version(model_name, version)
+    expected, found = registered.tags.get("dataset_fingerprint"), load_manifest(dataset_dir)["fingerprint"]
+    if expected and expected != found:
+        raise ValueError(f"{model_name} version {version} was evaluated on dataset {expected}, not {found} ({dataset_dir})")
     frame = load_split(dataset_dir, split)
-    with_masks = frame["mask"].notna().all()
-    dataset = SmearDataset(frame, with_masks=with_masks)
-    torch.set_grad_enabled(False)
-    rows, outputs = [], {}
-    for run in tqdm(list(runs.itertuples()), desc=f"evaluating on {split}"):
-        try:
-            model = load_smear_model(run.model_uri)
-        except Exception as error:
-            raise RuntimeError(f"the model of run {run.run_id} ({run.experiment}) cannot be loaded from {run.model_uri}: {error}") from error
-        metrics, outputs[run.run_id] = evaluate_model(model, dataset)
-        outputs["class_names"] = model.class_names
-        rows.append({**run._asdict(), "split": split, **metrics})
-    torch.set_grad_enabled(True)
-    return pd.DataFrame(rows).drop(columns=["Index"]), {"labels": dataset.labels.numpy(), **outputs}
+    dataset = SmearDataset(frame, with_masks=bool(frame["mask"].notna().all()))
+    with torch.no_grad():
+        model = load_smear_model(f"models:/{model_name}/{version}")
+        return evaluate_model(model, dataset, bootstrap_samples=bootstrap_samples, seed=seed)[0]
 
 
-def choose_champion(table: pd.DataFrame, metric: str, tie_breaker: str = "latency_ms_per_image", tasks=("classification", "joint")) -> pd.Series:
-    """The best run among ``tasks`` by ``metric`` (higher is better), ties broken by ``tie_breaker`` (lower is better)."""
+def log_to_source_runs(table: pd.DataFrame) -> None:
+    """Log each row's metrics back to its own experiment run as ``eval_<split>_<metric>``."""
+    client, now = MlflowClient(), int(time.time() * 1000)
+    for run_id, rows in table.groupby("run_id"):
+        metrics = [Metric(f"eval_{row['split']}_{key}", float(value), now, 0)
+                   for _, row in rows.iterrows() for key, value in row.items()
+                   if isinstance(value, (float, int, np.number)) and not isinstance(value, bool) and pd.notna(value)]
+        for first in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[first:first + 1000])
+
+
+def comparison_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """Headline metrics of every run on one split, each as ``value [low, high]`` where an interval exists."""
+    rows = table[table["split"] == split]
+    shown = {"run": list(rows["run_name"]), "task": list(rows["task"])}
+    for metric in HEADLINE:
+        if metric in rows and rows[metric].notna().any():
+            shown[metric] = [_with_interval(row, metric) for _, row in rows.iterrows()]
+    return pd.DataFrame(shown)
+
+
+def _with_interval(row: pd.Series, metric: str) -> str:
+    value, low, high = row.get(metric), row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+    if value is None or pd.isna(value):
+        return ""
+    return f"{value:.3f}" if low is None or pd.isna(low) else f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def choose_champion(table: pd.DataFrame, metric: str, tie_breaker: str = "latency_ms_per_image",
+                    tasks=("classification", "joint"), split: str | None = None) -> pd.Series:
+    """The best run among ``tasks`` on ``split`` by ``metric`` (higher is better), ties broken by ``tie_breaker`` (lower is better)."""
     candidates = table[table["task"].isin(tasks)]
+    if split is not None and "split" in candidates:
+        candidates = candidates[candidates["split"] == split]
     if candidates.empty:
         raise ValueError(f"no run of task {tasks} to choose a champion from")
     if metric not in candidates or candidates[metric].isna().all():
@@ -81,9 +169,23 @@ def choose_champion(table: pd.DataFrame, metric: str, tie_breaker: str = "latenc
     return ranked.iloc[0]
 
 
-def candidate_summary(row: pd.Series | None) -> dict | None:
-    """What the publish stage needs of an evaluated run: ids, model URI and its measured metrics."""
+def candidate_summary(row: pd.Series | None, table: pd.DataFrame | None = None) -> dict | None:
+    """What the publish stage needs of an evaluated run: ids, model URI and its metrics (per split when ``table`` is given)."""
     if row is None:
         return None
-    metrics = {k: float(v) for k, v in row.items() if isinstance(v, float) and pd.notna(v)}
-    return {"run_id": row["run_id"], "experiment": row["experiment"], "model_uri": row["model_uri"], "metrics": metrics}
+    metrics = {k: float(v) for k, v in row.items() if isinstance(v, (float, int, np.number)) and not isinstance(v, bool) and pd.notna(v)}
+    summary = {"run_id": row["run_id"], "experiment": row["experiment"], "task": row.get("task"), "model_uri": row["model_uri"],
+               "metrics": metrics}
+    if table is not None:
+        summary["metrics_by_split"] = {split: candidate_summary(r)["metrics"]
+                                       for split, r in table[table["run_id"] == row["run_id"]].set_index("split").iterrows()}
+    return summary
+
+
+def log_comparison(table: pd.DataFrame, figures: dict) -> None:
+    """The full evaluation table (JSON and CSV) and the figures, in the active MLflow run."""
+    flat = table.drop(columns=["model_uri"])
+    mlflow.log_table(flat, "evaluation/comparison.json")
+    mlflow.log_text(flat.to_csv(index=False), "evaluation/comparison.csv")
+    for name, figure in figures.items():
+        mlflow.log_figure(figure, f"evaluation/{name}.png")

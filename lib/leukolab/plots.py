@@ -9,6 +9,7 @@ if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.b
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from scipy.special import softmax
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from leukolab.images import image_array
@@ -79,13 +80,19 @@ def misclassified(model, dataset, mean, std, class_names: list[str], limit: int 
     """Test images the classifier got wrong, titled true → predicted."""
     from leukolab.training.loop import predict
 
-    logits = predict(model, dataset.images, mean, std)["logits"]
-    predictions = logits.argmax(1)
-    wrong = np.flatnonzero(predictions != dataset.labels.numpy())[:limit]
+    probabilities = softmax(predict(model, dataset.images, mean, std)["logits"], axis=1)
+    return failure_cases(dataset.images, dataset.labels.numpy(), probabilities, class_names, limit)
+
+
+def failure_cases(images, labels, probabilities: np.ndarray, class_names: list[str], limit: int = 8):
+    """The most confident mistakes (uint8 NCHW ``images``), titled true → predicted (confidence)."""
+    predictions, confidence = probabilities.argmax(1), probabilities.max(1)
+    wrong = np.flatnonzero(predictions != np.asarray(labels))
+    wrong = wrong[np.argsort(-confidence[wrong])][:limit]
     fig, axes = plt.subplots(1, max(len(wrong), 1), figsize=(2.2 * max(len(wrong), 1), 2.6), squeeze=False)
     for ax, index in zip(axes[0], wrong):
-        ax.imshow(dataset.images[index].permute(1, 2, 0).numpy())
-        ax.set_title(f"{class_names[dataset.labels[index]]} → {class_names[predictions[index]]}", fontsize=9)
+        ax.imshow(np.asarray(images[index]).transpose(1, 2, 0))
+        ax.set_title(f"{class_names[labels[index]]} → {class_names[predictions[index]]}\n({confidence[index]:.2f})", fontsize=9)
     for ax in axes[0]:
         ax.axis("off")
     if not len(wrong):
@@ -112,13 +119,36 @@ def mask_predictions(model, dataset, mean, std, limit: int = 6):
 
 
 def metric_comparison(table: pd.DataFrame, metric: str):
-    """Horizontal bars of one metric per run, best on top."""
+    """Horizontal bars of one metric per run, best on top, with the 95% interval when the table has one."""
     ordered = table.sort_values(metric)
-    fig, ax = plt.subplots(figsize=(6, 0.5 * len(ordered) + 1.2))
-    ax.barh(ordered["run_name"], ordered[metric], color="tab:blue")
-    ax.set_xlim(0, 1)
-    ax.set_xlabel(metric)
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(ordered) + 1.2))
+    errors = None
+    if f"{metric}_ci_low" in ordered:
+        errors = np.vstack([ordered[metric] - ordered[f"{metric}_ci_low"], ordered[f"{metric}_ci_high"] - ordered[metric]])
+    ax.barh(ordered["run_name"], ordered[metric], xerr=errors, color="tab:blue", ecolor="black", capsize=3)
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel(f"{metric} (95% bootstrap interval)" if errors is not None else metric)
     for y, value in enumerate(ordered[metric]):
-        ax.text(value, y, f" {value:.3f}", va="center")
+        ax.text(0.01, y, f"{value:.3f}", va="center", color="white", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(labels, probabilities_by_run: dict[str, np.ndarray], bins: int = 10):
+    """Accuracy against confidence per run (the diagonal is perfect calibration), with each run's ECE."""
+    from leukolab.metrics import expected_calibration_error, reliability_table
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    for name, probabilities in probabilities_by_run.items():
+        table = reliability_table(labels, probabilities, bins).dropna()
+        ece = expected_calibration_error(labels, probabilities, bins)
+        ax.plot(table["confidence"], table["accuracy"], marker="o", label=f"{name} (ECE {ece:.3f})")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("reliability")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig

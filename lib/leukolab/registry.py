@@ -1,15 +1,21 @@
-"""The MLflow model registry: register a run's model, tag it, point an alias at it."""
+"""The MLflow model registry: register an evaluated model with its lineage, alias and model card."""
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from leukolab.model_card import render_model_card
+from leukolab.pyfunc import load_smear_model
 from leukolab.tracking import configure, tracking_uri
 
 log = logging.getLogger(__name__)
+DESCRIPTION_LIMIT = 5000  # characters the registry keeps of a version's description
 
 
 def register(model_uri: str, name: str, alias: str, tags: dict | None = None, description: str | None = None):
@@ -24,22 +30,58 @@ def register(model_uri: str, name: str, alias: str, tags: dict | None = None, de
     return client.get_model_version(name, version.version)
 
 
-def publish(candidate: dict, name: str, alias: str, pipeline_run_id: str | None) -> dict:
-    """Register an evaluated candidate (``30_evaluate``'s ``champion`` or ``segmenter``) with its lineage as tags.
+def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run_id: str | None,
+            figures: dict[str, str] | None = None) -> dict:
+    """Register an evaluated candidate under the alias the gate chose, with lineage tags and a model card.
 
-    Returns what the publish stage hands on: name, version, alias, model URI and test metrics.
+    ``candidate`` is ``30_evaluate``'s summary (metrics per split with intervals);
+    ``figures`` maps captions to image files shown in the card. The card and
+    its figures are logged under ``model_card/`` in the candidate's run and the
+    card becomes the version's description. Returns what the publish stage hands on.
     """
     configure()
-    source = MlflowClient().get_run(candidate["run_id"])
+    client = MlflowClient()
+    metrics = candidate["metrics"]
+    if gate.get("unchanged"):  # already the registered champion: nothing new to register
+        version = client.get_model_version(name, gate["current_version"])
+        return {"model_name": name, "version": version.version, "alias": gate["alias"], "model_uri": f"models:/{name}@{gate['alias']}",
+                "source_run_id": candidate["run_id"], "test_metrics": metrics, "gate": gate,
+                "model_card": version.tags.get("model_card", "")}
+    source = client.get_run(candidate["run_id"])
     tags = {
         "pipeline_run_id": pipeline_run_id or "interactive",
         "source_run_id": candidate["run_id"],
         "experiment": candidate["experiment"],
-        "dataset_fingerprint": source.data.tags.get("dataset_fingerprint", ""),
+        "dataset_fingerprint": source.data.tags.get("dataset_fingerprint", manifest.get("fingerprint", "")),
         "git_commit": source.data.tags.get("git_commit", ""),
-        **{f"test_{k}": round(v, 4) for k, v in candidate["metrics"].items()},
+        "gate": gate["reason"][:5000],
+        **{f"test_{k}": round(v, 4) for k, v in metrics.items() if "_ci_" not in k},
+        **{f"test_{k}_ci95": f"[{metrics[f'{k}_ci_low']:.4f}, {metrics[f'{k}_ci_high']:.4f}]"
+           for k in metrics if f"{k}_ci_low" in metrics},
     }
-    version = register(candidate["model_uri"], name, alias, tags,
-                       description=f"{candidate['experiment']}: for research use only, not a diagnostic device.")
+    alias = gate["alias"]
+    version = register(candidate["model_uri"], name, alias, tags)
+    meta = load_smear_model(candidate["model_uri"]).meta
+    lineage = {"source run": candidate["run_id"], "pipeline run": tags["pipeline_run_id"], "git commit": tags["git_commit"],
+               "tracking URI": tracking_uri()}
+    card = _log_card(client, candidate["run_id"], render_model_card(
+        model_name=name, version=version.version, alias=alias, candidate=candidate, experiment=meta["experiment"],
+        manifest=manifest, gate=gate, temperature=meta.get("temperature"), lineage=lineage,
+        figures={caption: Path(path).name for caption, path in (figures or {}).items()}), figures or {})
+    description = card["text"] if len(card["text"]) <= DESCRIPTION_LIMIT else (
+        card["text"][:DESCRIPTION_LIMIT - 200].rsplit("\n## ", 1)[0] + f"\n\n(The full card: {card['uri']}.)")
+    client.update_model_version(name, version.version, description=description)
+    client.set_model_version_tag(name, version.version, "model_card", card["uri"])
     return {"model_name": name, "version": version.version, "alias": alias, "model_uri": f"models:/{name}@{alias}",
-            "source_run_id": candidate["run_id"], "test_metrics": candidate["metrics"]}
+            "source_run_id": candidate["run_id"], "test_metrics": metrics, "gate": gate, "model_card": card["uri"]}
+
+
+def _log_card(client: MlflowClient, run_id: str, text: str, figures: dict[str, str]) -> dict:
+    """Log the card and its figures under ``model_card/`` of the run; returns the text and the card's URI."""
+    folder = Path(tempfile.mkdtemp(prefix="leukolab-card-"))
+    (folder / "model_card.md").write_text(text)
+    for path in figures.values():
+        shutil.copy(path, folder / Path(path).name)
+    client.log_artifacts(run_id, str(folder), "model_card")
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"text": text, "uri": f"runs:/{run_id}/model_card/model_card.md"}

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -33,6 +34,8 @@ def configure(experiment_name: str = EXPERIMENT_NAME) -> str:
     Raises ``ConnectionError`` naming the URI when the store cannot be reached.
     """
     uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        _probe_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient()
@@ -47,6 +50,15 @@ def configure(experiment_name: str = EXPERIMENT_NAME) -> str:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def _probe_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming the URI, when a tracking server does not answer (MLflow's own retries take minutes)."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except (OSError, ValueError) as error:
+        raise ConnectionError(f"MLflow tracking server {uri} is not reachable: {error}") from error
 
 
 @contextlib.contextmanager

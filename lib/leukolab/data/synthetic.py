@@ -161,6 +161,22 @@ def image_rng(seed: int, class_name: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, CLASS_NAMES.index(class_name), index]))
 
 
+def smear_table(images_per_class: int, image_size: int, seed: int):
+    """Smears rendered straight into a table shaped like an ETL split (PNG ``image`` and ``mask``, ``label``,
+    ``class_name``, ``source_path``): training data in memory, without files or Spark."""
+    import pandas as pd
+
+    from leukolab.images import encode_png
+
+    records = []
+    for label, name in enumerate(CLASS_NAMES):
+        for i in range(images_per_class):
+            image, mask = render_smear(image_rng(seed, name, i), name, image_size)
+            records.append({"image": encode_png(image), "mask": encode_png(mask * np.uint8(255)), "label": label,
+                            "class_name": name, "source_path": f"{name}/{name}_{i:04d}.png"})
+    return pd.DataFrame(records)
+
+
 def generate_dataset(root, images_per_class: int, image_size: int = 224, seed: int = 0, classes=CLASS_NAMES) -> Path:
     """Write <root>/Original/<class>/<class>_<i:04d>.jpg (JPEG quality 95) and <root>/Segmented/<class>/<class>_<i:04d>.png (mask as 0/255 L-mode PNG).
 

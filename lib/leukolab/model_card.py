@@ -1,0 +1,140 @@
+"""The model card of a published version: what it is for, what it was trained and tested on, how well it does.
+
+Rendered as Markdown from the evaluation (metrics with intervals per split and
+class, calibration), the dataset manifest, the source run and the gate's
+decision. ``40_publish`` logs it with its figures under ``model_card/`` in the
+model's source run and keeps it as the registered version's description.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+
+INTENDED_USE = (
+    "Research on automated detection and subtyping of Acute Lymphoblastic Leukemia in peripheral blood smear "
+    "images: comparing methods, studying failure modes, teaching. **Not a medical device.** It has not been "
+    "clinically validated and must not be used to diagnose, screen or treat anyone; any clinical decision needs a "
+    "qualified haematologist and confirmatory tests (flow cytometry, bone marrow examination)."
+)
+
+
+def render_model_card(*, model_name: str, version: str, alias: str, candidate: dict, experiment: dict, manifest: dict,
+                      gate: dict, temperature: float | None, lineage: dict, figures: dict[str, str]) -> str:
+    """The card as Markdown; ``figures`` maps a caption to an image path relative to the card."""
+    model = experiment.get("model", {})
+    lines = [
+        f"# Model card: {model_name} version {version} (@{alias})",
+        "",
+        f"*{experiment.get('name', candidate['experiment'])}*: {experiment.get('description', '')}  ",
+        f"Published {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}.",
+        "",
+        "## Intended use",
+        "",
+        INTENDED_USE,
+        "",
+        "## Model",
+        "",
+        _table(["", ""], [
+            ["task", experiment.get("task", "")],
+            ["architecture", " / ".join(str(v) for v in (model.get("architecture"), model.get("encoder")) if v)],
+            ["encoder weights", str(model.get("encoder_weights") or "none (trained from scratch)")],
+            ["input", f"RGB, resized to {manifest.get('image_size')} px, normalised with the training split's mean/std"],
+            ["outputs", ", ".join(["class probabilities"] * (experiment.get("task") != "segmentation")
+                                  + ["white-cell mask"] * (experiment.get("task") != "classification"))],
+            ["temperature (calibration)", "" if temperature is None else f"{temperature:.3f}"],
+            *[[key.replace("_", " "), f"`{value}`"] for key, value in lineage.items()],
+        ]),
+        "",
+        "## Data",
+        "",
+        f"Dataset **{manifest.get('dataset')}** (fingerprint `{manifest.get('fingerprint')}`, layout "
+        f"`{manifest.get('layout')}`), split by the ETL with seed {manifest.get('parameters', {}).get('seed')}; "
+        f"{len(manifest.get('quarantine', []))} files quarantined, {len(manifest.get('duplicate_groups', []))} "
+        "duplicate groups kept together.",
+        "",
+        _split_counts(manifest),
+        "",
+        "## Performance",
+        "",
+        "Point estimates with seeded bootstrap 95% intervals (percentile method, 1,000 resamples of the images).",
+    ]
+    for split, metrics in candidate.get("metrics_by_split", {"test": candidate["metrics"]}).items():
+        lines += ["", f"### {split} ({int(metrics.get('images', 0))} images)", "", _headline(metrics)]
+        per_class = _per_class(metrics, manifest.get("classes", []))
+        if per_class:
+            lines += ["", per_class]
+    lines += ["", "## Calibration", ""]
+    ece = candidate["metrics"].get("ece")
+    if ece is not None:
+        lines.append(f"Expected calibration error on test: **{ece:.3f}** (10 equal-width bins; 0 is perfect), after "
+                     "temperature scaling fitted on the validation split.")
+    else:
+        lines.append("Not applicable (segmentation only).")
+    lines += ["", "## Selection", "", f"{gate.get('reason', '')}."]
+    lines += ["", "## Known limitations and failure cases", ""] + [f"- {item}" for item in _limitations(manifest, candidate)]
+    for caption, path in figures.items():
+        lines += ["", f"**{caption}**", "", f"![{caption}]({path})"]
+    return "\n".join(lines) + "\n"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def _value(metrics: dict, name: str) -> str:
+    value = metrics.get(name)
+    if value is None or np.isnan(value):
+        return "n/a"
+    low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
+    return f"{value:.3f}" + ("" if low is None else f" [{low:.3f}, {high:.3f}]")
+
+
+def _headline(metrics: dict) -> str:
+    names = [n for n in ("accuracy", "macro_f1", "roc_auc_ovr", "ece", "dice", "iou") if n in metrics]
+    rows = [[n, _value(metrics, n)] for n in names]
+    rows.append(["latency per image (ms, this machine)", f"{metrics.get('latency_ms_per_image', float('nan')):.1f}"])
+    return _table(["metric", "value [95% CI]"], rows)
+
+
+def _per_class(metrics: dict, classes: list[str]) -> str:
+    if not any(f"f1_{c}" in metrics for c in classes):
+        return ""
+    return _table(["class", "precision", "recall", "F1"],
+                  [[c, _value(metrics, f"precision_{c}"), _value(metrics, f"recall_{c}"), _value(metrics, f"f1_{c}")]
+                   for c in classes])
+
+
+def _split_counts(manifest: dict) -> str:
+    counts = manifest.get("counts", {})
+    classes = manifest.get("classes", [])
+    return _table(["split", *classes, "total"],
+                  [[split, *[per.get(c, 0) for c in classes], sum(per.values())] for split, per in counts.items()])
+
+
+def _limitations(manifest: dict, candidate: dict) -> list[str]:
+    items = []
+    if manifest.get("dataset", "").startswith("synthetic"):
+        items.append("Trained and tested on **synthetic** smears from the project's generator: these figures say the "
+                     "pipeline works, nothing about performance on real microscopy.")
+    test = candidate["metrics"]
+    width = test.get("macro_f1_ci_high", 0) - test.get("macro_f1_ci_low", 0)
+    if width:
+        items.append(f"The test split is small ({int(test.get('images', 0))} images): the macro-F1 interval is "
+                     f"{width:.2f} wide.")
+    recalls = {k.removeprefix("recall_"): v for k, v in test.items() if k.startswith("recall_") and "_ci_" not in k}
+    if recalls:
+        weakest = min(recalls, key=recalls.get)
+        items.append(f"Weakest class on test: **{weakest}** (recall {recalls[weakest]:.3f}); see the confusion matrix "
+                     "and the misclassified examples below.")
+    items += [
+        f"Images are resized to {manifest.get('image_size')} px: fine chromatin and nucleolar detail visible at full "
+        "resolution is partly lost.",
+        "One staining protocol, microscope and camera per source dataset: expect a drop on other laboratories' "
+        "smears (the serving API raises a colour-drift alert when inputs move away from the training colours).",
+        "Labels are per image; images with several white cells of different kinds are not modelled.",
+    ]
+    return items

@@ -1,0 +1,106 @@
+"""Evaluation of logged models, the champion gate, publishing with a model card, and clear errors (real MLflow)."""
+
+import socket
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from leukolab.data.dataset import SmearDataset
+from leukolab.data.synthetic import smear_table
+from leukolab.evaluation import candidate_summary, evaluate_model, experiment_runs, load_run_model
+from leukolab.gate import gate
+from leukolab.models.factory import build_model
+from leukolab.pyfunc import load_smear_model, log_smear_model
+from leukolab.registry import publish
+
+pytestmark = pytest.mark.integration
+MODEL = "leukolab-gate-test"
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return SmearDataset(smear_table(4, 64, seed=11), with_masks=True)
+
+
+@pytest.fixture(scope="module")
+def logged_runs(model_env):
+    """Two runs whose models have identical weights: neither is better than the other."""
+    experiment = {"task": "joint", "model": {"architecture": "Unet", "encoder": "resnet18", "encoder_weights": None}}
+    meta = {"experiment": {**experiment, "name": "gate-test"}, "class_names": model_env["class_names"], "image_size": 64,
+            "mean": [0.5] * 3, "std": [0.25] * 3, "temperature": 1.0}
+    runs = []
+    for name in ("first", "second"):
+        torch.manual_seed(0)
+        network = build_model(experiment, 4)
+        with mlflow.start_run(run_name=name, tags={"dataset_fingerprint": "gate-fingerprint"}) as run:
+            info = log_smear_model(network, meta, [model_env["example_image"]])
+        runs.append({"run_id": run.info.run_id, "experiment": "gate-test", "run_name": name, "task": "joint",
+                     "stage": f"classify-{name}", "model_uri": info.model_uri})
+    return pd.DataFrame(runs)
+
+
+MANIFEST = {"dataset": "synthetic-gate-test", "fingerprint": "gate-fingerprint", "layout": "original_segmented",
+            "classes": ["Benign", "Early", "Pre", "Pro"], "image_size": 64, "parameters": {"seed": 11},
+            "counts": {"test": {"Benign": 4, "Early": 4, "Pre": 4, "Pro": 4}}}
+
+
+def test_evaluation_has_intervals_and_is_reproducible(logged_runs, dataset):
+    model = load_run_model(next(logged_runs.itertuples()))
+    first, outputs = evaluate_model(model, dataset, bootstrap_samples=200, seed=3)
+    again, _ = evaluate_model(model, dataset, bootstrap_samples=200, seed=3)
+    assert {k: v for k, v in first.items() if "latency" not in k} == {k: v for k, v in again.items() if "latency" not in k}
+    for name in ("accuracy", "macro_f1", "dice", "iou"):
+        assert first[f"{name}_ci_low"] <= first[name] <= first[f"{name}_ci_high"]
+    assert 0 <= first["ece"] <= 1 and outputs["probabilities"].shape == (16, 4)
+
+
+def test_a_candidate_that_is_not_better_becomes_challenger(logged_runs, dataset, model_env):
+    table = pd.DataFrame([{**run, "split": "test", **evaluate_model(load_run_model(pd.Series(run)), dataset, 100)[0]}
+                          for run in logged_runs.to_dict("records")])
+    first, second = (candidate_summary(row, table) for _, row in table.iterrows())
+    classes = model_env["class_names"]
+
+    decision = gate(first, MODEL, "macro_f1", dataset, classes, margin=0.01)
+    assert decision["alias"] == "champion" and "no " in decision["reason"]
+    champion = publish(first, MODEL, decision, MANIFEST, "pipeline-a")
+
+    decision = gate(second, MODEL, "macro_f1", dataset, classes, margin=0.01)
+    assert decision["alias"] == "challenger" and decision["current_score"] == pytest.approx(second["metrics"]["macro_f1"])
+    challenger = publish(second, MODEL, decision, MANIFEST, "pipeline-b")
+
+    client = MlflowClient()
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champion["version"]
+    assert client.get_model_version_by_alias(MODEL, "challenger").version == challenger["version"] != champion["version"]
+    version = client.get_model_version(MODEL, challenger["version"])
+    assert "Not a medical device" in version.description and "not better" in version.tags["gate"]
+    assert version.tags["test_macro_f1_ci95"].startswith("[") and version.tags["pipeline_run_id"] == "pipeline-b"
+    card = mlflow.artifacts.load_text(version.tags["model_card"])
+    assert "## Performance" in card and "| Benign |" in card
+
+    # with no margin an equal score is enough to take the alias
+    assert gate(second, MODEL, "macro_f1", dataset, classes, margin=0.0)["alias"] == "champion"
+
+
+def test_no_experiment_runs_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no experiment runs found"):
+        experiment_runs(tmp_path)
+
+
+def test_an_unloadable_model_names_the_run(model_env, tmp_path):
+    runs = pd.DataFrame([{"run_id": "0123abcd", "experiment": "broken", "run_name": "broken", "task": "classification",
+                          "stage": "classify-broken", "model_uri": "runs:/0123abcd/model"}])
+    with pytest.raises(RuntimeError, match="model of run 0123abcd \\(broken\\) cannot be loaded from runs:/0123abcd/model"):
+        load_run_model(next(runs.itertuples()))
+
+
+def test_an_unreachable_registry_names_the_tracking_uri(monkeypatch):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(ConnectionError, match=f"MLflow tracking server {uri} is not reachable"):
+        load_smear_model("models:/leukolab@champion")
