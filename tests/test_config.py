@@ -9,6 +9,7 @@ from leukolab.pipeline import plan
 
 def test_deep_merge_ignores_none_and_merges_nested():
     assert deep_merge({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 5}, "d": None}) == {"a": {"b": 5, "c": 2}, "d": 3}
+    assert deep_merge({"training": {"epochs": 3}}, {"distributed": {"num_processes": None}}) == {"training": {"epochs": 3}, "distributed": {}}
 
 
 def test_parse_value_reads_yaml_scalars():

@@ -48,8 +48,8 @@ def deep_merge(base: dict, override: dict) -> dict:
     for key, value in override.items():
         if value is None:
             continue
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+        if isinstance(value, dict):
+            merged[key] = deep_merge(merged[key] if isinstance(merged.get(key), dict) else {}, value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
