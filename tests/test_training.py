@@ -94,3 +94,16 @@ def test_segmentation_learns_the_white_cells(splits):
     model = build_model(experiment, 4)
     fit(model, splits["train"], splits["val"], experiment, MEAN, STD, CLASS_NAMES)
     assert evaluate(model, splits["test"], MEAN, STD, CLASS_NAMES, "segmentation")["dice"] > 0.6
+
+
+def test_test_time_augmentation_is_invariant_to_rotation_and_maps_masks_back():
+    experiment = {"task": "joint", "model": {"architecture": "Unet", "encoder": "mobilenet_v2", "encoder_weights": None},
+                  "inference": {"tta": True}}
+    model = build_model(experiment, 4).eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        out, turned = model(images), model(torch.rot90(images, 1, (-2, -1)))
+        plain = build_model({**experiment, "inference": {}}, 4).eval()(images)
+    assert torch.allclose(out["logits"], turned["logits"], atol=1e-4)
+    assert torch.allclose(torch.rot90(out["mask"], 1, (-2, -1)), turned["mask"], atol=1e-4)
+    assert not torch.allclose(out["mask"], plain["mask"], atol=1e-4)

@@ -17,13 +17,34 @@ TASKS = ("classification", "segmentation", "joint")
 
 
 class SmearNet(nn.Module):
-    """Wraps a network so its forward pass returns the dict described above."""
+    """Wraps a network so its forward pass returns the dict described above.
 
-    def __init__(self, network: nn.Module, task: str):
+    With ``tta`` (test-time augmentation), evaluation-mode outputs are the mean
+    over the eight symmetries of the square (four 90-degree rotations, each also
+    mirrored; masks mapped back), one forward pass over all of them. Smears have
+    no orientation, so this averages out what the network's filters get wrong
+    about one. Training-mode passes see the image as given.
+    """
+
+    def __init__(self, network: nn.Module, task: str, tta: bool = False):
         super().__init__()
-        self.network, self.task = network, task
+        self.network, self.task, self.tta = network, task, tta
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.training or not self.tta or x.shape[-1] != x.shape[-2]:
+            return self._outputs(x)
+        views = [torch.rot90(x, k, (-2, -1)) for k in range(4)]
+        views += [view.flip(-1) for view in views]
+        out = self._outputs(torch.cat(views))
+        merged = {}
+        for key, value in out.items():
+            parts = list(value.chunk(8))
+            if key == "mask":
+                parts = [torch.rot90(part.flip(-1) if i >= 4 else part, -(i % 4), (-2, -1)) for i, part in enumerate(parts)]
+            merged[key] = torch.stack(parts).mean(0)
+        return merged
+
+    def _outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.network(x)
         if self.task == "classification":
             return {"logits": out}
@@ -81,7 +102,7 @@ def build_model(experiment: dict, num_classes: int) -> SmearNet:
         raise
     if architecture in ("SimpleCNN", "EncoderClassifier") and task != "classification":
         raise ValueError(f"{architecture} only classifies; task {task!r} needs an smp segmentation architecture")
-    return SmearNet(network, task)
+    return SmearNet(network, task, tta=bool(experiment.get("inference", {}).get("tta", False)))
 
 
 def _is_download_error(error: Exception) -> bool:
