@@ -1,4 +1,4 @@
-"""The whole pipeline on the smoke profile, in a temporary workspace, through the real CLI."""
+"""The whole pipeline on the smoke profile, in a temporary workspace, through the real CLI: run, then run again."""
 
 import json
 import os
@@ -33,8 +33,19 @@ def test_smoke_run_keeps_every_executed_notebook_and_output(smoke_run):
     assert [n.split("_", 1)[1][:-6] for n in names] == NOTEBOOKS
     for name in NOTEBOOKS:
         assert (run_dir / f"{name}.json").is_file()
-    summary = json.loads((run_dir / "pipeline.json").read_text())
-    assert summary["status"] == "FINISHED" and [s["name"] for s in summary["stages"]] == NOTEBOOKS
+    lineage = json.loads((run_dir / "lineage.json").read_text())
+    assert lineage["status"] == "finished" and list(lineage["tasks"]) == NOTEBOOKS
+    assert {t["status"] for t in lineage["tasks"].values()} == {"done"}
+
+
+def test_a_second_run_with_nothing_changed_reuses_every_stage(smoke_run):
+    workspace, first = smoke_run
+    again = leukolab(workspace, "run", "--profile", "smoke", "--run-id", "smoke-2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(0 done, 6 cached)" in again.stdout and "champion: leukolab version 1 (@champion)" in again.stdout
+    lineage = json.loads((workspace / "runs" / "smoke-2" / "lineage.json").read_text())
+    assert {t["cached_from"] for t in lineage["tasks"].values()} == {"smoke-1"}
+    assert not list((workspace / "runs" / "smoke-2").glob("*.ipynb"))
 
 
 def test_smoke_run_registers_a_champion_and_prints_it(smoke_run, monkeypatch):
@@ -64,7 +75,8 @@ def test_a_failing_stage_stops_the_run_and_says_where(tmp_path):
     assert result.returncode != 0
     assert "stage 'etl' failed in cell" in result.stderr and "image_size must be at least 16" in result.stderr
     assert str(tmp_path / "runs" / "broken" / "00_etl.ipynb") in result.stderr
-    assert json.loads((tmp_path / "runs" / "broken" / "pipeline.json").read_text())["status"] == "FAILED"
+    lineage = json.loads((tmp_path / "runs" / "broken" / "lineage.json").read_text())
+    assert lineage["status"] == "failed" and lineage["tasks"]["etl"]["status"] == "failed"
 
 
 def test_the_published_champion_reevaluates_to_its_registered_metrics(smoke_run, monkeypatch):

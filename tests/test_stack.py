@@ -244,7 +244,7 @@ def ignore_patterns(dockerfile: str) -> list[str]:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_build_contexts_never_carry_secrets_or_state(dockerfile):
-    for secret_or_state in (".env", "docker/.env", ".git/config", "data/raw/x.jpg", "runs/r/pipeline.json",
+    for secret_or_state in (".env", "docker/.env", ".git/config", "data/raw/x.jpg", "runs/r/lineage.json",
                             "mlflow.db", "mlartifacts/1/x", "lib/leukolab/__pycache__/x.pyc", "benchmarks/x.py"):
         assert dockerignore_excludes(ignore_patterns(dockerfile), secret_or_state), f"{dockerfile} would send {secret_or_state}"
 

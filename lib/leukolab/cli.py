@@ -1,4 +1,4 @@
-"""The ``leukolab`` command: run the pipeline, serve the champion, open the MLflow UI."""
+"""The ``leukolab`` command: run the pipeline, show its graph and its runs, serve the champion, open the MLflow UI."""
 
 from __future__ import annotations
 
@@ -15,11 +15,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="leukolab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the whole pipeline on a profile")
-    run.add_argument("--profile", default="default", help=f"one of {available('profiles')}")
-    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a parameter for every stage (KEY) or one stage (STAGE.KEY); repeatable")
+    run = commands.add_parser("run", help="run the pipeline on a profile, reusing every stage that is up to date")
+    _plan_arguments(run)
     run.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
+    run.add_argument("--force", action="append", default=[], metavar="STAGE",
+                     help="run STAGE (a stage, or one task such as classify-simple-cnn) even if it is up to date; repeatable")
+    run.add_argument("--from", dest="from_stage", metavar="STAGE", help="run STAGE and everything after it, up to date or not")
+    run.add_argument("--until", metavar="STAGE", help="stop after STAGE (run only what it needs)")
+    run.add_argument("--only", metavar="STAGE", help="run STAGE alone, reusing earlier results for what it needs")
+    run.add_argument("--resume", metavar="RUN_ID", help="continue run RUN_ID from its first unfinished stage")
+    run.add_argument("--jobs", type=int, default=1, metavar="N", help="independent stages (the experiments) to run at once")
+
+    dag = commands.add_parser("dag", help="print the stage graph of a profile and draw it as a PNG")
+    _plan_arguments(dag)
+    dag.add_argument("--png", help="where to write the picture (default: runs/dag-<profile>.png in the workspace)")
+
+    runs = commands.add_parser("runs", help="list pipeline runs, or show one run's stages")
+    runs_commands = runs.add_subparsers(dest="runs_command", required=True)
+    runs_commands.add_parser("list", help="every run in the workspace")
+    show = runs_commands.add_parser("show", help="one run's stages: status, time, key, MLflow run")
+    show.add_argument("run_id")
 
     serve = commands.add_parser("serve", help="serve a registered model over HTTP (foreground)")
     serve.add_argument("--model-uri", default=os.environ.get("LEUKOLAB_MODEL_URI", "models:/leukolab@champion"))
@@ -33,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command == "run":
         return _run(args)
+    if args.command == "dag":
+        return _dag(args)
+    if args.command == "runs":
+        return _runs(args)
     if args.command == "serve":
         from leukolab.serving.launch import serve_forever
 
@@ -44,26 +63,47 @@ def main(argv: list[str] | None = None) -> int:
                             "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"])
 
 
-def _run(args) -> int:
-    from leukolab.pipeline import StageFailed, run_pipeline
+def _plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="default", help=f"one of {available('profiles')}, or a profile YAML file")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter for every stage (KEY) or one stage (STAGE.KEY); repeatable")
+    parser.add_argument("--pipeline", help="a stage graph YAML (default: params/pipeline.yaml)")
 
+
+def _overrides(items: list[str]) -> dict:
     overrides = {}
-    for item in args.param:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            print(f"--param needs KEY=VALUE, got {item!r}", file=sys.stderr)
-            return 2
+            raise ValueError(f"--param needs KEY=VALUE, got {item!r}")
         overrides[key] = parse_value(value)
+    return overrides
+
+
+def _run(args) -> int:
+    from leukolab.pipeline.runner import StageFailed, run_pipeline
+
+    if args.resume and (args.param or args.pipeline or args.run_id):
+        print("--resume takes the run's own profile, parameters and pipeline: leave out --param, --pipeline, --run-id",
+              file=sys.stderr)
+        return 2
     try:
-        summary = run_pipeline(args.profile, overrides, args.run_id)
+        lineage = run_pipeline(args.profile, _overrides(args.param), args.run_id, pipeline_file=args.pipeline,
+                               force=args.force, from_stage=args.from_stage, until=args.until, only=args.only,
+                               resume=args.resume, jobs=args.jobs)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"leukolab run: {error}", file=sys.stderr)
+        return 2
     except StageFailed as failure:
         print(f"\nPIPELINE FAILED: {failure}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\npipeline interrupted", file=sys.stderr)
+        print("\npipeline interrupted: running stages were stopped; `leukolab run --resume <run-id>` continues", file=sys.stderr)
         return 130
-    print(f"\npipeline run {summary['run_id']} finished: {summary['run_dir']}")
-    publish = next((s.get("output") for s in summary["stages"] if s["stage"] == "publish"), None)
+    tasks = lineage["tasks"].values()
+    counts = ", ".join(f"{sum(t['status'] == s for t in tasks)} {s}" for s in ("done", "cached"))
+    print(f"\npipeline run {lineage['run_id']} finished ({counts}): {lineage['run_dir']}")
+    publish = lineage["tasks"].get("publish", {}).get("result")
     if publish:
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(publish.get("test_metrics", {}).items()) if k in
                             ("accuracy", "macro_f1", "roc_auc_ovr", "dice", "iou"))
@@ -71,6 +111,35 @@ def _run(args) -> int:
         for extra in publish.get("also_registered", []):
             print(f"also registered: {extra['model_name']} version {extra['version']} (@{extra['alias']}); "
                   f"test dice {extra['test_metrics'].get('dice', float('nan')):.3f}")
+    return 0
+
+
+def _dag(args) -> int:
+    from pathlib import Path
+
+    from leukolab.config import workspace
+    from leukolab.pipeline.dag import dag_text, draw_dag
+    from leukolab.pipeline.graph import plan
+
+    try:
+        the_plan = plan(args.profile, _overrides(args.param), args.pipeline)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"leukolab dag: {error}", file=sys.stderr)
+        return 2
+    print(dag_text(the_plan))
+    png = draw_dag(the_plan, Path(args.png) if args.png else workspace() / "runs" / f"dag-{Path(args.profile).stem}.png")
+    print(f"picture: {png}")
+    return 0
+
+
+def _runs(args) -> int:
+    from leukolab.pipeline.report import run_table, runs_table
+
+    try:
+        print(runs_table() if args.runs_command == "list" else run_table(args.run_id))
+    except ValueError as error:
+        print(f"leukolab runs: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -63,9 +63,15 @@ def _probe_server(uri: str, timeout: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def stage_run(stage: str, run_name: str | None = None, parent_run_id: str | None = None, tags: dict | None = None):
-    """An MLflow run for one stage notebook, a child of the pipeline run when ``parent_run_id`` is given."""
+    """An MLflow run for one stage notebook, a child of the pipeline run when ``parent_run_id`` is given.
+
+    Under the pipeline runner it is tagged ``leukolab.task`` with the task's name (``LEUKOLAB_TASK``), so the
+    runner can find the run of a task that failed.
+    """
     configure()
     all_tags = {"leukolab.stage": stage, **git_tags(), **(tags or {})}
+    if os.environ.get("LEUKOLAB_TASK"):
+        all_tags["leukolab.task"] = os.environ["LEUKOLAB_TASK"]
     if parent_run_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     with mlflow.start_run(run_name=run_name or stage, tags=all_tags) as run:

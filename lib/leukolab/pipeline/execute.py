@@ -1,0 +1,131 @@
+"""Run one stage notebook under papermill in a child process that can be timed out and killed.
+
+The child (``python -m leukolab.pipeline.execute REQUEST RESULT``) runs papermill
+and writes what happened to RESULT: done, or the failing cell, its source line
+and the exception, or a dead kernel. The parent waits up to the stage's timeout,
+then kills the child and everything it started (the kernel, Spark, a server).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+KERNEL_NAME = "leukolab"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass
+class Outcome:
+    """How a notebook execution ended: ``done``, ``failed``, ``timed_out`` or ``killed``, with a message."""
+
+    status: str
+    error: str | None = None
+
+
+class Executor:
+    """Starts notebook executions and can kill every one still running (on Ctrl-C)."""
+
+    def __init__(self):
+        self._running: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def run(self, notebook: Path, output: Path, parameters: dict, env: dict, timeout: float | None) -> Outcome:
+        """Execute ``notebook`` into ``output`` (its log beside it, ``.log``), killing it after ``timeout`` seconds."""
+        request = output.with_suffix(".request.json")
+        result = output.with_suffix(".result.json")
+        result.unlink(missing_ok=True)
+        request.write_text(json.dumps({"notebook": str(notebook), "output": str(output), "parameters": parameters,
+                                       "kernel": kernel_name()}, default=str))
+        with open(output.with_suffix(".log"), "w") as log:
+            process = subprocess.Popen([sys.executable, "-m", "leukolab.pipeline.execute", str(request), str(result)],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT, cwd=notebook.parent)
+            with self._lock:
+                self._running.add(process)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                kill_tree(process)
+                return Outcome("timed_out", f"timed out after {timeout:g} s")
+            finally:
+                with self._lock:
+                    self._running.discard(process)
+        request.unlink(missing_ok=True)
+        if result.is_file():
+            outcome = json.loads(result.read_text())
+            result.unlink()
+            return Outcome(outcome["status"], outcome.get("error"))
+        return Outcome("killed", f"failed: its process ended with exit code {process.returncode} before the notebook finished")
+
+    def kill_all(self) -> None:
+        with self._lock:
+            running = list(self._running)
+        for process in running:
+            kill_tree(process)
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """Kill a process and all its descendants (the kernel runs in its own session, so a process group is not enough)."""
+    try:
+        family = [psutil.Process(process.pid)]
+        family += family[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=10)
+    process.wait()
+
+
+def kernel_name() -> str:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if KERNEL_NAME in KernelSpecManager().find_kernel_specs():
+        return KERNEL_NAME
+    raise RuntimeError(f"Jupyter kernel {KERNEL_NAME!r} is not registered: run `make env` (or "
+                       f"`python -m ipykernel install --sys-prefix --name {KERNEL_NAME}`)")
+
+
+def describe_cell_error(error) -> str:
+    """``cell N, line L: <source line> (Exception: message)`` from papermill's execution error."""
+    where = f"cell {error.exec_count}"
+    found = re.search(r"Cell In\[\d+\], line (\d+)", ANSI.sub("", "\n".join(error.traceback or [])))
+    lines = (error.source or "").splitlines()
+    if found and 0 < int(found.group(1)) <= len(lines):
+        where += f", line {found.group(1)}: {lines[int(found.group(1)) - 1].strip()}"
+    return f"{where} ({error.ename}: {error.evalue})"
+
+
+def _execute(request_file: str, result_file: str) -> int:
+    import papermill
+    from nbclient.exceptions import DeadKernelError
+
+    request = json.loads(Path(request_file).read_text())
+    output = Path(request["output"])
+    try:
+        papermill.execute_notebook(request["notebook"], str(output), parameters=request["parameters"],
+                                   kernel_name=request["kernel"], cwd=str(Path(request["notebook"]).parent),
+                                   progress_bar=False, request_save_on_cell_execute=True)
+        result = {"status": "done"}
+    except papermill.PapermillExecutionError as error:
+        result = {"status": "failed", "error": f"failed in {describe_cell_error(error)}"}
+    except DeadKernelError as error:
+        result = {"status": "killed", "error": f"failed: the kernel died ({error})"}
+    except Exception as error:  # a notebook that cannot start: missing file, bad parameters, no kernel
+        result = {"status": "failed", "error": f"could not run ({type(error).__name__}: {error})"}
+    Path(result_file).write_text(json.dumps(result))
+    return 0 if result["status"] == "done" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_execute(*sys.argv[1:3]))
