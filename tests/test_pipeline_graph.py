@@ -11,7 +11,7 @@ from PIL import Image
 
 from leukolab.pipeline.dag import dag_text, depths, draw_dag
 from leukolab.pipeline.graph import plan, select
-from leukolab.pipeline.keys import notebook_digest, output_digest, path_digest, task_key
+from leukolab.pipeline.keys import declared_parameters, notebook_digest, output_digest, path_digest, task_key
 
 SMOKE_TASKS = ["etl", "segment-unet-mobilenet", "classify-simple-cnn", "evaluate", "publish", "serve"]
 
@@ -69,6 +69,13 @@ def test_a_notebook_key_is_its_source_not_its_outputs(tmp_path):
     clean = notebook_digest(_notebook(tmp_path / "a.ipynb", "x = 1"))
     assert notebook_digest(_notebook(tmp_path / "b.ipynb", "x = 1", output="1")) == clean
     assert notebook_digest(_notebook(tmp_path / "c.ipynb", "x = 2")) != clean
+
+
+def test_declared_parameters_are_what_papermill_finds():
+    import papermill
+
+    for task in plan("full").tasks:
+        assert declared_parameters(task.notebook) == set(papermill.inspect_notebook(str(task.notebook)))
 
 
 def test_output_digests_leave_out_where_a_result_was_logged():

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 
+from leukolab.config import workspace
 from leukolab.pipeline.lineage import all_runs, read_lineage, runs_dir, seconds_between
 
 
@@ -29,9 +32,14 @@ def run_table(run_id: str) -> str:
               f"  MLflow parent run {run.get('mlflow_parent_run_id')}  folder {run['run_dir']}")
     rows = [{"task": name, "status": t["status"], "seconds": t.get("seconds", ""), "key": t.get("key", "")[:12],
              "from run": t.get("cached_from", ""), "mlflow run": t.get("mlflow_run_id") or "",
-             "notebook": t.get("outputs", {}).get("notebook", "")} for name, t in run["tasks"].items()]
+             "notebook": _in_workspace(t.get("outputs", {}).get("notebook", ""))} for name, t in run["tasks"].items()]
     errors = [f"{name}: {t['error']}" for name, t in run["tasks"].items() if t.get("error")]
     return "\n\n".join([header, pd.DataFrame(rows).to_string(index=False), *errors])
+
+
+def _in_workspace(path: str) -> str:
+    """A path under the workspace relative to it (shorter in a table), any other as it is."""
+    return os.path.relpath(path, workspace()) if path.startswith(str(workspace())) else path
 
 
 def _wall_seconds(run: dict) -> float | str:

@@ -21,7 +21,6 @@ import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-import papermill
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -30,7 +29,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from leukolab import __version__
 from leukolab.pipeline.execute import Executor
 from leukolab.pipeline.graph import RUNNER_PARAMETERS, Plan, Selection, Task, plan, select
-from leukolab.pipeline.keys import LIBRARY_DIR, library_digest, task_key
+from leukolab.pipeline.keys import LIBRARY_DIR, declared_parameters, library_digest, task_key
 from leukolab.pipeline.lineage import FINISHED, all_runs, find_cached, now, read_lineage, runs_dir, seconds_between, write_lineage
 from leukolab.pipeline.progress import Progress
 from leukolab.tracking import EXPERIMENT_NAME, configure, git_tags, log_file_to_run, tracking_uri
@@ -223,7 +222,7 @@ class PipelineRun:
 
     def _parameters(self, task: Task) -> dict:
         """What papermill injects: the run's folder and MLflow run, and the task's parameters its notebook declares."""
-        declared = papermill.inspect_notebook(str(task.notebook))
+        declared = declared_parameters(task.notebook)
         injected = {"run_dir": str(self.run_dir), "parent_run_id": self.parent_run_id, **task.parameters}
         return {k: v for k, v in injected.items() if k in declared}
 
