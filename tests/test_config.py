@@ -24,7 +24,7 @@ def test_unknown_names_list_the_choices():
 
 def test_every_profile_plans_every_stage_and_every_experiment_exists():
     for profile in ("smoke", "default", "full"):
-        tasks = plan(profile)
+        tasks = plan(profile).tasks
         assert [t.stage for t in tasks][0] == "etl" and [t.stage for t in tasks][-1] == "serve"
         for task in tasks:
             if "experiment" in task.parameters:
@@ -33,7 +33,7 @@ def test_every_profile_plans_every_stage_and_every_experiment_exists():
 
 
 def test_overrides_reach_every_stage_or_one_stage():
-    tasks = {t.name: t for t in plan("smoke", {"seed": 11, "classify.epochs": 3})}
+    tasks = {t.name: t for t in plan("smoke", {"seed": 11, "classify.epochs": 3}).tasks}
     assert tasks["etl"].parameters["seed"] == 11
     assert tasks["classify-simple-cnn"].parameters["epochs"] == 3
     assert tasks["segment-unet-mobilenet"].parameters["epochs"] == 1
@@ -44,4 +44,4 @@ def test_real_profile_needs_its_environment_variable(monkeypatch):
     with pytest.raises(ValueError, match="LEUKOLAB_RAW_DIR"):
         plan("real")
     monkeypatch.setenv("LEUKOLAB_RAW_DIR", "/data/all")
-    assert plan("real")[0].parameters["raw_dir"] == "/data/all"
+    assert plan("real")["etl"].parameters["raw_dir"] == "/data/all"
