@@ -39,11 +39,15 @@ class Executor:
 
     def run(self, notebook: Path, output: Path, parameters: dict, env: dict, timeout: float | None) -> Outcome:
         """Execute ``notebook`` into ``output`` (its log beside it, ``.log``), killing it after ``timeout`` seconds."""
+        try:
+            kernel = kernel_name()
+        except RuntimeError as error:
+            return Outcome("failed", f"could not run ({error})")
         request = output.with_suffix(".request.json")
         result = output.with_suffix(".result.json")
         result.unlink(missing_ok=True)
         request.write_text(json.dumps({"notebook": str(notebook), "output": str(output), "parameters": parameters,
-                                       "kernel": kernel_name()}, default=str))
+                                       "kernel": kernel}, default=str))
         with open(output.with_suffix(".log"), "w") as log:
             process = subprocess.Popen([sys.executable, "-m", "leukolab.pipeline.execute", str(request), str(result)],
                                        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=notebook.parent)
