@@ -160,7 +160,10 @@ class PipelineRun:
                 raise
 
     def _reuse(self, task: Task) -> bool:
-        """Compute the task's key; when an earlier run finished a task with that key, reuse its output."""
+        """Compute the task's key and reuse an earlier run's result with that key if there is one.
+
+        Returns whether the task is settled without running: cached, or failed because ``--only`` may not run it.
+        """
         record = self.lineage["tasks"][task.name]
         parameters = self._parameters(task)
         record["parameters"] = {k: v for k, v in parameters.items() if k not in RUNNER_PARAMETERS}
