@@ -39,7 +39,8 @@ BODIES = {
               'threads = None\nif import_torch:\n    import torch\n    threads = torch.get_num_threads()',
               'stages.write_output(run_dir, f"pid-{experiment}", {"pid": os.getpid()})\n'
               'if die:\n    os.kill(os.getpid(), signal.SIGKILL)\ntime.sleep(sleep_s)',
-              'if fail:\n    raise ValueError("failing on purpose")',
+              'if fail:\n    with tracking.stage_run("train", run_name=experiment, parent_run_id=parent_run_id):\n'
+              '        raise ValueError("failing on purpose")',
               'stages.write_output(run_dir, f"timing-{experiment}", {"started": started, "finished": time.time()})\n'
               'if log_to_mlflow:\n    stage_run.__exit__(None, None, None)\n'
               'stages.write_output(run_dir, f"train-{experiment}", {"score": size * epochs, "threads": threads,\n'
@@ -159,12 +160,19 @@ def test_resume_continues_a_failed_run_from_the_failed_task(tiny):
                   "--run-id", "broken", "--param", "train.fail=true")
     assert failing.returncode == 1
     notebook = workspace / "runs" / "broken" / "01_train-a.ipynb"
-    assert (f"stage 'train-a' failed in cell 6, line 2: raise ValueError(\"failing on purpose\") "
-            f"(ValueError: failing on purpose); executed notebook: {notebook}") in failing.stderr
+    message = (f"stage 'train-a' failed in cell 6, line 3: raise ValueError(\"failing on purpose\") "
+               f"(ValueError: failing on purpose); executed notebook: {notebook}")
+    assert message in failing.stderr
+    from mlflow.tracking import MlflowClient
+
     from leukolab.pipeline.lineage import read_lineage
+    from leukolab.tracking import configure
 
     broken = read_lineage("broken")
     assert broken["status"] == "failed" and statuses(broken)["prepare"] == "done" and statuses(broken)["report"] == "queued"
+    configure()
+    child = MlflowClient().get_run(broken["tasks"]["train-a"]["mlflow_run_id"])
+    assert child.info.status == "FAILED" and child.data.tags["leukolab.error"] == message
     # fix the cause (the notebook now ignores `fail`), then resume: same run id, same MLflow parent run
     write_notebook(project, "train")
     nb = nbformat.read(project / "train.ipynb", 4)
@@ -176,12 +184,6 @@ def test_resume_continues_a_failed_run_from_the_failed_task(tiny):
     assert statuses(lineage) == {"prepare": "done", "train-a": "done", "train-b": "done", "report": "done"}
     assert lineage["tasks"]["prepare"]["started"] == broken["tasks"]["prepare"]["started"]  # not run again
     assert lineage["mlflow_parent_run_id"] == broken["mlflow_parent_run_id"] and len(lineage["resumed"]) == 1
-
-    from mlflow.tracking import MlflowClient
-
-    from leukolab.tracking import configure
-
-    configure()
     parent = MlflowClient().get_run(lineage["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["leukolab.stage.report"].startswith("done ")
 

@@ -250,18 +250,20 @@ class PipelineRun:
                 self._logged[mlflow_run_id] = False
         return self._logged[mlflow_run_id]
 
-    def _child_runs(self, name: str, status: str | None = None) -> list:
-        """The MLflow runs the task's notebook opened under this pipeline run (tag ``leukolab.task``), newest first."""
+    def _child_runs(self, name: str) -> list:
+        """The MLflow runs the task's notebook opened in this attempt (tag ``leukolab.task``), newest first."""
         experiment = self.client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
-        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and tags.`leukolab.task` = '{name}'"
-        return self.client.search_runs([experiment], query + (f" and attributes.status = '{status}'" if status else ""))
+        since = int(dt.datetime.fromisoformat(self.lineage["tasks"][name]["started"]).timestamp() * 1000)
+        return self.client.search_runs([experiment], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and "
+                                                     f"tags.`leukolab.task` = '{name}' and attributes.start_time >= {since}")
 
     def _fail_child_runs(self, name: str, message: str) -> str | None:
-        """Mark the task's child runs that its notebook left RUNNING as FAILED, with the message; return the newest id."""
-        runs = self._child_runs(name, "RUNNING")
+        """Give the task's runs the failure message (tag ``leukolab.error``) and end those left RUNNING as FAILED."""
+        runs = [r for r in self._child_runs(name) if r.info.status in ("RUNNING", "FAILED")]
         for child in runs:
             self.client.set_tag(child.info.run_id, "leukolab.error", message[:5000])
-            self.client.set_terminated(child.info.run_id, "FAILED")
+            if child.info.status == "RUNNING":
+                self.client.set_terminated(child.info.run_id, "FAILED")
         return runs[0].info.run_id if runs else None
 
     def _close_parent_run(self, status: str) -> None:
