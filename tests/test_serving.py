@@ -6,8 +6,11 @@ import asyncio
 import base64
 import io
 import struct
+import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import httpx
 import numpy as np
@@ -16,6 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from leukolab.pyfunc import SmearModel
 from leukolab.serving import app as app_module
 from leukolab.serving.app import ServingSettings, create_app
 from leukolab.serving.launch import start_server
@@ -174,41 +178,119 @@ def test_image_modes_are_converted(client, mode):
     assert response.json()["predicted_class"] is not None
 
 
-def test_inference_runs_off_the_event_loop(client, monkeypatch):
-    infer = app_module._infer
+def test_decoding_and_inference_run_off_the_event_loop(client, monkeypatch):
+    decode, forward = app_module.decode_image, SmearModel.predict_prepared
+    threads = {}
 
-    def infer_and_check_no_loop(*args):
-        with pytest.raises(RuntimeError):
-            asyncio.get_running_loop()
-        return infer(*args)
+    def outside_the_loop(step, function):
+        def checked(*args, **kwargs):
+            with pytest.raises(RuntimeError):
+                asyncio.get_running_loop()
+            threads[step] = threading.current_thread().name
+            return function(*args, **kwargs)
+        return checked
 
-    monkeypatch.setattr(app_module, "_infer", infer_and_check_no_loop)
+    monkeypatch.setattr(app_module, "decode_image", outside_the_loop("decode", decode))
+    monkeypatch.setattr(SmearModel, "predict_prepared", outside_the_loop("forward", forward))
     assert predict(client, SMEAR).status_code == 200
+    assert threads["forward"].startswith("leukolab-inference") and threads["decode"] != threads["forward"]
 
 
 def test_a_bug_in_inference_is_a_json_500_and_counted(fresh_client, monkeypatch):
+    client = fresh_client(raise_server_exceptions=False)
+
     def crash(*args):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(app_module, "_infer", crash)
-    client = fresh_client(raise_server_exceptions=False)
+    monkeypatch.setattr(SmearModel, "predict_prepared", crash)
     response = predict(client, SMEAR)
     assert (response.status_code, response.json()["reason"]) == (500, "internal_error")
     text = client.get("/metrics").text
     assert metric(text, "leukolab_requests_total", route="/predict", status="500") == 1
     assert metric(text, "leukolab_prediction_errors_total", reason="internal_error") == 1
+    monkeypatch.undo()
+    assert predict(client, SMEAR).status_code == 200
 
 
 def test_openapi_documents_every_response_field(client):
     schema = client.get("/openapi.json").json()
-    for model in ("Prediction", "VersionInfo", "Health", "ErrorBody"):
+    for model in ("Prediction", "BatchPrediction", "VersionInfo", "Health", "ErrorBody"):
         properties = schema["components"]["schemas"][model]["properties"]
         assert all(field.get("description") for field in properties.values()), model
-    upload = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert upload["required"] == ["file"] and upload["properties"]["file"]["description"]
-    responses = schema["paths"]["/predict"]["post"]["responses"]
-    assert {"200", "400", "413", "415", "422", "503"} <= set(responses)
-    assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    for path, field in (("/predict", "file"), ("/predict/batch", "files")):
+        upload = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert upload["required"] == [field] and upload["properties"][field]["description"]
+        responses = schema["paths"][path]["post"]["responses"]
+        assert {"200", "400", "413", "415", "422", "503"} <= set(responses)
+        assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+
+
+def predict_batch(client: TestClient, images: list[bytes], field: str = "files"):
+    return client.post("/predict/batch", files=[(field, (f"smear-{i}.png", data)) for i, data in enumerate(images)])
+
+
+def solid_png(rgb: tuple[int, int, int], size: tuple[int, int] = (64, 64)) -> bytes:
+    return encode(Image.new("RGB", size, rgb), "PNG")
+
+
+def test_batch_answers_each_file_in_order_as_predict_does(client, model_env):
+    images = [SMEAR, solid_png((250, 250, 250)), IMAGE_MODES["greyscale"]()]
+    response = predict_batch(client, images)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == f"leukolab/{model_env['version']}" and body["latency_ms"] > 0
+    assert len(body["predictions"]) == 3
+    for image, answer in zip(images, body["predictions"]):
+        single = predict(client, image).json()
+        assert answer["predicted_class"] == single["predicted_class"]
+        assert answer["probabilities"] == pytest.approx(single["probabilities"], abs=1e-5)
+        assert answer["mask"] == single["mask"]
+
+
+MAX_FILES = ServingSettings(max_upload_bytes=200_000, max_pixels=4_000_000, max_batch_files=3)
+BAD_BATCHES = {
+    "more files than max_batch_files": ([SMEAR] * 4, "files", 413, "too_many_files"),
+    "wrong field name": ([SMEAR] * 2, "file", 422, "missing_file"),
+    "one file not an image": ([SMEAR, b"plain text", SMEAR], "files", 415, "not_an_image"),
+    "one file empty": ([SMEAR, b""], "files", 400, "empty"),
+    "one file over the size limit": ([SMEAR, b"\xff" * 210_000], "files", 413, "file_too_large"),
+    "one decompression bomb": ([png_header_only(100_000, 100_000), SMEAR], "files", 413, "too_many_pixels"),
+}
+
+
+@pytest.fixture(scope="module")
+def batch_client(model_env):
+    client = ready_client(create_app(model_env["uri"], MAX_FILES))
+    yield client
+    client.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("case", BAD_BATCHES, ids=str)
+def test_bad_batches_are_refused_with_json_and_the_next_batch_succeeds(batch_client, case):
+    images, field, status, reason = BAD_BATCHES[case]
+    response = predict_batch(batch_client, images, field)
+    assert (response.status_code, response.json()["reason"]) == (status, reason)
+    assert response.json()["detail"]
+    assert predict_batch(batch_client, [SMEAR] * 3).status_code == 200
+
+
+def test_batch_refusal_names_the_bad_file(batch_client):
+    detail = predict_batch(batch_client, [SMEAR, b"plain text"]).json()["detail"]
+    assert detail.startswith("file 2 ('smear-1.png')")
+    assert "at most 3 files" in predict_batch(batch_client, [SMEAR] * 5).json()["detail"]
+
+
+def test_concurrent_requests_share_forward_passes(fresh_client):
+    """With a generous wait, 12 concurrent requests make fewer than 12 passes, none over max_batch_size."""
+    client = fresh_client(replace(LIMITS, max_batch_size=8, max_wait_ms=300))
+    with ThreadPoolExecutor(12) as pool:
+        statuses = list(pool.map(lambda _: predict(client, SMEAR).status_code, range(12)))
+    assert statuses == [200] * 12
+    text = client.get("/metrics").text
+    assert metric(text, "leukolab_batch_size_sum") == 12
+    assert metric(text, "leukolab_batch_size_count") < 12
+    assert metric(text, "leukolab_batch_size_bucket", le="8.0") == metric(text, "leukolab_batch_size_count")
+    assert metric(text, "leukolab_inference_seconds_count") == 12
 
 
 def test_metrics_count_known_requests(fresh_client, model_env):
@@ -227,6 +309,7 @@ def test_metrics_count_known_requests(fresh_client, model_env):
     assert metric(text, "leukolab_predictions_total") == 2
     assert metric(text, "leukolab_prediction_errors_total", reason="not_an_image") == 1
     assert metric(text, "leukolab_inference_seconds_count") == 2
+    assert metric(text, "leukolab_batch_size_sum") == 2
     assert metric(text, "leukolab_prediction_confidence_count") == 2
     info = dict(name="leukolab", version=model_env["version"], run_id=model_env["run_id"])
     assert metric(text, "leukolab_model_info", **info) == 1
@@ -246,6 +329,33 @@ def test_low_confidence_alert_resets_on_a_confident_prediction():
         metrics.observe_prediction("Pre", confidence, 0.01)
         alert.append(metrics.low_confidence_alert._value.get())
     assert alert == [0, 0, 0, 0, 1, 1, 0, 0]
+
+
+def test_colour_drift_alert_follows_the_mean_colour_of_recent_inputs(fresh_client):
+    """The test model's training mean colour is mid-grey (0.5, 0.5, 0.5): white inputs are far from it."""
+    client = fresh_client(replace(LIMITS, colour_window=2, colour_drift_threshold=0.2))
+    seen = []
+    for level in [255] * 3 + [128] * 2:
+        assert predict(client, solid_png((level, level, level))).status_code == 200
+        text = client.get("/metrics").text
+        seen.append((metric(text, "leukolab_colour_drift_alert"), metric(text, "leukolab_input_colour_distance")))
+    # one white image: far, but the window is not full yet; white twice: alert; white and grey: still far; two greys: back
+    distance = [np.sqrt(3) * abs(mean / 255 - 0.5) for mean in (255, 255, 255, (255 + 128) / 2, 128)]
+    assert [alert for alert, _ in seen] == [0, 1, 1, 1, 0]
+    assert [d for _, d in seen] == pytest.approx(distance, abs=1e-6)
+
+
+def test_colour_drift_needs_a_full_window_and_a_training_colour():
+    metrics = ServingMetrics(colour_drift_threshold=0.1, colour_window=3)
+    white = [np.full((8, 8, 3), 255, np.uint8)]
+    metrics.observe_batch(white)
+    assert metrics.colour_distance._value.get() == 0 and metrics.batch_size._sum.get() == 1  # no training colour
+    metrics.set_model("m", "1", "r", ["A"], training_colour=[0.5, 0.5, 0.5])
+    metrics.observe_batch(white * 2)
+    assert metrics.colour_drift_alert._value.get() == 0
+    metrics.observe_batch(white)
+    assert metrics.colour_drift_alert._value.get() == 1
+    assert metrics.colour_distance._value.get() == pytest.approx(np.sqrt(3 * 0.25))
 
 
 def test_a_model_that_cannot_load_leaves_the_server_up_and_unready(model_env):
