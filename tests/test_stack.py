@@ -550,7 +550,8 @@ def test_dashboard_is_complete_and_uses_the_provisioned_data_source():
     assert all("leukolab_inference_seconds_bucket" in expr for expr in latency)
     assert any("predicted_class" in expr for expr in panel_with("predictions by class"))
     assert any("leukolab_prediction_confidence" in expr for expr in panel_with("confidence", "trend"))
-    assert panel_with("drift") == ["max(leukolab_low_confidence_alert)"]
+    assert panel_with("drift") == ["max(leukolab_low_confidence_alert)", "max(leukolab_colour_drift_alert)"]
+    assert any("leukolab_batch_size" in expr for expr in panel_with("batch size"))
     assert any("reason" in expr for expr in panel_with("errors by reason"))
     assert any("leukolab_model_info" in expr for expr in panel_with("model version"))
 
@@ -655,7 +656,7 @@ def test_real_prometheus_scrapes_the_api_and_answers_the_dashboard(tools, model_
                 for variable, value in GRAFANA_VARIABLES.items():
                     query = query.replace(variable, value)
                 result = prometheus_query(url, query)
-                if title in {"Served model", "Model version", "Low-confidence (drift) alert"}:
+                if title in {"Served model", "Model version", "Drift alerts (low confidence, colour)", "Input colour distance from training"}:
                     assert result, f"{title}: {query} returned nothing"
                 if title in {"Predictions in range", "Class mix over the range"}:  # increase() extrapolates
                     assert sum(float(row["value"][1]) for row in result) >= predictions, f"{title}: {result}"

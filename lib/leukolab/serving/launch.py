@@ -57,7 +57,7 @@ def start_server(model_uri: str | None = None, port: int = 0, host: str = "127.0
     temporary file by default). Raises ``RuntimeError`` with the log's tail when
     the server exits or its model fails to load, ``TimeoutError`` after ``timeout`` seconds.
     """
-    port = port or _free_port(host)
+    port = port or free_port(host)
     if log_path is None:
         descriptor, log_path = tempfile.mkstemp(prefix="leukolab-serve-", suffix=".log")
         os.close(descriptor)
@@ -109,7 +109,8 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that nothing listens on at ``host`` right now."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
