@@ -23,7 +23,6 @@ from dataclasses import dataclass, fields, replace
 from http import HTTPStatus
 
 import numpy as np
-
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
