@@ -197,15 +197,24 @@ def measure_server(label: str, start, make_request, images: list[bytes], levels:
         server = psutil.Process(process.pid)
         for level in levels:
             asyncio.run(load(requests, level, args.warmup))
-            cpu_before = sum(server.cpu_times()[:2])
+            cpu_before = cpu_seconds(server)
             results[level] = asyncio.run(load(requests, level, args.seconds))
-            results[level]["server_cpu_ms"] = 1000 * (sum(server.cpu_times()[:2]) - cpu_before) / max(results[level]["requests"], 1)
+            results[level]["server_cpu_ms"] = 1000 * (cpu_seconds(server) - cpu_before) / max(results[level]["requests"], 1)
             r = results[level]
             print(f"  concurrency {level:>2}: {r['rps']:7.1f} requests/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
                   f"server CPU {r['server_cpu_ms']:5.1f} ms/request  ({r['requests']} requests, load {os.getloadavg()[0]:.1f})")
     finally:
         stop()
     return results
+
+
+def cpu_seconds(process) -> float:
+    """User + system CPU seconds of a process and its children (``mlflow models serve`` runs uvicorn as a child)."""
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        times = member.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def check_answer(request: tuple[str, bytes, dict]) -> None:

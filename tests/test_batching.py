@@ -93,3 +93,14 @@ def test_submit_needs_a_running_batcher_and_the_size_must_be_positive():
         run(MicroBatcher(Recorder()).submit(1))
     with pytest.raises(ValueError, match="max_batch_size"):
         MicroBatcher(Recorder(), max_batch_size=0)
+
+
+def test_workers_run_batches_at_the_same_time():
+    both_running = threading.Barrier(2, timeout=5)  # a lone worker would wait here and fail
+
+    def predict_batch(items):
+        both_running.wait()
+        return items
+
+    answers = run(submit_all(MicroBatcher(predict_batch, max_batch_size=2, max_wait_s=0, workers=2), [1, 2, 3, 4]))
+    assert answers == [1, 2, 3, 4]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields, replace
 from http import HTTPStatus
 
 import numpy as np
+import torch
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -61,6 +62,10 @@ class ServingSettings:
     """Most images in one forward pass."""
     max_wait_ms: float = 2.0
     """How long a forward pass waits for more images once one is there."""
+    inference_workers: int = 1
+    """Forward passes that may run at the same time, each in its own thread."""
+    torch_threads: int = 0
+    """Threads of each forward pass (``torch.set_num_threads``); 0 leaves torch's default (one per core)."""
     low_confidence_threshold: float = 0.5
     low_confidence_run: int = 5
     colour_drift_threshold: float = 0.1
@@ -106,12 +111,14 @@ class ModelSlot:
 
     async def _load_and_start(self) -> tuple[SmearModel, ModelInfo]:
         model, info = await run_in_threadpool(self._load)
-        self.batcher = MicroBatcher(lambda arrays: _predict_batch(model, self.metrics, arrays),
-                                    self.settings.max_batch_size, self.settings.max_wait_ms / 1000)
+        self.batcher = MicroBatcher(lambda arrays: _predict_batch(model, self.metrics, arrays), self.settings.max_batch_size,
+                                    self.settings.max_wait_ms / 1000, self.settings.inference_workers)
         self.batcher.start()
         return model, info
 
     def _load(self) -> tuple[SmearModel, ModelInfo]:
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
         try:
             model, info = load_model(self.uri)
         except Exception:

@@ -1,12 +1,13 @@
-"""Micro-batching: concurrent requests' images grouped into one forward pass, in one worker thread.
+"""Micro-batching: concurrent requests' images grouped into forward passes that run in worker threads.
 
 Requests :meth:`MicroBatcher.submit` one prepared image each and await its
-answer. A single loop takes the first waiting image, then whatever else is
-waiting, up to ``max_batch_size``, waiting at most ``max_wait_s`` for more, and
-runs ``predict_batch`` on the list in its own thread, so the event loop keeps
-reading requests (and decoding them in other threads) while the network runs.
-Under load, the images that arrive during one pass make up the next batch:
-throughput grows with concurrency while a lone request waits only ``max_wait_s``.
+answer. A single loop waits for a free worker, takes the first waiting image,
+then whatever else is waiting, up to ``max_batch_size``, waiting at most
+``max_wait_s`` for more, and hands the list to ``predict_batch`` in that
+worker's thread, so the event loop keeps reading requests (and decoding them in
+other threads) while the network runs. Under load, the images that arrive
+during a pass make up the next batch: throughput grows with concurrency while
+a lone request waits only ``max_wait_s``.
 """
 
 from __future__ import annotations
@@ -21,25 +22,29 @@ log = logging.getLogger(__name__)
 
 
 class MicroBatcher:
-    """Groups :meth:`submit` calls into calls of ``predict_batch(items) -> answers`` (one answer per item, in order)."""
+    """Groups :meth:`submit` calls into calls of ``predict_batch(items) -> answers`` (one answer per item, in order),
+    at most ``workers`` at a time."""
 
-    def __init__(self, predict_batch: Callable[[list], list], max_batch_size: int = 32, max_wait_s: float = 0.002):
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+    def __init__(self, predict_batch: Callable[[list], list], max_batch_size: int = 32, max_wait_s: float = 0.002,
+                 workers: int = 1):
+        if max_batch_size < 1 or workers < 1:
+            raise ValueError(f"max_batch_size and workers must be at least 1, got {max_batch_size} and {workers}")
         self.predict_batch, self.max_batch_size, self.max_wait_s = predict_batch, max_batch_size, max_wait_s
         self._queue: asyncio.Queue[tuple[Any, asyncio.Future]] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="leukolab-inference")
+        self._free_workers = asyncio.Semaphore(workers)
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="leukolab-inference")
         self._task: asyncio.Task | None = None
+        self._passes: set[asyncio.Task] = set()
 
     def start(self) -> None:
         """Start the batching loop on the running event loop."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name="leukolab-batcher")
 
     async def stop(self) -> None:
-        """Stop the loop, fail what is still waiting, and let the worker thread finish its batch."""
+        """Stop the loop, fail what is still waiting, and let the workers finish their batches."""
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.gather(self._task, *self._passes, return_exceptions=True)
         while not self._queue.empty():
             _, future = self._queue.get_nowait()
             if not future.done():
@@ -55,25 +60,35 @@ class MicroBatcher:
         return await future
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
+            await self._free_workers.acquire()  # while all workers are busy, waiting items make up a bigger batch
             batch = await self._next_batch()
             batch = [(item, future) for item, future in batch if not future.done()]  # drop cancelled requests
             if not batch:
+                self._free_workers.release()
                 continue
-            try:
-                answers = await loop.run_in_executor(self._executor, self.predict_batch, [item for item, _ in batch])
-                if len(answers) != len(batch):
-                    raise RuntimeError(f"predict_batch gave {len(answers)} answers for {len(batch)} items")
-            except Exception as error:  # every request of the batch gets the error (a bug: they answer 500)
-                log.exception("a batch of %d failed", len(batch))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for (_, future), answer in zip(batch, answers):
+            task = asyncio.create_task(self._answer(batch))
+            self._passes.add(task)
+            task.add_done_callback(self._passes.discard)
+
+    async def _answer(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        """Run one batch in a worker thread and resolve its futures."""
+        try:
+            answers = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.predict_batch, [item for item, _ in batch])
+            if len(answers) != len(batch):
+                raise RuntimeError(f"predict_batch gave {len(answers)} answers for {len(batch)} items")
+        except Exception as error:  # every request of the batch gets the error (a bug: they answer 500)
+            log.exception("a batch of %d failed", len(batch))
+            for _, future in batch:
                 if not future.done():
-                    future.set_result(answer)
+                    future.set_exception(error)
+            return
+        finally:
+            self._free_workers.release()
+        for (_, future), answer in zip(batch, answers):
+            if not future.done():
+                future.set_result(answer)
 
     async def _next_batch(self) -> list[tuple[Any, asyncio.Future]]:
         """The first waiting item and those that follow within ``max_wait_s``, up to ``max_batch_size``."""
