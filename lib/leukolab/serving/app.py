@@ -58,14 +58,15 @@ class ServingSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_batch_files: int = 32
     """Most files one ``POST /predict/batch`` may send."""
-    max_batch_size: int = 32
-    """Most images in one forward pass."""
+    max_batch_size: int = 8
+    """Most images in one forward pass (on CPU, larger batches of a small CNN run slower per image)."""
     max_wait_ms: float = 2.0
     """How long a forward pass waits for more images once one is there."""
-    inference_workers: int = 1
+    inference_workers: int = 2
     """Forward passes that may run at the same time, each in its own thread."""
     torch_threads: int = 0
-    """Threads of each forward pass (``torch.set_num_threads``); 0 leaves torch's default (one per core)."""
+    """Threads of each forward pass (``torch.set_num_threads``); 0: the server gives each worker its share of the
+    cores (see :func:`leukolab.serving.launch.serve_forever`), an app made in another process leaves torch as it is."""
     low_confidence_threshold: float = 0.5
     low_confidence_run: int = 5
     colour_drift_threshold: float = 0.1
