@@ -75,7 +75,7 @@ class SmearModel(mlflow.pyfunc.PythonModel):
         return self.predict_prepared([self.prepare(image) for image in images])
 
     def predict_prepared(self, arrays: list[np.ndarray]) -> list[dict]:
-        """One answer per :meth:`prepare`\ d image, from one forward pass over all of them."""
+        """One answer per image made by :meth:`prepare`, from one forward pass over all of them."""
         out = self.forward(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
         answers = []
         for i in range(len(arrays)):
