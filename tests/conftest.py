@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def check_tools() -> dict[str, Path]:
+    """The paths ``docker/install-check-tools.sh`` (``make stack-tools``) prints after installing what is missing:
+    ``compose``, ``dockerfile``, ``chromium``, ``chromedriver``. Skips when it says apt-get cannot be used here."""
+    result = subprocess.run(["bash", str(ROOT / "docker" / "install-check-tools.sh"), sys.executable],
+                            capture_output=True, text=True, timeout=900)
+    if result.returncode == 3:
+        pytest.skip(f"these checks need Debian packages: {result.stderr.strip()}")
+    assert result.returncode == 0, f"docker/install-check-tools.sh failed:\n{result.stderr}"
+    return {name: Path(path) for name, _, path in (line.partition("=") for line in result.stdout.splitlines()) if path}
 
 
 def _jpeg_bytes(size: tuple[int, int], colour: tuple[int, int, int] = (200, 110, 160)) -> bytes:

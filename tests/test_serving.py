@@ -6,8 +6,11 @@ import asyncio
 import base64
 import io
 import struct
+import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import httpx
 import numpy as np
@@ -16,6 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from leukolab.pyfunc import SmearModel
 from leukolab.serving import app as app_module
 from leukolab.serving.app import ServingSettings, create_app
 from leukolab.serving.launch import start_server
@@ -130,6 +134,7 @@ BAD_REQUESTS = {
                                     413, "file_too_large"),
     "too many pixels": (file_field(encode(Image.new("L", (2100, 2100)), "PNG")), 413, "too_many_pixels"),
     "decompression bomb": (file_field(png_header_only(100_000, 100_000)), 413, "too_many_pixels"),
+    "two files to /predict": ({"files": [("file", ("a.jpg", SMEAR)), ("file", ("b.jpg", SMEAR))]}, 413, "too_many_files"),
 }
 
 
@@ -174,41 +179,119 @@ def test_image_modes_are_converted(client, mode):
     assert response.json()["predicted_class"] is not None
 
 
-def test_inference_runs_off_the_event_loop(client, monkeypatch):
-    infer = app_module._infer
+def test_decoding_and_inference_run_off_the_event_loop(client, monkeypatch):
+    decode, forward = app_module.decode_image, SmearModel.predict_prepared
+    threads = {}
 
-    def infer_and_check_no_loop(*args):
-        with pytest.raises(RuntimeError):
-            asyncio.get_running_loop()
-        return infer(*args)
+    def outside_the_loop(step, function):
+        def checked(*args, **kwargs):
+            with pytest.raises(RuntimeError):
+                asyncio.get_running_loop()
+            threads[step] = threading.current_thread().name
+            return function(*args, **kwargs)
+        return checked
 
-    monkeypatch.setattr(app_module, "_infer", infer_and_check_no_loop)
+    monkeypatch.setattr(app_module, "decode_image", outside_the_loop("decode", decode))
+    monkeypatch.setattr(SmearModel, "predict_prepared", outside_the_loop("forward", forward))
     assert predict(client, SMEAR).status_code == 200
+    assert threads["forward"].startswith("leukolab-inference") and threads["decode"] != threads["forward"]
 
 
 def test_a_bug_in_inference_is_a_json_500_and_counted(fresh_client, monkeypatch):
+    client = fresh_client(raise_server_exceptions=False)
+
     def crash(*args):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(app_module, "_infer", crash)
-    client = fresh_client(raise_server_exceptions=False)
+    monkeypatch.setattr(SmearModel, "predict_prepared", crash)
     response = predict(client, SMEAR)
     assert (response.status_code, response.json()["reason"]) == (500, "internal_error")
     text = client.get("/metrics").text
     assert metric(text, "leukolab_requests_total", route="/predict", status="500") == 1
     assert metric(text, "leukolab_prediction_errors_total", reason="internal_error") == 1
+    monkeypatch.undo()
+    assert predict(client, SMEAR).status_code == 200
 
 
 def test_openapi_documents_every_response_field(client):
     schema = client.get("/openapi.json").json()
-    for model in ("Prediction", "VersionInfo", "Health", "ErrorBody"):
+    for model in ("Prediction", "BatchPrediction", "VersionInfo", "Health", "ErrorBody"):
         properties = schema["components"]["schemas"][model]["properties"]
         assert all(field.get("description") for field in properties.values()), model
-    upload = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert upload["required"] == ["file"] and upload["properties"]["file"]["description"]
-    responses = schema["paths"]["/predict"]["post"]["responses"]
-    assert {"200", "400", "413", "415", "422", "503"} <= set(responses)
-    assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    for path, field in (("/predict", "file"), ("/predict/batch", "files")):
+        upload = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert upload["required"] == [field] and upload["properties"][field]["description"]
+        responses = schema["paths"][path]["post"]["responses"]
+        assert {"200", "400", "413", "415", "422", "503"} <= set(responses)
+        assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+
+
+def predict_batch(client: TestClient, images: list[bytes], field: str = "files"):
+    return client.post("/predict/batch", files=[(field, (f"smear-{i}.png", data)) for i, data in enumerate(images)])
+
+
+def solid_png(rgb: tuple[int, int, int], size: tuple[int, int] = (64, 64)) -> bytes:
+    return encode(Image.new("RGB", size, rgb), "PNG")
+
+
+def test_batch_answers_each_file_in_order_as_predict_does(client, model_env):
+    images = [SMEAR, solid_png((250, 250, 250)), IMAGE_MODES["greyscale"]()]
+    response = predict_batch(client, images)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == f"leukolab/{model_env['version']}" and body["latency_ms"] > 0
+    assert len(body["predictions"]) == 3
+    for image, answer in zip(images, body["predictions"]):
+        single = predict(client, image).json()
+        assert answer["predicted_class"] == single["predicted_class"]
+        assert answer["probabilities"] == pytest.approx(single["probabilities"], abs=1e-5)
+        assert answer["mask"] == single["mask"]
+
+
+MAX_FILES = ServingSettings(max_upload_bytes=200_000, max_pixels=4_000_000, max_batch_files=3)
+BAD_BATCHES = {
+    "more files than max_batch_files": ([SMEAR] * 4, "files", 413, "too_many_files"),
+    "wrong field name": ([SMEAR] * 2, "file", 422, "missing_file"),
+    "one file not an image": ([SMEAR, b"plain text", SMEAR], "files", 415, "not_an_image"),
+    "one file empty": ([SMEAR, b""], "files", 400, "empty"),
+    "one file over the size limit": ([SMEAR, b"\xff" * 210_000], "files", 413, "file_too_large"),
+    "one decompression bomb": ([png_header_only(100_000, 100_000), SMEAR], "files", 413, "too_many_pixels"),
+}
+
+
+@pytest.fixture(scope="module")
+def batch_client(model_env):
+    client = ready_client(create_app(model_env["uri"], MAX_FILES))
+    yield client
+    client.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("case", BAD_BATCHES, ids=str)
+def test_bad_batches_are_refused_with_json_and_the_next_batch_succeeds(batch_client, case):
+    images, field, status, reason = BAD_BATCHES[case]
+    response = predict_batch(batch_client, images, field)
+    assert (response.status_code, response.json()["reason"]) == (status, reason)
+    assert response.json()["detail"]
+    assert predict_batch(batch_client, [SMEAR] * 3).status_code == 200
+
+
+def test_batch_refusal_names_the_bad_file(batch_client):
+    detail = predict_batch(batch_client, [SMEAR, b"plain text"]).json()["detail"]
+    assert detail.startswith("file 2 ('smear-1.png')")
+    assert "at most 3 files" in predict_batch(batch_client, [SMEAR] * 5).json()["detail"]
+
+
+def test_concurrent_requests_share_forward_passes(fresh_client):
+    """With a generous wait, 12 concurrent requests make fewer than 12 passes, none over max_batch_size."""
+    client = fresh_client(replace(LIMITS, max_batch_size=8, max_wait_ms=300))
+    with ThreadPoolExecutor(12) as pool:
+        statuses = list(pool.map(lambda _: predict(client, SMEAR).status_code, range(12)))
+    assert statuses == [200] * 12
+    text = client.get("/metrics").text
+    assert metric(text, "leukolab_batch_size_sum") == 12
+    assert metric(text, "leukolab_batch_size_count") < 12
+    assert metric(text, "leukolab_batch_size_bucket", le="8.0") == metric(text, "leukolab_batch_size_count")
+    assert metric(text, "leukolab_inference_seconds_count") == 12
 
 
 def test_metrics_count_known_requests(fresh_client, model_env):
@@ -227,6 +310,7 @@ def test_metrics_count_known_requests(fresh_client, model_env):
     assert metric(text, "leukolab_predictions_total") == 2
     assert metric(text, "leukolab_prediction_errors_total", reason="not_an_image") == 1
     assert metric(text, "leukolab_inference_seconds_count") == 2
+    assert metric(text, "leukolab_batch_size_sum") == 2
     assert metric(text, "leukolab_prediction_confidence_count") == 2
     info = dict(name="leukolab", version=model_env["version"], run_id=model_env["run_id"])
     assert metric(text, "leukolab_model_info", **info) == 1
@@ -246,6 +330,33 @@ def test_low_confidence_alert_resets_on_a_confident_prediction():
         metrics.observe_prediction("Pre", confidence, 0.01)
         alert.append(metrics.low_confidence_alert._value.get())
     assert alert == [0, 0, 0, 0, 1, 1, 0, 0]
+
+
+def test_colour_drift_alert_follows_the_mean_colour_of_recent_inputs(fresh_client):
+    """The test model's training mean colour is mid-grey (0.5, 0.5, 0.5): white inputs are far from it."""
+    client = fresh_client(replace(LIMITS, colour_window=2, colour_drift_threshold=0.2))
+    seen = []
+    for level in [255] * 3 + [128] * 2:
+        assert predict(client, solid_png((level, level, level))).status_code == 200
+        text = client.get("/metrics").text
+        seen.append((metric(text, "leukolab_colour_drift_alert"), metric(text, "leukolab_input_colour_distance")))
+    # one white image: far, but the window is not full yet; white twice: alert; white and grey: still far; two greys: back
+    distance = [np.sqrt(3) * abs(mean / 255 - 0.5) for mean in (255, 255, 255, (255 + 128) / 2, 128)]
+    assert [alert for alert, _ in seen] == [0, 1, 1, 1, 0]
+    assert [d for _, d in seen] == pytest.approx(distance, abs=1e-6)
+
+
+def test_colour_drift_needs_a_full_window_and_a_training_colour():
+    metrics = ServingMetrics(colour_drift_threshold=0.1, colour_window=3)
+    white = [np.full((8, 8, 3), 255, np.uint8)]
+    metrics.observe_batch(white)
+    assert metrics.colour_distance._value.get() == 0 and metrics.batch_size._sum.get() == 1  # no training colour
+    metrics.set_model("m", "1", "r", ["A"], training_colour=[0.5, 0.5, 0.5])
+    metrics.observe_batch(white * 2)
+    assert metrics.colour_drift_alert._value.get() == 0
+    metrics.observe_batch(white)
+    assert metrics.colour_drift_alert._value.get() == 1
+    assert metrics.colour_distance._value.get() == pytest.approx(np.sqrt(3 * 0.25))
 
 
 def test_a_model_that_cannot_load_leaves_the_server_up_and_unready(model_env):
@@ -283,3 +394,56 @@ def test_start_server_reports_a_model_that_cannot_load(model_env):
     with pytest.raises(RuntimeError, match="could not load the model") as failure:
         start_server("models:/no-such-model@champion", timeout=90)
     assert "no-such-model" in str(failure.value)
+
+
+LOAD_CONCURRENCY, LOAD_SECONDS, WARMUP_SECONDS = 32, 30, 5
+
+
+async def keep_busy(url: str, seconds: float, uploads: list[tuple[bytes, int]]) -> dict[int, list[int]]:
+    """``LOAD_CONCURRENCY`` clients posting ``uploads`` in turn for ``seconds``: the statuses seen per upload."""
+    seen: dict[int, list[int]] = {i: [] for i in range(len(uploads))}
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=LOAD_CONCURRENCY)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, trust_env=False) as http:
+        async def client(offset: int) -> None:
+            i = offset
+            while time.monotonic() < deadline:
+                which = i % len(uploads)
+                response = await http.post("/predict", files={"file": ("upload", uploads[which][0])})
+                seen[which].append(response.status_code)
+                i += 1
+        await asyncio.gather(*(client(offset) for offset in range(LOAD_CONCURRENCY)))
+    return seen
+
+
+@pytest.mark.integration
+def test_load_at_concurrency_32_answers_everything_and_holds_its_memory(model_env, tmp_path):
+    """32 clients for 30 s, one request in eight a bad file: every answer as expected, RSS growth under 10%.
+
+    Growth is measured after a warm-up that runs every batch size once: the allocator and oneDNN keep buffers per
+    input shape (a one-time cost, flat afterwards), which a leak would not be.
+    """
+    import psutil
+
+    uploads = [(SMEAR, 200), (NOISE_JPEG, 200), (IMAGE_MODES["rgba"](), 200), (solid_png((120, 60, 140), (300, 200)), 200),
+               (IMAGE_MODES["animated gif"](), 200), (NOISE_JPEG[:1500], 400), (b"not an image", 415), (SMEAR, 200)]
+    with start_server(model_env["uri"], log_path=tmp_path / "server.log", timeout=90) as server:
+        process = psutil.Process(server.process.pid)
+        for size in range(1, ServingSettings().max_batch_size + 1):  # one request at a time: a pass of each size
+            files = [("files", ("smear.jpg", SMEAR))] * size
+            assert httpx.post(f"{server.url}/predict/batch", files=files, timeout=60, trust_env=False).status_code == 200
+        asyncio.run(keep_busy(server.url, WARMUP_SECONDS, uploads))
+        rss_before = process.memory_info().rss
+        seen = asyncio.run(keep_busy(server.url, LOAD_SECONDS, uploads))
+        rss_after = process.memory_info().rss
+        text = httpx.get(f"{server.url}/metrics", trust_env=False).text
+        assert server.process.poll() is None, server.log_tail()
+    for which, statuses in seen.items():
+        assert statuses and set(statuses) == {uploads[which][1]}, (which, sorted(set(statuses)))
+    answered = sum(len(statuses) for which, statuses in seen.items() if uploads[which][1] == 200)
+    assert metric(text, "leukolab_requests_total", route="/predict", status="500") == 0
+    assert metric(text, "leukolab_batch_size_count") < metric(text, "leukolab_batch_size_sum")  # passes were shared
+    assert metric(text, "leukolab_batch_size_sum") >= answered
+    print(f"{answered} predictions in {LOAD_SECONDS} s at concurrency {LOAD_CONCURRENCY}; "
+          f"RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB")
+    assert rss_after < 1.10 * rss_before

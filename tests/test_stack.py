@@ -13,8 +13,8 @@
   the running API exports; a real Prometheus with the committed scrape config and alert rules, pointed at
   a real API, counts the predictions this test makes and runs every dashboard query.
 
-The tools come from ``docker/install-check-tools.sh`` (``make stack-tools``): the tests run it themselves
-(quick when all is there) and skip only when it says apt-get cannot be used here.
+The tools come from ``docker/install-check-tools.sh`` (``make stack-tools``), which the ``check_tools``
+fixture runs (quick when all is there); the tests skip only when it says apt-get cannot be used here.
 """
 
 from __future__ import annotations
@@ -56,15 +56,9 @@ GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "5m", "$__interval": 
 # --- tools -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def tools() -> dict[str, Path]:
+def tools(check_tools) -> dict[str, Path]:
     """docker compose, BuildKit's Dockerfile parser, promtool and prometheus (docker/install-check-tools.sh)."""
-    result = subprocess.run(["bash", str(DOCKER / "install-check-tools.sh"), sys.executable],
-                            capture_output=True, text=True, timeout=600)
-    if result.returncode == 3:
-        pytest.skip(f"the stack checks need Debian's prometheus package: {result.stderr.strip()}")
-    assert result.returncode == 0, f"docker/install-check-tools.sh failed:\n{result.stderr}"
-    found = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-    return {"compose": Path(found["compose"]), "dockerfile": Path(found["dockerfile"]),
+    return {"compose": check_tools["compose"], "dockerfile": check_tools["dockerfile"],
             "promtool": Path(_which("promtool")), "prometheus": Path(_which("prometheus"))}
 
 
@@ -550,7 +544,8 @@ def test_dashboard_is_complete_and_uses_the_provisioned_data_source():
     assert all("leukolab_inference_seconds_bucket" in expr for expr in latency)
     assert any("predicted_class" in expr for expr in panel_with("predictions by class"))
     assert any("leukolab_prediction_confidence" in expr for expr in panel_with("confidence", "trend"))
-    assert panel_with("drift") == ["max(leukolab_low_confidence_alert)"]
+    assert panel_with("drift") == ["max(leukolab_low_confidence_alert)", "max(leukolab_colour_drift_alert)"]
+    assert any("leukolab_batch_size" in expr for expr in panel_with("batch size"))
     assert any("reason" in expr for expr in panel_with("errors by reason"))
     assert any("leukolab_model_info" in expr for expr in panel_with("model version"))
 
@@ -655,7 +650,7 @@ def test_real_prometheus_scrapes_the_api_and_answers_the_dashboard(tools, model_
                 for variable, value in GRAFANA_VARIABLES.items():
                     query = query.replace(variable, value)
                 result = prometheus_query(url, query)
-                if title in {"Served model", "Model version", "Low-confidence (drift) alert"}:
+                if title in {"Served model", "Model version", "Drift alerts (low confidence, colour)", "Input colour distance from training"}:
                     assert result, f"{title}: {query} returned nothing"
                 if title in {"Predictions in range", "Class mix over the range"}:  # increase() extrapolates
                     assert sum(float(row["value"][1]) for row in result) >= predictions, f"{title}: {result}"

@@ -54,11 +54,9 @@ class SmearModel(mlflow.pyfunc.PythonModel):
     def task(self) -> str:
         return self.meta["experiment"]["task"]
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """Resize and stack RGB images into a uint8 NCHW tensor."""
-        size = int(self.meta["image_size"])
-        arrays = [np.asarray(resize_square(im.convert("RGB"), size)) for im in images]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """One RGB image resized to the network's input: an HxWx3 uint8 array (what :meth:`predict_prepared` stacks)."""
+        return np.asarray(resize_square(image.convert("RGB"), int(self.meta["image_size"])))
 
     @torch.no_grad()
     def forward(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
@@ -74,9 +72,13 @@ class SmearModel(mlflow.pyfunc.PythonModel):
 
     def predict_images(self, images: list[Image.Image]) -> list[dict]:
         """One answer per image, as in the module docstring (the mask at model resolution)."""
-        out = self.forward(self.preprocess(images))
+        return self.predict_prepared([self.prepare(image) for image in images])
+
+    def predict_prepared(self, arrays: list[np.ndarray]) -> list[dict]:
+        """One answer per image made by :meth:`prepare`, from one forward pass over all of them."""
+        out = self.forward(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
         answers = []
-        for i in range(len(images)):
+        for i in range(len(arrays)):
             answer = {}
             if "probabilities" in out:
                 p = out["probabilities"][i]

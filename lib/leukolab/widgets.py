@@ -89,7 +89,8 @@ def render_result(image_bytes: bytes, result: dict) -> Figure:
 def build_demo(model_uri: str = DEFAULT_MODEL_URI, api_url: str | None = None,
                examples: list[tuple[str, bytes]] | None = None) -> widgets.Widget:
     """Upload (or pick an example), press Predict, see the result; through ``api_url`` or ``model_uri`` loaded here."""
-    upload = widgets.FileUpload(accept="image/*", multiple=False, description="Upload image")
+    upload = widgets.FileUpload(accept="image/*", multiple=False, description="Upload image",
+                                layout=widgets.Layout(width="auto"))
     picker = widgets.Dropdown(options=[("(uploaded image)", None), *examples], description="Example") if examples else None
     button = widgets.Button(description="Predict", button_style="primary", icon="search")
     message = widgets.HTML()

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -57,7 +57,7 @@ def start_server(model_uri: str | None = None, port: int = 0, host: str = "127.0
     temporary file by default). Raises ``RuntimeError`` with the log's tail when
     the server exits or its model fails to load, ``TimeoutError`` after ``timeout`` seconds.
     """
-    port = port or _free_port(host)
+    port = port or free_port(host)
     if log_path is None:
         descriptor, log_path = tempfile.mkstemp(prefix="leukolab-serve-", suffix=".log")
         os.close(descriptor)
@@ -77,13 +77,21 @@ def start_server(model_uri: str | None = None, port: int = 0, host: str = "127.0
 
 
 def serve_forever(model_uri: str | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the API in the foreground until interrupted (``leukolab serve``)."""
+    """Serve the API in the foreground until interrupted (``leukolab serve``).
+
+    Unless ``LEUKOLAB_TORCH_THREADS`` says otherwise, each inference worker gets an equal share of the cores for
+    its forward passes: on a small machine, two one-thread passes side by side beat one two-thread pass, whose
+    threads spin while the event loop and the decoders hold the cores.
+    """
     import uvicorn
 
-    from leukolab.serving.app import create_app
+    from leukolab.serving.app import ServingSettings, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(model_uri), host=host, port=port)
+    settings = ServingSettings.from_env()
+    if not settings.torch_threads:
+        settings = replace(settings, torch_threads=max(1, (os.cpu_count() or 1) // settings.inference_workers))
+    uvicorn.run(create_app(model_uri, settings), host=host, port=port)
 
 
 def _wait_until_ready(server: ServerHandle, model_uri: str | None, timeout: float) -> None:
@@ -109,7 +117,8 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that nothing listens on at ``host`` right now."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))

@@ -49,3 +49,9 @@ class Prediction(BaseModel):
         return cls(predicted_class=answer.get("predicted_class"), probabilities=probabilities or None,
                    confidence=answer.get("confidence"), mask=answer.get("mask_png"),
                    mask_fraction=answer.get("mask_fraction"), model_version=model_version, latency_ms=latency_ms)
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[Prediction] = Field(description="One prediction per uploaded file, in upload order")
+    model_version: str | None = Field(description="Model that answered: name/version, else run id; null when unknown")
+    latency_ms: float = Field(description="Server time for the whole request: reading, decoding and inference")

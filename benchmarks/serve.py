@@ -1,0 +1,304 @@
+"""Serving throughput and latency on one registered model: this API against ``mlflow models serve`` and the raw limit.
+
+(a) this API (``leukolab.serving``, uvicorn, one process): ``POST /predict``
+    with the image as a multipart file; concurrent requests are micro-batched.
+(b) ``mlflow models serve -m <uri> --env-manager local`` (uvicorn, one worker),
+    ``POST /invocations`` with ``{"dataframe_split": ...}`` holding the image
+    as base64 in the binary column ``image``.
+(c) the raw limit: the same decoding and preprocessing and the model's batched
+    forward pass in this process, no HTTP, at the API's maximum batch size.
+
+For (a) and (b), a client in this process keeps ``concurrency`` requests in
+flight for ``--seconds`` per level (after a warm-up) and reports requests/s
+and p50/p99 latency; every level is bounded in time and every request goes to
+127.0.0.1. The images are synthetic smears (224 px JPEGs, as raw data comes).
+Without ``--model-uri``, a "small 4-layer CNN at 128 px" (``simple-cnn``, its
+random initial weights: speed does not depend on them) is registered in a
+scratch workspace as ``models:/leukolab@champion``.
+
+    python benchmarks/serve.py                      # about 4 minutes on 2 cores
+    python benchmarks/serve.py --seconds 20 --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONCURRENCY = (1, 8, 32)
+BOUNDARY = "leukolab-benchmark-boundary"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-uri", help="a registered model in $MLFLOW_TRACKING_URI (default: register simple-cnn at 128 px in a scratch workspace)")
+    parser.add_argument("--image-size", type=int, default=128, help="input size of the scratch model")
+    parser.add_argument("--images", type=int, default=64, help="distinct synthetic smears sent in turn")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per concurrency level")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each level")
+    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="levels, comma-separated")
+    parser.add_argument("--variants", default="abc", help="which of a, b, c to run")
+    parser.add_argument("--markdown", action="store_true", help="also print a row for benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    levels = [int(level) for level in args.concurrency.split(",")]
+
+    from leukolab.serving.app import ServingSettings
+
+    max_batch = ServingSettings.from_env().max_batch_size
+    images = synthetic_jpegs(args.images)
+    with tempfile.TemporaryDirectory(prefix="leukolab-serve-bench-") as scratch:
+        if args.model_uri:
+            model_uri = args.model_uri
+        else:
+            os.environ["LEUKOLAB_WORKSPACE"] = scratch
+            os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch}/mlflow.db"
+            model_uri = register_scratch_model(args.image_size, images[:2])
+        print(f"{model_uri}, {len(images)} JPEGs of 224 px; {os.cpu_count()} CPUs, {platform.machine()}, "
+              f"load average {os.getloadavg()[0]:.2f}; Python {platform.python_version()}")
+        results: dict[str, dict[int, dict]] = {}
+        if "a" in args.variants:
+            results["a"] = measure_server("(a) leukolab API", start_api(model_uri, scratch), api_request, images, levels, args)
+        if "b" in args.variants:
+            results["b"] = measure_server("(b) mlflow models serve", start_mlflow(model_uri, scratch), mlflow_request, images, levels, args)
+        if "c" in args.variants:
+            results["c"] = raw_limit(model_uri, images, max_batch, args.seconds)
+    report(results, levels, max_batch, args.markdown)
+
+
+# --- inputs and model ----------------------------------------------------------------------------------
+
+def synthetic_jpegs(count: int) -> list[bytes]:
+    """``count`` synthetic smears of the four classes as JPEG (quality 95) bytes."""
+    from PIL import Image
+
+    from leukolab.data.synthetic import CLASS_NAMES, image_rng, render_smear
+
+    jpegs = []
+    for i in range(count):
+        name = CLASS_NAMES[i % len(CLASS_NAMES)]
+        image, _ = render_smear(image_rng(0, name, i), name, 224)
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=95)
+        jpegs.append(buffer.getvalue())
+    return jpegs
+
+
+def register_scratch_model(image_size: int, examples: list[bytes]) -> str:
+    """Log simple-cnn (random weights) as a pyfunc model and register it as ``leukolab@champion``."""
+    import mlflow
+
+    from leukolab.data.synthetic import CLASS_NAMES
+    from leukolab.experiments import load_experiment
+    from leukolab.models.factory import build_model
+    from leukolab.pyfunc import log_smear_model
+    from leukolab.registry import register
+    from leukolab.tracking import configure
+
+    configure()
+    experiment = load_experiment("simple-cnn")
+    meta = {"experiment": experiment, "class_names": list(CLASS_NAMES), "image_size": image_size,
+            "mean": [0.8, 0.65, 0.7], "std": [0.15, 0.2, 0.15], "temperature": 1.0}
+    with mlflow.start_run(run_name="serve-benchmark"):
+        logged = log_smear_model(build_model(experiment, len(CLASS_NAMES)), meta, examples)
+    version = register(logged.model_uri, "leukolab", "champion")
+    return f"models:/{version.name}@champion"
+
+
+# --- servers -------------------------------------------------------------------------------------------
+
+def start_api(model_uri: str, scratch: str):
+    from leukolab.serving.launch import start_server
+
+    def start():
+        server = start_server(model_uri, log_path=Path(scratch) / "api.log", timeout=180)
+        return server.url, server.process, server.stop
+    return start
+
+
+def start_mlflow(model_uri: str, scratch: str):
+    from leukolab.serving.launch import free_port
+
+    def start():
+        port = free_port("127.0.0.1")
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        log = open(Path(scratch) / "mlflow-serve.log", "ab")
+        process = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
+                                    "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        wait_for(f"{url}/ping", process, 180)
+
+        def stop():
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
+        return url, process, stop
+    return start
+
+
+def wait_for(url: str, process: subprocess.Popen, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def api_request(url: str, image: bytes) -> tuple[str, bytes, dict]:
+    body = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="smear.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return f"{url}/predict", body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+def mlflow_request(url: str, image: bytes) -> tuple[str, bytes, dict]:
+    payload = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(image).decode()]]}}
+    return f"{url}/invocations", json.dumps(payload).encode(), {"Content-Type": "application/json"}
+
+
+# --- measurements ----------------------------------------------------------------------------------
+
+def measure_server(label: str, start, make_request, images: list[bytes], levels: list[int], args) -> dict[int, dict]:
+    """Start a server, check one answer, then measure each concurrency level; stop the server."""
+    import psutil
+
+    started = time.perf_counter()
+    url, process, stop = start()
+    print(f"{label}: ready in {time.perf_counter() - started:.1f} s")
+    try:
+        requests = [make_request(url, image) for image in images]
+        check_answer(requests[0])
+        results = {}
+        server = psutil.Process(process.pid)
+        for level in levels:
+            asyncio.run(load(requests, level, args.warmup))
+            cpu_before = cpu_seconds(server)
+            results[level] = asyncio.run(load(requests, level, args.seconds))
+            results[level]["server_cpu_ms"] = 1000 * (cpu_seconds(server) - cpu_before) / max(results[level]["requests"], 1)
+            r = results[level]
+            print(f"  concurrency {level:>2}: {r['rps']:7.1f} requests/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
+                  f"server CPU {r['server_cpu_ms']:5.1f} ms/request  ({r['requests']} requests, load {os.getloadavg()[0]:.1f})")
+    finally:
+        stop()
+    return results
+
+
+def cpu_seconds(process) -> float:
+    """User + system CPU seconds of a process and its children (``mlflow models serve`` runs uvicorn as a child)."""
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        times = member.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def check_answer(request: tuple[str, bytes, dict]) -> None:
+    import httpx
+
+    url, body, headers = request
+    response = httpx.post(url, content=body, headers=headers, timeout=60, trust_env=False)
+    if response.status_code != 200 or "Benign" not in response.text:
+        raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:300]}")
+
+
+async def load(requests: list[tuple[str, bytes, dict]], concurrency: int, seconds: float) -> dict:
+    """Keep ``concurrency`` requests in flight for ``seconds``; every answer must be a 200."""
+    import aiohttp
+
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async def client(offset: int) -> None:
+            i = offset
+            while time.perf_counter() < deadline:
+                url, body, headers = requests[i % len(requests)]
+                sent = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"{url} answered {response.status}")
+                latencies.append(time.perf_counter() - sent)
+                i += concurrency
+
+        began = time.perf_counter()
+        await asyncio.gather(*(client(offset) for offset in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    quantiles = np.quantile(latencies, [0.5, 0.99]) * 1000
+    return {"requests": len(latencies), "rps": len(latencies) / elapsed, "p50_ms": float(quantiles[0]), "p99_ms": float(quantiles[1])}
+
+
+def raw_limit(model_uri: str, images: list[bytes], batch_size: int, seconds: float) -> dict:
+    """Images/s of decode + preprocess + batched forward (+ answers) in this process, batches of ``batch_size``."""
+    from leukolab.images import decode_image
+    from leukolab.pyfunc import load_smear_model
+
+    model = load_smear_model(model_uri)
+    batches = [[images[(start + i) % len(images)] for i in range(batch_size)] for start in range(0, len(images), batch_size)]
+
+    def run_batch(batch: list[bytes]) -> None:
+        model.predict_prepared([model.prepare(decode_image(data)) for data in batch])
+
+    for batch in batches[:2]:  # warm-up
+        run_batch(batch)
+    rates, done, began = [], 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        started = time.perf_counter()
+        run_batch(batches[done % len(batches)])
+        rates.append(batch_size / (time.perf_counter() - started))
+        done += 1
+    rate = done * batch_size / (time.perf_counter() - began)
+    print(f"(c) raw limit, batches of {batch_size}: {rate:.1f} images/s (median batch {statistics.median(rates):.1f} images/s, "
+          f"{done} batches, load {os.getloadavg()[0]:.1f})")
+    return {"images_per_s": rate}
+
+
+def report(results: dict, levels: list[int], max_batch: int, markdown: bool) -> None:
+    a, b, c = results.get("a"), results.get("b"), results.get("c")
+    for level in levels:
+        parts = [f"concurrency {level:>2}:"]
+        if a and b:
+            parts.append(f"a/b {a[level]['rps'] / b[level]['rps']:.2f}")
+            parts.append(f"p99 a/b {a[level]['p99_ms'] / b[level]['p99_ms']:.2f}")
+        if a and c:
+            parts.append(f"a/c {a[level]['rps'] / c['images_per_s']:.2f}")
+        print("  ".join(parts))
+    if markdown and a and b and c:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        cells = [time.strftime("%Y-%m-%d"), str(os.cpu_count()), f"{os.getloadavg()[0]:.1f}"]
+        cells += [" / ".join(f"{r[level]['rps']:.0f}" for level in levels) for r in (a, b)]
+        cells += [f"{c['images_per_s']:.0f} (batch {max_batch})"]
+        cells += [" / ".join(f"{a[level]['rps'] / b[level]['rps']:.2f}" for level in levels)]
+        cells += [" / ".join(f"{a[level]['rps'] / c['images_per_s']:.2f}" for level in levels)]
+        cells += [" / ".join(f"{r[level]['p99_ms']:.0f}" for level in levels) for r in (a, b)]
+        cells += [commit]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""The Voila demo in a real browser: Voila on 127.0.0.1, headless Debian Chromium driven by Selenium.
+
+The page runs ``notebooks/demo.ipynb`` against the registered test model (in
+the kernel's process, no API). The test uploads a smear through the
+FileUpload widget, presses Predict, and checks that the predicted class and the
+probability chart appear; then that an unreadable file gives a message, not a
+traceback. The screenshot goes to the test's folder and ``runs/test-artifacts/``.
+Chromium and chromedriver come from ``docker/install-check-tools.sh``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from leukolab.serving.launch import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "runs" / "test-artifacts"
+PAGE_TIMEOUT = 180
+"""Seconds for Voila to start a kernel, load the model and render the widgets."""
+PREDICT_TIMEOUT = 90
+TAB_RED = np.array([214, 39, 40])
+"""matplotlib's tab:red, the predicted class's bar."""
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def voila(model_env, tmp_path_factory):
+    """The demo notebook served by Voila on 127.0.0.1, with the registered test model; its URL."""
+    log_path = tmp_path_factory.mktemp("voila") / "voila.log"
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "lib"), os.environ.get("PYTHONPATH")])),
+           "HF_HUB_OFFLINE": "1"}
+    env.pop("LEUKOLAB_API_URL", None)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "voila"), str(ROOT / "notebooks" / "demo.ipynb"), "--no-browser",
+             f"--port={port}", "--Voila.ip=127.0.0.1"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, f"voila exited:\n{log_path.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{url}api/kernelspecs", timeout=2, trust_env=False).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"voila did not answer in 60 s:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield {"url": url, "log": log_path}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture
+def browser(check_tools):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(check_tools["chromium"])
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1100"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(str(check_tools["chromedriver"])), options=options)
+    driver.set_page_load_timeout(PAGE_TIMEOUT)
+    yield driver
+    driver.quit()
+
+
+def wait_until(driver, condition, timeout: float, what: str):
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.5).until(condition)
+    except TimeoutException:
+        raise AssertionError(f"{what} did not happen within {timeout} s; page text:\n{driver.find_element('tag name', 'body').text[-2000:]}") from None
+
+
+ATTACH_FILE_INPUTS = """
+// ipywidgets' FileUpload button clicks a file <input> it never attaches to the page, which opens the browser's file
+// dialog. Instead, attach the input to the page, where Selenium can type a path into it as a person picks a file.
+HTMLInputElement.prototype.click = function () {
+  if (this.type === "file" && !this.isConnected) document.body.appendChild(this);
+};
+"""
+
+
+def choose_file(driver, path: Path) -> None:
+    """Press the upload button and pick ``path`` in the file input it opens."""
+    from selenium.webdriver.common.by import By
+
+    driver.execute_script(ATTACH_FILE_INPUTS)
+    driver.find_element(By.CSS_SELECTOR, "button.widget-upload").click()
+    driver.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(path))
+
+
+def image_pixels(driver, element) -> np.ndarray:
+    """The pixels an <img> shows, read back through a canvas."""
+    data_url = driver.execute_script(
+        "const img = arguments[0], canvas = document.createElement('canvas');"
+        "canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;"
+        "canvas.getContext('2d').drawImage(img, 0, 0); return canvas.toDataURL('image/png');", element)
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
+
+
+def test_demo_predicts_an_uploaded_image_in_a_real_browser(voila, browser, model_env, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    smear = tmp_path / "smear.jpg"
+    smear.write_bytes(model_env["example_image"])
+    browser.get(voila["url"])
+    wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "button.widget-upload"), PAGE_TIMEOUT, "the upload button")
+    choose_file(browser, smear)
+    wait_until(browser, lambda d: "(1)" in d.find_element(By.CSS_SELECTOR, ".widget-upload").text, 30, "the upload")
+    browser.find_element(By.XPATH, "//button[contains(., 'Predict')]").click()
+
+    def answered(driver):  # the summary line reads "<class>, confidence NN.N% · ..."
+        text = driver.find_element(By.TAG_NAME, "body").text
+        return [name for name in model_env["class_names"] if f"{name}, confidence" in text] and text
+    text = wait_until(browser, answered, PREDICT_TIMEOUT, "a prediction")
+    predicted = [name for name in model_env["class_names"] if f"{name}, confidence" in text]
+    assert len(predicted) == 1 and "mask covers" in text, text
+    picture = wait_until(browser, lambda d: [img for img in d.find_elements(By.CSS_SELECTOR, ".widget-image")
+                                             if img.is_displayed() and d.execute_script("return arguments[0].naturalWidth", img)],
+                         30, "the result picture")[0]
+    pixels = image_pixels(browser, picture)
+    chart = pixels[:, pixels.shape[1] // 2:]  # the right half: the probability bars
+    red_bar = np.all(np.abs(chart.astype(int) - TAB_RED) < 12, axis=-1).sum()
+    assert red_bar > 200, f"no bar for the predicted class in the chart ({red_bar} tab:red pixels)"
+    assert "Traceback" not in text
+
+    screenshot = tmp_path / "demo.png"
+    assert browser.save_screenshot(str(screenshot))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(screenshot, ARTIFACTS / "demo-browser.png")
+    print(f"screenshot: {screenshot} (copied to {ARTIFACTS / 'demo-browser.png'}); predicted {predicted[0]}")
+
+    # An unreadable file: a message on the page, the picture hidden, no traceback.
+    notes = tmp_path / "notes.png"
+    notes.write_bytes(b"this is not an image")
+    choose_file(browser, notes)
+    time.sleep(1)  # the button still says "(1)": give the widget a moment to send the new file to the kernel
+    browser.find_element(By.XPATH, "//button[contains(., 'Predict')]").click()
+    text = wait_until(browser, lambda d: "Could not predict" in (body := d.find_element(By.TAG_NAME, "body").text) and body,
+                      PREDICT_TIMEOUT, "the error message")
+    assert "not an image" in text and "Traceback" not in text
+    assert not picture.is_displayed()
