@@ -333,6 +333,7 @@ def test_data_report_figures_tables_and_mlflow_artifacts(planted_run, tmp_path, 
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
     try:
+        mlflow.set_experiment("data-report")  # not the experiment id an earlier test made active in its own store
         with mlflow.start_run() as run:
             log_report(report)
         logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "report")}
