@@ -35,8 +35,8 @@ $(READY): requirements.txt
 # The package is installed editable from this clone (fast when already there),
 # and the `leukolab` Jupyter kernel is registered inside the environment.
 env: $(READY)
-	@$(BIN)/python -c "import os, leukolab; assert os.path.realpath(leukolab.__file__).startswith(os.path.realpath('lib'))" 2>/dev/null \
-	  || $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@PYTHONPATH= $(BIN)/python -c "import os, leukolab; assert os.path.realpath(leukolab.__file__).startswith(os.path.realpath('lib'))" 2>/dev/null \
+	  && test -x $(BIN)/leukolab || $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@$(BIN)/python -m ipykernel install --sys-prefix --name leukolab --display-name "Python (leukolab)" >/dev/null
 
 run: env
