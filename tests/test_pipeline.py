@@ -100,3 +100,48 @@ def test_the_published_champion_reevaluates_to_its_registered_metrics(smoke_run,
     source = client.get_run(champion.tags["source_run_id"]).data.metrics
     assert source["eval_test_macro_f1"] == pytest.approx(metrics["macro_f1"])
     assert "## Known limitations" in mlflow.artifacts.load_text(champion.tags["model_card"])
+
+
+def test_a_classify_run_holds_everything_and_its_model_predicts_a_jpeg_alone(smoke_run, tmp_path, monkeypatch):
+    """Params, per-epoch metrics, plots, notebook, lineage tags; then the model in a bare process on a raw JPEG."""
+    workspace, _ = smoke_run
+    from mlflow.tracking import MlflowClient
+
+    from PIL import Image
+
+    from leukolab.data.synthetic import image_rng, render_smear
+    from leukolab.tracking import configure
+
+    monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(workspace))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    configure()
+    classify = json.loads((workspace / "runs" / "smoke-1" / "classify-simple-cnn.json").read_text())
+    client = MlflowClient()
+    run = client.get_run(classify["mlflow_run_id"])
+    assert {"training.lr", "training.schedule", "augmentation.rotate90", "loss.name", "model.architecture"} <= set(run.data.params)
+    assert {"dataset_fingerprint", "git_commit", "git_dirty"} <= set(run.data.tags)
+    for metric in ("train_loss", "val_macro_f1", "val_accuracy", "val_roc_auc_ovr", "lr"):
+        assert client.get_metric_history(run.info.run_id, metric), metric
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/learning_curves.png", "plots/misclassified.png"} <= artifacts
+    assert client.list_artifacts(run.info.run_id, "notebook")
+
+    jpeg = tmp_path / "smear.jpg"
+    Image.fromarray(render_smear(image_rng(3, "Pre", 0), "Pre", size=200)[0]).save(jpeg, quality=90)
+    script = (
+        "import sys, mlflow, pandas as pd\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "assert model.metadata.signature is not None and model.metadata.saved_input_example_info\n"
+        "answer = model.predict(pd.DataFrame({'image': [open(sys.argv[2], 'rb').read()]}))\n"
+        "import leukolab\n"
+        "print(answer['predicted_class'][0], round(sum(answer[c][0] for c in answer if c.startswith('prob_')), 4))\n"
+        "print(leukolab.__file__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LEUKOLAB_WORKSPACE")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workspace / 'mlflow.db'}"
+    bare = subprocess.run([sys.executable, "-c", script, classify["model_uri"], str(jpeg)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert bare.returncode == 0, bare.stderr[-3000:]
+    predicted, total, module = bare.stdout.split("\n")[:3]
+    assert predicted.split()[0] in ("Benign", "Early", "Pre", "Pro") and predicted.split()[1] == "1.0"
+    assert str(workspace / "mlartifacts") in module, "the model should import the library it carries, not this checkout's"

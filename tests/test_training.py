@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from leukolab import CLASS_NAMES
+from leukolab.config import available
 from leukolab.data.dataset import SmearDataset
 from leukolab.data.synthetic import smear_table
 from leukolab.experiments import load_experiment
@@ -17,6 +18,11 @@ from leukolab.training.loop import evaluate, fit
 def splits():
     return {name: SmearDataset(smear_table(n, 64, seed), with_masks=True)
             for name, n, seed in (("train", 40, 1), ("val", 10, 2), ("test", 20, 3))}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return SmearDataset(smear_table(2, 64, 4), with_masks=True)
 
 
 MEAN, STD = [0.75, 0.65, 0.68], [0.15, 0.17, 0.15]
@@ -33,6 +39,13 @@ def test_factory_builds_smp_architectures(architecture):
 def test_factory_builds_encoder_classifiers(encoder):
     model = build_model({"task": "classification", "model": {"architecture": "EncoderClassifier", "encoder": encoder}}, 4)
     assert model(torch.zeros(2, 3, 64, 64))["logits"].shape == (2, 4)
+
+
+@pytest.mark.parametrize("name", available("experiments"))
+def test_every_experiment_builds_and_trains_an_epoch(name, tiny):
+    experiment = load_experiment(name, {"training": {"epochs": 1, "batch_size": 8}})
+    result = fit(build_model(experiment, 4), tiny, tiny, experiment, MEAN, STD, CLASS_NAMES)
+    assert np.isfinite(result.history[0]["train_loss"]) and result.monitor in result.history[0]
 
 
 def test_imagenet_weights_offline_fail_with_a_clear_message(monkeypatch):
@@ -107,3 +120,17 @@ def test_test_time_augmentation_is_invariant_to_rotation_and_maps_masks_back():
     assert torch.allclose(out["logits"], turned["logits"], atol=1e-4)
     assert torch.allclose(torch.rot90(out["mask"], 1, (-2, -1)), turned["mask"], atol=1e-4)
     assert not torch.allclose(out["mask"], plain["mask"], atol=1e-4)
+
+
+def test_epoch_validation_sees_each_image_once_and_the_model_keeps_its_tta(splits):
+    experiment = load_experiment("simple-cnn", {"training": {"epochs": 1, "ema_decay": 0}, "model": {"width": 8},
+                                                "inference": {"tta": True}})
+    model = build_model(experiment, 4)
+    seen = []
+    model.network.register_forward_hook(lambda module, inputs, output: seen.append((module.training, len(inputs[0]))))
+    fit(model, splits["train"], splits["val"], experiment, MEAN, STD, CLASS_NAMES)
+    assert sum(n for training, n in seen if not training) == len(splits["val"])
+    assert model.tta
+    seen.clear()
+    evaluate(model, splits["val"], MEAN, STD, CLASS_NAMES, "classification")
+    assert sum(n for _, n in seen) == 8 * len(splits["val"])

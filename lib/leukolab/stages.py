@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from leukolab.config import workspace_path
+from leukolab.config import workspace, workspace_path
 
 
 def run_folder(run_dir: str | Path) -> Path:
@@ -41,3 +41,9 @@ def resolve_dataset(dataset_dir: str | None, run_dir: str | Path) -> Path:
     if dataset_dir:
         return workspace_path(dataset_dir)
     return Path(read_output(run_dir, "etl")["dataset_dir"])
+
+
+def latest_run_with(stage: str, default: str | Path = "runs/interactive") -> Path:
+    """The newest run folder in the workspace holding ``stage``'s output (by modification time), else ``default``."""
+    outputs = sorted((workspace() / "runs").glob(f"*/{stage}.json"), key=lambda path: path.stat().st_mtime)
+    return outputs[-1].parent if outputs else workspace_path(default)

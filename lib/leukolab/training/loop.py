@@ -7,6 +7,7 @@ experiment resumes where it stopped. The best epoch's weights are restored.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -201,7 +202,10 @@ def _end_epoch(result: FitResult, epoch, epochs, losses, optimizer, kept, val_se
                on_epoch_end, best_state):
     """Validate, record the epoch, keep the best weights and report; returns the best state so far."""
     metrics = {"train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"]}
-    metrics.update({f"val_{k}": v for k, v in evaluate(kept, val_set, mean, std, class_names, task, device).items()})
+    # Epoch validation sees each image once: test-time augmentation would make it 8 times dearer for an
+    # early-stopping signal it barely changes; the restored model is evaluated with it afterwards.
+    with _without_tta(kept):
+        metrics.update({f"val_{k}": v for k, v in evaluate(kept, val_set, mean, std, class_names, task, device).items()})
     result.history.append({"epoch": epoch + 1, **metrics})
     score = metrics.get(result.monitor, float("-inf"))
     improved = score > result.best_score
@@ -213,6 +217,19 @@ def _end_epoch(result: FitResult, epoch, epochs, losses, optimizer, kept, val_se
     if on_epoch_end:
         on_epoch_end(epoch + 1, metrics)
     return best_state
+
+
+@contextlib.contextmanager
+def _without_tta(model):
+    """Switch a :class:`~leukolab.models.factory.SmearNet`'s test-time augmentation off for a while."""
+    tta = getattr(model, "tta", None)
+    if tta is not None:
+        model.tta = False
+    try:
+        yield model
+    finally:
+        if tta is not None:
+            model.tta = tta
 
 
 def _scheduler(optimizer, name: str, epochs: int, steps_per_epoch: int, lr: float):
