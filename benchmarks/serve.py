@@ -13,8 +13,9 @@ flight for ``--seconds`` per level (after a warm-up) and reports requests/s
 and p50/p99 latency; every level is bounded in time and every request goes to
 127.0.0.1. The images are synthetic smears (224 px JPEGs, as raw data comes).
 Without ``--model-uri``, a "small 4-layer CNN at 128 px" (``simple-cnn``, its
-random initial weights: speed does not depend on them) is registered in a
-scratch workspace as ``models:/leukolab@champion``.
+random initial weights: speed does not depend on them; one forward pass an
+image unless ``--tta``) is registered in a scratch workspace as
+``models:/leukolab@champion``.
 
     python benchmarks/serve.py                      # about 4 minutes on 2 cores
     python benchmarks/serve.py --seconds 20 --markdown
@@ -46,6 +47,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-uri", help="a registered model in $MLFLOW_TRACKING_URI (default: register simple-cnn at 128 px in a scratch workspace)")
     parser.add_argument("--image-size", type=int, default=128, help="input size of the scratch model")
+    parser.add_argument("--tta", action="store_true", help="the scratch model averages the 8 rotations/mirrors, as the "
+                                                           "published simple-cnn does (8 forward passes an image)")
     parser.add_argument("--images", type=int, default=64, help="distinct synthetic smears sent in turn")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per concurrency level")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each level")
@@ -65,7 +68,7 @@ def main() -> None:
         else:
             os.environ["LEUKOLAB_WORKSPACE"] = scratch
             os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch}/mlflow.db"
-            model_uri = register_scratch_model(args.image_size, images[:2])
+            model_uri = register_scratch_model(args.image_size, args.tta, images[:2])
         print(f"{model_uri}, {len(images)} JPEGs of 224 px; {os.cpu_count()} CPUs, {platform.machine()}, "
               f"load average {os.getloadavg()[0]:.2f}; Python {platform.python_version()}")
         results: dict[str, dict[int, dict]] = {}
@@ -96,8 +99,8 @@ def synthetic_jpegs(count: int) -> list[bytes]:
     return jpegs
 
 
-def register_scratch_model(image_size: int, examples: list[bytes]) -> str:
-    """Log simple-cnn (random weights) as a pyfunc model and register it as ``leukolab@champion``."""
+def register_scratch_model(image_size: int, tta: bool, examples: list[bytes]) -> str:
+    """Log simple-cnn (random weights; test-time augmentation only with ``tta``) as ``leukolab@champion``."""
     import mlflow
 
     from leukolab.data.synthetic import CLASS_NAMES
@@ -108,7 +111,7 @@ def register_scratch_model(image_size: int, examples: list[bytes]) -> str:
     from leukolab.tracking import configure
 
     configure()
-    experiment = load_experiment("simple-cnn")
+    experiment = load_experiment("simple-cnn", {"inference": {"tta": tta}})
     meta = {"experiment": experiment, "class_names": list(CLASS_NAMES), "image_size": image_size,
             "mean": [0.8, 0.65, 0.7], "std": [0.15, 0.2, 0.15], "temperature": 1.0}
     with mlflow.start_run(run_name="serve-benchmark"):

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -152,7 +153,7 @@ def fit(
 
     for epoch in range(start_epoch, epochs):
         model.train()
-        losses = []
+        losses, epoch_started = [], time.perf_counter()
         if sampler:
             sampler.set_epoch(epoch)
             result.shard = result.shard or list(sampler)
@@ -179,8 +180,9 @@ def fit(
                 ema.update(model, step=epoch * len(loader) + len(losses) + 1)
             losses.append(loss.item())
         if rank == 0:
-            best_state = _end_epoch(result, epoch, epochs, losses, optimizer, kept, val_set, mean, std, class_names, task,
-                                    device, on_epoch_end, best_state)
+            train_seconds = time.perf_counter() - epoch_started
+            best_state = _end_epoch(result, epoch, epochs, losses, train_seconds, optimizer, kept, val_set, mean, std,
+                                    class_names, task, device, on_epoch_end, best_state)
         if checkpoint and rank == 0:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"config_hash": _config_hash(experiment), "model": model.state_dict(), "ema": ema.state_dict() if ema else None, "optimizer": optimizer.state_dict(),
@@ -198,14 +200,17 @@ def fit(
     return result
 
 
-def _end_epoch(result: FitResult, epoch, epochs, losses, optimizer, kept, val_set, mean, std, class_names, task, device,
-               on_epoch_end, best_state):
-    """Validate, record the epoch, keep the best weights and report; returns the best state so far."""
-    metrics = {"train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"]}
+def _end_epoch(result: FitResult, epoch, epochs, losses, train_seconds, optimizer, kept, val_set, mean, std, class_names,
+               task, device, on_epoch_end, best_state):
+    """Validate, record the epoch (with the seconds its training steps and its validation took), keep the best
+    weights and report; returns the best state so far."""
+    metrics = {"train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds}
+    val_started = time.perf_counter()
     # Epoch validation sees each image once: test-time augmentation would make it 8 times dearer for an
     # early-stopping signal it barely changes; the restored model is evaluated with it afterwards.
     with _without_tta(kept):
         metrics.update({f"val_{k}": v for k, v in evaluate(kept, val_set, mean, std, class_names, task, device).items()})
+    metrics["val_seconds"] = time.perf_counter() - val_started
     result.history.append({"epoch": epoch + 1, **metrics})
     score = metrics.get(result.monitor, float("-inf"))
     improved = score > result.best_score
