@@ -111,16 +111,13 @@ def bare_limit(experiment, train, mean, std, num_classes: int) -> int:
 
     from leukolab.models.factory import build_model
     from leukolab.training.augment import normalize
-    from leukolab.training.losses import classification_loss, segmentation_loss
+    from leukolab.training.losses import TaskLoss
 
     model = build_model(experiment, num_classes)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(experiment["training"]["lr"]))
     batch = experiment["training"]["batch_size"]
-    task, loss_spec = experiment["task"], experiment.get("loss", {})
-    cls_loss = classification_loss(loss_spec, None) if task in ("classification", "joint") else None
-    seg_loss = segmentation_loss(loss_spec.get("segmentation", loss_spec) if task == "joint" else loss_spec) \
-        if task in ("segmentation", "joint") else None
+    task_loss = TaskLoss(experiment)
     # A few batches, cycled: all of them normalised up front would be float32 copies of the whole split, whose
     # cache misses made this "limit" slower than the loop that normalises each uint8 batch as it goes.
     steps = len(train) // batch * experiment["training"]["epochs"]
@@ -128,12 +125,7 @@ def bare_limit(experiment, train, mean, std, num_classes: int) -> int:
                for i in range(0, min(len(train), HOT_BATCHES * batch) - batch + 1, batch)]
     for step in range(steps):
         images, labels, masks = batches[step % len(batches)]
-        out = model(images)
-        loss = 0.0
-        if cls_loss:
-            loss = loss + cls_loss(out["logits"], labels)
-        if seg_loss:
-            loss = loss + seg_loss(out["mask"], masks)
+        loss = task_loss(model(images), labels, masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

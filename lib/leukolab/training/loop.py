@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from leukolab.data.dataset import SmearDataset
 from leukolab.metrics import classification_metrics, segmentation_metrics
 from leukolab.training.augment import AugmentConfig, augment_batch, normalize
-from leukolab.training.losses import class_weights, classification_loss, segmentation_loss
+from leukolab.training.losses import TaskLoss, class_weights
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +119,9 @@ def fit(
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(train_cfg.get("lr", 1e-3)),
                                   weight_decay=float(train_cfg.get("weight_decay", 1e-4)))
     scheduler = _scheduler(optimizer, train_cfg.get("schedule", "cosine"), epochs, len(loader), float(train_cfg.get("lr", 1e-3)))
-    loss_spec = experiment.get("loss", {})
-    weights = class_weights(train_set.labels.numpy(), len(class_names)) if loss_spec.get("class_weights") == "balanced" else None
-    classifies, segments = task in ("classification", "joint"), task in ("segmentation", "joint")
-    cls_loss = classification_loss(loss_spec, None if weights is None else weights.to(device)) if classifies else None
-    seg_loss = segmentation_loss(loss_spec.get("segmentation", loss_spec) if task == "joint" else loss_spec) if segments else None
+    balanced = experiment.get("loss", {}).get("class_weights") == "balanced"
+    weights = class_weights(train_set.labels.numpy(), len(class_names)) if balanced else None
+    task_loss = TaskLoss(experiment, weights).to(device)
     augment = AugmentConfig(**experiment.get("augmentation", {}))
     stopping = experiment.get("early_stopping", {})
     monitor = stopping.get("monitor", default_monitor(task))
@@ -163,12 +161,7 @@ def fit(
             images = normalize(images.to(device), mean, std)
             labels, masks = labels.to(device), masks.to(device).float()
             with torch.autocast(device_type=device_type, enabled=device_type == "cuda"):
-                out = trained(images)
-                loss = 0.0
-                if classifies:
-                    loss = loss + cls_loss(out["logits"], labels)
-                if segments:
-                    loss = loss + seg_loss(out["mask"], masks)
+                loss = task_loss(trained(images), labels, masks)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)

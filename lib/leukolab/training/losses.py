@@ -40,6 +40,28 @@ def segmentation_loss(spec: dict) -> nn.Module:
     raise ValueError(f"unknown segmentation loss {name!r}; choose one of {SEGMENTATION_LOSSES}")
 
 
+class TaskLoss(nn.Module):
+    """An experiment's loss on a model's outputs: classification, segmentation, or their sum for joint models.
+
+    ``weights``: per-class weights of the classification loss (see :func:`class_weights`).
+    """
+
+    def __init__(self, experiment: dict, weights: torch.Tensor | None = None):
+        super().__init__()
+        task, spec = experiment["task"], experiment.get("loss", {})
+        self.classification = classification_loss(spec, weights) if task in ("classification", "joint") else None
+        self.segmentation = segmentation_loss(spec.get("segmentation", spec) if task == "joint" else spec) \
+            if task in ("segmentation", "joint") else None
+
+    def forward(self, out: dict[str, torch.Tensor], labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        loss = 0.0
+        if self.classification is not None:
+            loss = loss + self.classification(out["logits"], labels)
+        if self.segmentation is not None:
+            loss = loss + self.segmentation(out["mask"], masks)
+        return loss
+
+
 class _Sum(nn.Module):
     def __init__(self, *losses: nn.Module):
         super().__init__()
