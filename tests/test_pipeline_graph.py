@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from leukolab.pipeline.dag import dag_text, depths, draw_dag
-from leukolab.pipeline.graph import plan, select
+from leukolab.pipeline.graph import load_profile, plan, select
 from leukolab.pipeline.keys import declared_parameters, notebook_digest, output_digest, path_digest, task_key
 
 SMOKE_TASKS = ["etl", "segment-unet-mobilenet", "classify-simple-cnn", "evaluate", "publish", "serve"]
@@ -46,11 +46,11 @@ def test_selection_by_force_from_until_and_only():
     full = plan("full")
     everything = select(full)
     assert everything.names == [t.name for t in full.tasks] and not everything.forced and not everything.reuse_only
-    assert select(full, force=["classify"]).forced == {"classify-simple-cnn", "classify-resnet18-classifier",
-                                                       "classify-joint-unet-resnet18"}
+    experiments = load_profile("full")["experiments"]
+    assert select(full, force=["classify"]).forced == {f"classify-{name}" for name in experiments["classify"]}
     assert select(full, from_stage="evaluate").forced == {"evaluate", "publish", "serve"}
     assert select(full, from_stage="classify-simple-cnn").forced == {"classify-simple-cnn", "evaluate", "publish", "serve"}
-    assert select(full, until="segment").names == ["etl", "segment-unet-mobilenet", "segment-unet-resnet18"]
+    assert select(full, until="segment").names == ["etl", *(f"segment-{name}" for name in experiments["segment"])]
     only = select(full, only="evaluate")
     assert only.names == [t.name for t in full.tasks][:-2] and only.reuse_only == set(only.names) - {"evaluate"}
     with pytest.raises(ValueError, match="no stage or task named 'train'"):
