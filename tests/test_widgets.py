@@ -123,3 +123,38 @@ def test_demo_shows_failures_as_messages(model_env, failure):
     message = click_predict(app)
     assert expected[failure] in message and "Traceback" not in message
     assert parts(app, widgets.Image)[0].layout.display == "none"
+
+
+@pytest.fixture(scope="module")
+def classifier_uri(model_env):
+    """A model that only classifies (the 4-block CNN, random weights), logged beside the joint test model."""
+    import mlflow
+
+    from leukolab import tracking
+    from leukolab.models.factory import build_model
+    from leukolab.pyfunc import log_smear_model
+
+    tracking.configure()
+    experiment = {"task": "classification", "model": {"architecture": "SimpleCNN", "width": 8}}
+    meta = {"experiment": experiment, "class_names": model_env["class_names"], "image_size": 64,
+            "mean": [0.5] * 3, "std": [0.25] * 3, "temperature": 1.0}
+    with mlflow.start_run():
+        return log_smear_model(build_model(experiment, 4), meta, [model_env["example_image"]]).model_uri
+
+
+def test_a_classifier_gets_its_mask_from_the_segmenter(model_env, classifier_uri, smear_model):
+    classifier = load_model(classifier_uri)[0]
+    plain = demo.predict_for_demo(model_env["example_image"], model=classifier)
+    assert plain["mask"] is None and plain["predicted_class"] in model_env["class_names"]
+    masked = demo.with_mask(plain, model_env["example_image"], smear_model)
+    assert masked["mask"] == demo.predict_for_demo(model_env["example_image"], model=smear_model)["mask"]
+    assert {k: v for k, v in masked.items() if not k.startswith("mask")} == {k: v for k, v in plain.items() if not k.startswith("mask")}
+
+
+@pytest.mark.parametrize("segmenter_uri", ["models:/leukolab@champion", "models:/no-such-segmenter@champion", None])
+def test_demo_of_a_classifier_shows_a_mask_when_a_segmenter_loads(model_env, classifier_uri, segmenter_uri):
+    app = demo.build_demo(classifier_uri, examples=[("smear", model_env["example_image"])], segmenter_uri=segmenter_uri)
+    parts(app, widgets.Dropdown)[0].value = model_env["example_image"]
+    message = click_predict(app)
+    assert "confidence" in message and "Could not" not in message
+    assert ("mask covers" in message) == (segmenter_uri == "models:/leukolab@champion")

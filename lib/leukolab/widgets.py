@@ -1,8 +1,10 @@
 """The interactive demo of ``notebooks/demo.ipynb`` (and Voila): upload a smear, see class, confidence and mask.
 
 It predicts through the API when given its URL, else in this process with the
-registered model. :func:`predict_for_demo` and :func:`render_result` hold the
-logic; :func:`build_demo` only wires widgets to them.
+registered model. When that model only classifies, the mask comes from the
+published segmenter (``leukolab-segmenter@champion``) in this process, if there
+is one. :func:`predict_for_demo` and :func:`render_result` hold the logic;
+:func:`build_demo` only wires widgets to them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import time
 
 import httpx
@@ -23,6 +26,8 @@ from leukolab.pyfunc import SmearModel
 from leukolab.serving.model import DEFAULT_MODEL_URI, load_model
 from leukolab.serving.schemas import Prediction
 
+log = logging.getLogger(__name__)
+DEFAULT_SEGMENTER_URI = "models:/leukolab-segmenter@champion"
 MASK_COLOUR = (1.0, 0.15, 0.1, 0.4)
 """RGBA of the mask overlay."""
 
@@ -44,6 +49,12 @@ def predict_for_demo(image_bytes: bytes, model: SmearModel | None = None, api_ur
     answer = model.predict_images([decode_image(image_bytes)])[0]
     latency_ms = (time.perf_counter() - started) * 1000
     return Prediction.from_answer(answer, model.class_names, model_version=None, latency_ms=latency_ms).model_dump()
+
+
+def with_mask(result: dict, image_bytes: bytes, segmenter: SmearModel) -> dict:
+    """``result`` with the ``segmenter``'s ``mask`` and ``mask_fraction`` for the image (for a model that only classifies)."""
+    answer = segmenter.predict_images([decode_image(image_bytes)])[0]
+    return {**result, "mask": answer.get("mask_png"), "mask_fraction": answer.get("mask_fraction")}
 
 
 def _predict_remote(image_bytes: bytes, api_url: str) -> dict:
@@ -87,8 +98,13 @@ def render_result(image_bytes: bytes, result: dict) -> Figure:
 
 
 def build_demo(model_uri: str = DEFAULT_MODEL_URI, api_url: str | None = None,
-               examples: list[tuple[str, bytes]] | None = None) -> widgets.Widget:
-    """Upload (or pick an example), press Predict, see the result; through ``api_url`` or ``model_uri`` loaded here."""
+               examples: list[tuple[str, bytes]] | None = None,
+               segmenter_uri: str | None = DEFAULT_SEGMENTER_URI) -> widgets.Widget:
+    """Upload (or pick an example), press Predict, see the result; through ``api_url`` or ``model_uri`` loaded here.
+
+    ``segmenter_uri``: masks for a model without any, loaded here on the first such answer; ``None`` turns it off,
+    and one that cannot be loaded leaves the demo without masks (and says so in the log).
+    """
     upload = widgets.FileUpload(accept="image/*", multiple=False, description="Upload image",
                                 layout=widgets.Layout(width="auto"))
     picker = widgets.Dropdown(options=[("(uploaded image)", None), *examples], description="Example") if examples else None
@@ -110,6 +126,15 @@ def build_demo(model_uri: str = DEFAULT_MODEL_URI, api_url: str | None = None,
                 raise DemoError(f"could not load the model {model_uri}: {error}") from None
         return loaded["model"]
 
+    def segmenter() -> SmearModel | None:
+        if "segmenter" not in loaded:
+            try:
+                loaded["segmenter"] = load_model(segmenter_uri)[0] if segmenter_uri else None
+            except Exception as error:
+                log.warning("no masks in the demo: could not load the segmenter %s: %s", segmenter_uri, error)
+                loaded["segmenter"] = None
+        return loaded["segmenter"]
+
     def on_upload(_change) -> None:
         if picker is not None:
             picker.value = None
@@ -122,6 +147,8 @@ def build_demo(model_uri: str = DEFAULT_MODEL_URI, api_url: str | None = None,
         button.disabled, message.value = True, "Predicting..."
         try:
             result = predict_for_demo(image_bytes, model=None if api_url else model(), api_url=api_url)
+            if not result.get("mask") and segmenter() is not None:
+                result = with_mask(result, image_bytes, segmenter())
             picture.value = _png(render_result(image_bytes, result))
             picture.layout.display, message.value = None, _summary(result)
         except Exception as error:  # the widget shows every failure as a message, never a traceback
