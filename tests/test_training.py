@@ -10,7 +10,7 @@ from leukolab.data.dataset import SmearDataset
 from leukolab.data.synthetic import smear_table
 from leukolab.experiments import load_experiment
 from leukolab.models.factory import build_model
-from leukolab.training.augment import AugmentConfig, augment_batch
+from leukolab.training.augment import AugmentConfig, augment_batch, label_mixer
 from leukolab.training.loop import evaluate, fit
 
 
@@ -46,6 +46,22 @@ def test_every_experiment_builds_and_trains_an_epoch(name, tiny):
     experiment = load_experiment(name, {"training": {"epochs": 1, "batch_size": 8}})
     result = fit(build_model(experiment, 4), tiny, tiny, experiment, MEAN, STD, CLASS_NAMES)
     assert np.isfinite(result.history[0]["train_loss"]) and result.monitor in result.history[0]
+
+
+def test_mixup_and_cutmix_mix_pairs_into_soft_targets():
+    np.random.seed(0)
+    images, labels = torch.rand(8, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    assert label_mixer(AugmentConfig(), 4) is None
+    for config in (AugmentConfig(mixup=0.4), AugmentConfig(cutmix=1.0)):
+        mixed, targets = label_mixer(config, 4)(images.clone(), labels)
+        assert targets.shape == (8, 4) and torch.allclose(targets.sum(1), torch.ones(8))
+        assert (targets.max(1).values < 1).any() and not torch.equal(mixed, images)
+
+
+def test_label_mixing_is_refused_where_labels_cannot_be_mixed(tiny):
+    experiment = load_experiment("unet-mobilenet", {"training": {"epochs": 1}, "augmentation": {"mixup": 0.2}})
+    with pytest.raises(ValueError, match="mixup and cutmix"):
+        fit(build_model(experiment, 4), tiny, tiny, experiment, MEAN, STD, CLASS_NAMES)
 
 
 def test_imagenet_weights_offline_fail_with_a_clear_message(monkeypatch):

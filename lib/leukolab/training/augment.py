@@ -4,7 +4,9 @@ Works on whole uint8 batches as tensors, so it costs little next to a
 training step. Geometric transforms (flips, 90-degree rotations) move image
 and mask together; colour transforms (brightness, contrast, saturation and a
 per-channel stain gain) touch only the image. Randomness comes from a seeded
-``torch.Generator`` so a run is repeatable.
+``torch.Generator`` so a run is repeatable. Mixup and CutMix (timm's, on the
+normalised batch) mix pairs of images and their labels into soft targets; they
+are for classifiers only, off unless an experiment asks for them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class AugmentConfig:
     contrast: float = 0.15
     saturation: float = 0.15
     stain: float = 0.05
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0 is off
+    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; with mixup too, each batch takes one of the two
 
 
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
@@ -34,6 +38,15 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return (images - mean) / std
+
+
+def label_mixer(config: AugmentConfig, num_classes: int):
+    """timm's ``Mixup`` (mixup and/or CutMix, soft targets, no smoothing of its own), or None when both are off."""
+    if not (config.mixup or config.cutmix):
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=0.0, num_classes=num_classes)
 
 
 def augment_batch(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, generator: torch.Generator):

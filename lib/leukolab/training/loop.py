@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from leukolab.data.dataset import SmearDataset
 from leukolab.metrics import classification_metrics, segmentation_metrics
-from leukolab.training.augment import AugmentConfig, augment_batch, normalize
+from leukolab.training.augment import AugmentConfig, augment_batch, label_mixer, normalize
 from leukolab.training.losses import TaskLoss, class_weights
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,9 @@ def fit(
     weights = class_weights(train_set.labels.numpy(), len(class_names)) if balanced else None
     task_loss = TaskLoss(experiment, weights).to(device)
     augment = AugmentConfig(**experiment.get("augmentation", {}))
+    mixer = label_mixer(augment, len(class_names))
+    if mixer and (task != "classification" or experiment.get("loss", {}).get("name", "cross_entropy") != "cross_entropy"):
+        raise ValueError("mixup and cutmix mix labels: they need task classification with loss cross_entropy")
     stopping = experiment.get("early_stopping", {})
     monitor = stopping.get("monitor", default_monitor(task))
     patience = int(stopping.get("patience", 5))
@@ -160,6 +163,8 @@ def fit(
             images, masks = augment_batch(images, masks, augment, generator)
             images = normalize(images.to(device), mean, std)
             labels, masks = labels.to(device), masks.to(device).float()
+            if mixer and len(images) % 2 == 0:  # pairs: the batch is mixed with itself reversed
+                images, labels = mixer(images, labels)
             with torch.autocast(device_type=device_type, enabled=device_type == "cuda"):
                 loss = task_loss(trained(images), labels, masks)
             optimizer.zero_grad(set_to_none=True)
