@@ -104,6 +104,8 @@ def test_explicit_columns_and_clear_errors(tmp_path):
         load_csv_labels(tmp_path, files, ["notes.csv"])
     with pytest.raises(ValueError, match="inside the raw folder"):
         checked_label_files(["../labels.csv"])
+    with pytest.raises(ValueError, match="hidden"):
+        checked_label_files([".labels.csv"])
     assert checked_label_files("labels.csv") == ["labels.csv"]
 
 

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from leukolab.data.sources import IMAGE_SUFFIXES, LAYOUTS
+from leukolab.data.sources import IMAGE_SUFFIXES, LAYOUTS, is_hidden
 
 LABEL_COLUMNS = ("label", "labels", "class", "class_name", "classname", "diagnosis", "target")
 """Column names (any case) taken as the label column when ``label_column`` is not given."""
@@ -69,6 +69,8 @@ def checked_label_files(labels_files: str | list[str] | None) -> list[str] | Non
     for path in paths:
         if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
             raise ValueError(f"labels_files must be paths inside the raw folder, relative to it; got {path!r}")
+        if is_hidden(path):
+            raise ValueError(f"label file {path!r} is hidden, and hidden files are not input: rename it")
     return [PurePosixPath(path).as_posix() for path in paths]
 
 
