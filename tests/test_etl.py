@@ -308,6 +308,60 @@ def test_cnmc_patients_never_straddle_splits(spark, cnmc, tmp_path):
     assert json.loads((dataset_dir / "manifest.json").read_text())["parameters"]["patient_pattern"] is None
 
 
+@pytest.fixture(scope="module")
+def cnmc_csv(tmp_path_factory):
+    """C-NMC 2019 as distributed: flat images/ with labels.csv and held_out_test/ with its own CSV; both list files that
+    are not there, and one image is listed nowhere."""
+    root = tmp_path_factory.mktemp("raw") / "C-NMC-subset"
+    rng = np.random.default_rng(5)
+    noise = lambda: Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))  # noqa: E731
+    train = [(f"UID_{i}_1_1_{'all' if i % 2 else 'hem'}.bmp", i % 2, 3 if i < 2 else 10 + i) for i in range(8)]
+    test = [(f"{i}.png", i % 2, 30 + i) for i in range(4)]
+    for name, _, _ in train:
+        write(root / "images" / name, encode(noise(), "BMP"))
+    for name, _, _ in test:
+        write(root / "held_out_test" / "test_images" / name, encode(noise(), "PNG"))
+    write(root / "images" / "unlisted.png", encode(noise(), "PNG"))
+    listed = [(patient, name, label) for name, label, patient in train] + [(90, f"gone_{i}.bmp", i % 2) for i in range(10)]
+    pd.DataFrame(listed, columns=["Patient_no", "Patient_ID", "labels"]).to_csv(root / "labels.csv")
+    held_out = [(patient, name, label) for name, label, patient in test] + [(91, "gone.png", 0)]
+    pd.DataFrame(held_out, columns=["Patient_no", "Patient_ID", "labels"]).to_csv(root / "held_out_test" / "test_labels.csv")
+    return root
+
+
+def test_labels_csv_classes_missing_files_and_accounting(spark, cnmc_csv, tmp_path):
+    params = dict(image_size=16, min_side=16, seed=2, label_names={"0": "hem", "1": "all"})
+    dataset_dir = run_etl(spark, cnmc_csv, tmp_path, EtlParams(**params))
+    manifest, table = load_manifest(dataset_dir), load_split(dataset_dir)
+    assert manifest["layout"] == "labels_csv" and manifest["classes"] == ["all", "hem"]
+    assert manifest["files"] == {"in": 15, "out": 12, "quarantined": 1, "label_files": 2}
+    assert reasons(manifest) == {"images/unlisted.png": "unknown_class"}
+    assert sum(sum(per_class.values()) for per_class in manifest["counts"].values()) == 12
+    assert table.groupby("class_name").size().to_dict() == {"all": 6, "hem": 6}
+    labels = manifest["labels"]
+    assert labels["missing"] == 11 and labels["missing_sample"][:2] == ["gone.png", "gone_0.bmp"]
+    assert labels["files"]["labels.csv"]["columns"] == {"file": "Patient_ID", "label": "labels", "patient": "Patient_no"}
+    rows = table.set_index("source_path")
+    assert rows.loc["held_out_test/test_images/1.png", ["class_name", "patient_id"]].tolist() == ["all", "31"]
+    assert rows.loc["images/UID_0_1_1_hem.bmp", "split"] == rows.loc["images/UID_1_1_1_all.bmp", "split"]  # patient 3
+
+    relabelled = tmp_path / "relabelled"  # the CSV is input: a changed label is a new dataset
+    shutil.copytree(cnmc_csv, relabelled)
+    csv = pd.read_csv(relabelled / "labels.csv", index_col=0)
+    csv.loc[csv["Patient_ID"] == "UID_2_1_1_hem.bmp", "labels"] = 1
+    csv.to_csv(relabelled / "labels.csv")
+    mapped = run_etl(spark, relabelled, tmp_path, EtlParams(**params, label_map={"hem": "normal", "all": "blast"}),
+                     dataset_name="C-NMC-subset")
+    assert mapped.parent == dataset_dir.parent and mapped.name != dataset_dir.name
+    manifest = load_manifest(mapped)
+    assert manifest["classes"] == ["blast", "normal"]
+    assert manifest["label_map"]["counts"] == {"all": {"blast": 7}, "hem": {"normal": 5}}
+
+    with pytest.raises(ValueError, match="1 class\\(es\\) after curation \\(\\['normal'\\]\\) with layout 'labels_csv'"):
+        run_etl(spark, cnmc_csv, tmp_path / "one", EtlParams(**params, label_map={"hem": "normal"}, max_bad_fraction=0.9))
+    assert not [p for p in (tmp_path / "one").rglob("*") if p.is_file()]
+
+
 # ---------------------------------------------------------------- the data report
 
 

@@ -47,6 +47,7 @@ from leukolab.data.sources import (
     detect_layout,
     walk_files,
 )
+from leukolab.data import labels as csv_labels
 from leukolab.data.splits import assign_splits, group_rows, near_duplicate_pairs, split_fractions
 from leukolab.images import ImageRejected, decode_image, encode_png, mask_from_image, resize_square
 
@@ -82,7 +83,8 @@ class EtlParams:
     ``patient_pattern`` by every layout (``None``: the layout's default, C-NMC
     ids for ``cnmc``). ``near_duplicate_distance`` is the largest Hamming
     distance between two 64-bit perceptual hashes that makes two images near
-    duplicates (``None`` turns near-duplicate detection off).
+    duplicates (``None`` turns near-duplicate detection off). ``labels_files`` and the
+    ``*_column`` options (``None``: detect) are read by ``labels_csv``; ``label_map``: class -> shared label.
     """
 
     image_size: int = 128
@@ -102,6 +104,11 @@ class EtlParams:
     patient_pattern: str | None = None
     near_duplicate_distance: int | None = 4
     png_compress_level: int = 1
+    labels_files: list[str] | None = None
+    file_column: str | None = None
+    label_column: str | None = None
+    patient_column: str | None = None
+    label_map: dict[str, str] | None = None
 
     def __post_init__(self):
         if self.image_size < 16:
@@ -115,10 +122,14 @@ class EtlParams:
         if not 0 <= self.png_compress_level <= 9:
             raise ValueError(f"png_compress_level must be 0..9, got {self.png_compress_level}")
         self.layout_for(self.layout or "imagefolder")  # checks the patterns
+        self.labels_files = csv_labels.checked_label_files(self.labels_files)
+        csv_labels.check_label_map(self.label_map, self.classes)
 
-    def layout_for(self, name: str) -> Layout:
-        """The :class:`Layout` ``name`` with these parameters' options."""
-        return Layout(name, self.label_pattern, dict(self.label_names), self.patient_pattern)
+    def layout_for(self, name: str, raw_dir: Path | None = None, on_disk: list[str] | None = None) -> Layout:
+        """The :class:`Layout` ``name`` with these parameters' options (``labels_csv`` reads its CSVs under ``raw_dir``)."""
+        labels = None if name != "labels_csv" or raw_dir is None else csv_labels.load_csv_labels(
+            raw_dir, on_disk, self.labels_files, self.file_column, self.label_column, self.patient_column)
+        return Layout(name, self.label_pattern, dict(self.label_names), self.patient_pattern, labels)
 
 
 def process_file(relative_path: str, content: bytes, layout: Layout, params: EtlParams) -> dict:
@@ -127,11 +138,12 @@ def process_file(relative_path: str, content: bytes, layout: Layout, params: Etl
     row = dict.fromkeys(PROCESSED_COLUMNS)
     row.update(source_path=relative_path, role=source.role, class_name=source.class_name, stem=source.stem,
                patient_id=source.patient_id, status="ok", content_hash=hashlib.sha256(content).hexdigest())
-    if source.role == "ignored":
-        return {**row, "status": "quarantined", "reason": source.reason, "message": source.message}
-    if params.classes and source.class_name not in params.classes:
-        return {**row, "status": "quarantined", "reason": "unknown_class",
-                "message": f"class {source.class_name!r} is not one of {params.classes}"}
+    if source.role in ("ignored", "label_file"):
+        return {**row, "status": "quarantined" if source.role == "ignored" else "label_file",
+                "reason": source.reason, "message": source.message}
+    refusal = csv_labels.class_refusal(source.class_name, params.label_map, params.classes)
+    if refusal:
+        return {**row, "status": "quarantined", "reason": "unknown_class", "message": refusal}
     try:
         image = decode_image(content, min_side=params.min_side)
     except ImageRejected as rejected:
@@ -196,6 +208,7 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
     if not on_disk:
         raise ValueError(f"no files found under {raw_dir}")
     layout = params.layout or detect_layout(raw_dir, params.label_pattern)
+    located = params.layout_for(layout, raw_dir, on_disk)
     dataset_name = dataset_name or raw_dir.name
     root_uri = raw_dir.as_uri().replace("file:///", "file:/") + "/"
     started = time.perf_counter()
@@ -215,13 +228,15 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
             relative = F.expr(f"substring(path, {len(root_uri) + 1})")
             files = files.filter(~relative.rlike(r"(^|/)\.")).select("path", "content")  # hidden files are not data
             processed = files.mapInPandas(
-                _process_batches(root_uri, params.layout_for(layout), params, str(staging / "processed")), META_SCHEMA)
+                _process_batches(root_uri, located, params, str(staging / "processed")), META_SCHEMA)
             meta = _add_unread_files(processed.toPandas(), raw_dir, on_disk)
         processed_at = time.perf_counter()
         table, quarantine, duplicates = _curate(meta, params)
+        csv_labels.require_two_classes(table["class_name"], layout, params.layout is None, on_disk, params.label_map)
         fingerprint = _fingerprint(meta, params, layout)
         dataset_dir = staging.parent / fingerprint
         manifest = _manifest(dataset_name, raw_dir, layout, params, fingerprint, meta, table, quarantine, duplicates)
+        manifest.update(csv_labels.label_entries(located.labels, table, params.label_map))
         if (dataset_dir / "manifest.json").is_file():
             log.info("dataset %s is up to date (fingerprint %s); reusing it", dataset_name, fingerprint)
             return Path(output_root) / dataset_name / fingerprint
@@ -306,10 +321,11 @@ def _curate(meta: pd.DataFrame, params: EtlParams) -> tuple[pd.DataFrame, list[d
     mask_by_key = dict(zip(zip(masks["class_name"], masks["stem"]), masks["source_path"]))
     originals["mask_path"] = [mask_by_key.get(key) for key in zip(originals["class_name"], originals["stem"])]
     used_masks = set(originals["mask_path"].dropna())
+    originals = csv_labels.apply_label_map(originals, params.label_map)  # masks paired by the layout's classes
 
     quarantine = [
         {"source_path": r.source_path, "reason": r.reason, "message": r.message}
-        for r in meta[~ok].itertuples()
+        for r in meta[meta["status"] == "quarantined"].itertuples()
     ]
     any_original = set(zip(meta.loc[meta["role"] == "original", "class_name"], meta.loc[meta["role"] == "original", "stem"]))
     quarantine += [
@@ -371,10 +387,10 @@ def _manifest(name, raw_dir, layout, params, fingerprint, meta, table, quarantin
     mean = sums / pixels
     std = np.sqrt(np.maximum(squares / pixels - mean**2, 1e-12))
     counts = table.groupby(["split", "class_name"]).size()
-    n_in = len(meta)
+    n_in, n_labels = len(meta), int((meta["status"] == "label_file").sum())
     n_out = len(table) + int(table["mask_path"].notna().sum())
-    if n_in != n_out + len(quarantine):
-        raise AssertionError(f"ETL lost files: {n_in} in, {n_out} out, {len(quarantine)} quarantined")
+    if n_in != n_out + len(quarantine) + n_labels:
+        raise AssertionError(f"ETL lost files: {n_in} in, {n_out} out, {len(quarantine)} quarantined, {n_labels} label files")
     bad_fraction = len(quarantine) / n_in
     if bad_fraction > params.max_bad_fraction:
         raise ValueError(
@@ -393,7 +409,7 @@ def _manifest(name, raw_dir, layout, params, fingerprint, meta, table, quarantin
         "classes": list(classes),
         "image_size": params.image_size,
         "has_masks": bool(table["mask_path"].notna().any()),
-        "files": {"in": n_in, "out": n_out, "quarantined": len(quarantine)},
+        "files": {"in": n_in, "out": n_out, "quarantined": len(quarantine), **({"label_files": n_labels} if n_labels else {})},
         "counts": {split: {c: int(counts.get((split, c), 0)) for c in classes} for split in sorted(table["split"].unique())},
         "patients": {split: int(n) for split, n in with_patient.groupby("split")["patient_id"].nunique().items()},
         "train_mean": [round(float(v), 6) for v in mean],

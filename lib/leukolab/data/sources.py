@@ -18,6 +18,11 @@ A layout is chosen by name (the ``layout`` parameter of ``00_etl``) or detected:
     C-NMC 2019: images under folders named ``all`` or ``hem`` at any depth
     (``fold_0/all/UID_11_10_1_all.bmp``); the patient id comes from the file
     name (``UID_11_...`` is patient 11, ``UID_H10_...`` healthy subject H10).
+``labels_csv``
+    images anywhere under the root, labelled by CSV files that name them
+    (C-NMC 2019 as distributed: ``images/`` with ``labels.csv``); the labels
+    are read on the driver by :func:`leukolab.data.labels.load_csv_labels`
+    and carried by the layout; label names map the CSV's labels to class names.
 
 The raw folder is only ever read. Paths are relative to the root, with ``/``.
 """
@@ -28,8 +33,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-LAYOUTS = ("original_segmented", "imagefolder", "label_in_name", "cnmc")
+if TYPE_CHECKING:
+    from leukolab.data.labels import CsvLabels
+
+LAYOUTS = ("original_segmented", "imagefolder", "label_in_name", "cnmc", "labels_csv")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 ALL_IDB2_LABEL_PATTERN = r"_(?P<label>[01])\."
@@ -45,7 +54,7 @@ CNMC_CLASS_FOLDERS = {"all": "all", "hem": "hem"}
 class SourceFile:
     """Where a raw file sits in its layout.
 
-    ``role`` is ``original``, ``mask`` or ``ignored``; an ignored file carries
+    ``role`` is ``original``, ``mask``, ``label_file`` or ``ignored``; an ignored file carries
     the quarantine ``reason`` and ``message`` that explain why.
     """
 
@@ -64,13 +73,15 @@ class Layout:
 
     ``patient_pattern`` (a regex with a ``patient`` group, searched in the file
     name) gives patient ids in any layout; ``None`` takes the layout's default
-    (C-NMC's for ``cnmc``, none otherwise).
+    (C-NMC's for ``cnmc``, none otherwise); ``labels_csv`` takes a CSV's
+    patient column first. ``labels`` are the CSV labels of ``labels_csv``.
     """
 
     name: str
     label_pattern: str = ALL_IDB2_LABEL_PATTERN
     label_names: dict[str, str] = field(default_factory=lambda: dict(ALL_IDB2_LABEL_NAMES))
     patient_pattern: str | None = None
+    labels: CsvLabels | None = None
 
     def __post_init__(self):
         if self.name not in LAYOUTS:
@@ -107,12 +118,28 @@ class Layout:
             label = match.group("label")
             patient = match.groupdict().get("patient") or self._patient(name)
             return SourceFile(relative_path, "original", self.label_names.get(label, label), stem, patient)
+        if self.name == "labels_csv":
+            return self._from_labels(relative_path, stem, name)
         # cnmc: the class is the nearest enclosing all/hem folder
         for folder in reversed(parts[:-1]):
             if folder.lower() in CNMC_CLASS_FOLDERS:
                 return SourceFile(relative_path, "original", CNMC_CLASS_FOLDERS[folder.lower()], stem, self._patient(name))
         return SourceFile(relative_path, "ignored", "", stem, reason="unknown_class",
                           message="not inside a folder named all or hem")
+
+    def _from_labels(self, relative_path: str, stem: str, name: str) -> SourceFile:
+        if self.labels is None:
+            raise ValueError("the labels_csv layout needs its labels: leukolab.data.labels.load_csv_labels")
+        if relative_path in self.labels.label_files:
+            return SourceFile(relative_path, "label_file", "", stem)
+        if relative_path in self.labels.refused:
+            reason, message = self.labels.refused[relative_path]
+            return SourceFile(relative_path, "ignored", "", stem, reason=reason, message=message)
+        if relative_path not in self.labels.entries:
+            return SourceFile(relative_path, "ignored", "", stem, reason="unknown_class",
+                              message=f"not listed in the label files {list(self.labels.label_files)}")
+        label, patient = self.labels.entries[relative_path]
+        return SourceFile(relative_path, "original", self.label_names.get(label, label), stem, patient or self._patient(name))
 
     def _patient(self, name: str) -> str | None:
         pattern = self.patient_pattern if self.patient_pattern is not None else (
@@ -129,7 +156,8 @@ def _misplaced(relative_path: str, stem: str, expected: str) -> SourceFile:
 def detect_layout(root: str | Path, label_pattern: str = ALL_IDB2_LABEL_PATTERN) -> str:
     """The layout of a raw folder, judged from its folder names and image file names.
 
-    In order: ``Original/`` present: ``original_segmented``; folders named
+    In order: a CSV at the root that names image files (and label files that
+    name at least half of them): ``labels_csv``; ``Original/`` present: ``original_segmented``; folders named
     ``all`` and ``hem``: ``cnmc``; two or more top-level folders holding
     images: ``imagefolder``; at least 90% of the image names matching
     ``label_pattern`` with two or more labels: ``label_in_name``; one folder of
@@ -138,9 +166,14 @@ def detect_layout(root: str | Path, label_pattern: str = ALL_IDB2_LABEL_PATTERN)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"raw data folder not found: {root}")
+    from leukolab.data.labels import names_images
+
+    files = walk_files(root)
+    if names_images(root, files):
+        return "labels_csv"
     if (root / "Original").is_dir():
         return "original_segmented"
-    images = [path for path in walk_files(root) if PurePosixPath(path).suffix.lower() in IMAGE_SUFFIXES]
+    images = [path for path in files if PurePosixPath(path).suffix.lower() in IMAGE_SUFFIXES]
     folders = {part.lower() for path in images for part in PurePosixPath(path).parts[:-1]}
     if {"all", "hem"} <= folders:
         return "cnmc"
@@ -155,7 +188,8 @@ def detect_layout(root: str | Path, label_pattern: str = ALL_IDB2_LABEL_PATTERN)
         return "imagefolder"
     raise ValueError(
         f"cannot tell the layout of {root} ({len(images)} images; no Original/ folder, no all/ and hem/ folders, "
-        f"no class folders, file names do not match {label_pattern!r}): pass layout= one of {LAYOUTS}"
+        f"no class folders, no CSV naming the images, file names do not match {label_pattern!r}): "
+        f"pass layout= one of {LAYOUTS}"
     )
 
 
