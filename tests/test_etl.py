@@ -15,7 +15,7 @@ from PIL import Image, ImageEnhance
 
 from leukolab.data.dataset import SmearDataset, load_manifest, load_split
 from leukolab.data.etl import DATASET_COLUMNS, EtlParams, run_etl
-from leukolab.data.synthetic import generate_dataset
+from leukolab.data.synthetic_dataset import generate_dataset
 
 pytestmark = pytest.mark.integration
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
@@ -145,7 +145,7 @@ def test_dataset_columns_masks_and_torch_dataset(planted_run):
     assert row["mask"] is not None and (row["original_width"], row["original_height"]) == (96, 96)
     assert row["class_name"] == "Benign" and row["label"] == 0 and len(row["phash"]) == 16
     assert table.set_index("source_path").loc["Original/Benign/alpha.Png", "mask"] is None
-    assert manifest["has_masks"] and manifest["schema_version"] == 2
+    assert manifest["has_masks"] and manifest["schema_version"] == 3
     dataset = SmearDataset(table[table["mask"].notna()], with_masks=True)
     assert dataset.images.shape[1:] == (3, 48, 48) and set(dataset.masks.unique().tolist()) == {0, 1}
     assert 0.3 < np.mean(manifest["train_mean"]) < 0.95 and all(0.02 < s < 0.5 for s in manifest["train_std"])
