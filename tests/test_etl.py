@@ -151,6 +151,14 @@ def test_dataset_columns_masks_and_torch_dataset(planted_run):
     assert 0.3 < np.mean(manifest["train_mean"]) < 0.95 and all(0.02 < s < 0.5 for s in manifest["train_std"])
 
 
+def test_manifest_reports_what_a_naive_split_would_have_leaked(planted_run):
+    _, manifest, table = planted_run
+    leakage = manifest["leakage"]
+    assert leakage["grouped_exact"] == leakage["grouped_near"] == 0 and leakage["grouped_patient"] is None
+    assert leakage["naive_seed"] == 42 and leakage["grouped_test_images"] == (table["split"] == "test").sum()
+    assert leakage["naive_test_images"] > 0 and leakage["naive_exact"] + leakage["naive_near"] <= 3  # 1 copy, 2 near pairs
+
+
 def test_exact_and_near_duplicates_are_grouped_in_one_split(planted_run):
     _, manifest, table = planted_run
     groups = manifest["duplicate_groups"]
@@ -305,6 +313,7 @@ def test_cnmc_patients_never_straddle_splits(spark, cnmc, tmp_path):
     assert (table.groupby("patient_id")["split"].nunique() == 1).all()
     assert (table.groupby("patient_id")["group_id"].nunique() == 1).all()
     assert sum(manifest["patients"].values()) == 16 and set(manifest["patients"]) == {"train", "val", "test"}
+    assert manifest["leakage"]["grouped_patient"] == 0 < manifest["leakage"]["naive_patient"]
     assert json.loads((dataset_dir / "manifest.json").read_text())["parameters"]["patient_pattern"] is None
 
 
@@ -324,6 +333,7 @@ def test_data_report_figures_tables_and_mlflow_artifacts(planted_run, tmp_path, 
     kinds = report.tables["duplicates"].set_index("paths")["kind"]
     assert kinds["Original/Early/Early_0001.jpg\nOriginal/Early/Early_copy.jpg"] == "exact"
     assert kinds["Original/Benign/Benign_0004.jpg\nOriginal/Benign/Benign_0004_recompressed.jpg"] == "near"
+    assert report.tables["leakage"].set_index("count")["grouped split"].iloc[1:].tolist() == [0, 0, "no patient ids"]
     samples = report.figures["samples"].axes
     assert sum(len(ax.images) for ax in samples) == 16 and any(ax.collections for ax in samples)  # 4 per class, masks outlined
 

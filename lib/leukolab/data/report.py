@@ -163,8 +163,9 @@ def leakage_table(leakage: dict) -> pd.DataFrame:
     """Test images with a copy (or their patient) in train: a naive random split beside the grouped split used."""
     kinds = {"test_images": "test images", "exact": "with a byte-identical copy in train",
              "near": "with a near duplicate in train", "patient": "with an image of their patient in train"}
-    return pd.DataFrame([{"count": label, **{f"{split} split": leakage[f"{split}_{kind}"] for split in ("naive", "grouped")}}
-                         for kind, label in kinds.items()])
+    shown = {kind: [leakage[f"{split}_{kind}"] for split in ("naive", "grouped")] for kind in kinds}
+    rows = [[label, *("no patient ids" if n is None else n for n in shown[kind])] for kind, label in kinds.items()]
+    return pd.DataFrame(rows, columns=["count", "naive split", "grouped split"], dtype=object)
 
 
 def log_report(report: DataReport, artifact_dir: str = "report") -> None:
