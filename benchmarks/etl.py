@@ -52,7 +52,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="      %(message)s")
     logging.getLogger("leukolab.data.etl").setLevel(logging.INFO)  # the ETL's phase timings
     from leukolab.config import workspace_path
-    from leukolab.data.synthetic import generate_dataset
+    from leukolab.data.synthetic_dataset import generate_dataset
 
     workdir = Path(args.workdir) if args.workdir else workspace_path("data/benchmarks")
     per_class = args.images // len(CLASSES)

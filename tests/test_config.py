@@ -23,7 +23,7 @@ def test_unknown_names_list_the_choices():
 
 
 def test_every_profile_plans_every_stage_and_every_experiment_exists():
-    for profile in ("smoke", "default", "full"):
+    for profile in ("smoke", "default", "full", "real-like"):
         tasks = plan(profile).tasks
         assert [t.stage for t in tasks][0] == "etl" and [t.stage for t in tasks][-1] == "serve"
         for task in tasks:

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from leukolab import tracking
 from leukolab.data.dataset import load_datasets, load_manifest
 from leukolab.data.etl import EtlParams, run_etl
-from leukolab.data.synthetic import generate_dataset
+from leukolab.data.synthetic_dataset import generate_dataset
 from leukolab.experiments import load_experiment
 from leukolab.models.factory import build_model
 from leukolab.training.distributed import fit_distributed

@@ -15,7 +15,7 @@ from PIL import Image, ImageEnhance
 
 from leukolab.data.dataset import SmearDataset, load_manifest, load_split
 from leukolab.data.etl import DATASET_COLUMNS, EtlParams, run_etl
-from leukolab.data.synthetic import generate_dataset
+from leukolab.data.synthetic_dataset import generate_dataset
 
 pytestmark = pytest.mark.integration
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
@@ -145,10 +145,18 @@ def test_dataset_columns_masks_and_torch_dataset(planted_run):
     assert row["mask"] is not None and (row["original_width"], row["original_height"]) == (96, 96)
     assert row["class_name"] == "Benign" and row["label"] == 0 and len(row["phash"]) == 16
     assert table.set_index("source_path").loc["Original/Benign/alpha.Png", "mask"] is None
-    assert manifest["has_masks"] and manifest["schema_version"] == 2
+    assert manifest["has_masks"] and manifest["schema_version"] == 3
     dataset = SmearDataset(table[table["mask"].notna()], with_masks=True)
     assert dataset.images.shape[1:] == (3, 48, 48) and set(dataset.masks.unique().tolist()) == {0, 1}
     assert 0.3 < np.mean(manifest["train_mean"]) < 0.95 and all(0.02 < s < 0.5 for s in manifest["train_std"])
+
+
+def test_manifest_reports_what_a_naive_split_would_have_leaked(planted_run):
+    _, manifest, table = planted_run
+    leakage = manifest["leakage"]
+    assert leakage["grouped_exact"] == leakage["grouped_near"] == 0 and leakage["grouped_patient"] is None
+    assert leakage["naive_seed"] == 42 and leakage["grouped_test_images"] == (table["split"] == "test").sum()
+    assert leakage["naive_test_images"] > 0 and leakage["naive_exact"] + leakage["naive_near"] <= 3  # 1 copy, 2 near pairs
 
 
 def test_exact_and_near_duplicates_are_grouped_in_one_split(planted_run):
@@ -305,6 +313,7 @@ def test_cnmc_patients_never_straddle_splits(spark, cnmc, tmp_path):
     assert (table.groupby("patient_id")["split"].nunique() == 1).all()
     assert (table.groupby("patient_id")["group_id"].nunique() == 1).all()
     assert sum(manifest["patients"].values()) == 16 and set(manifest["patients"]) == {"train", "val", "test"}
+    assert manifest["leakage"]["grouped_patient"] == 0 < manifest["leakage"]["naive_patient"]
     assert json.loads((dataset_dir / "manifest.json").read_text())["parameters"]["patient_pattern"] is None
 
 
@@ -378,6 +387,7 @@ def test_data_report_figures_tables_and_mlflow_artifacts(planted_run, tmp_path, 
     kinds = report.tables["duplicates"].set_index("paths")["kind"]
     assert kinds["Original/Early/Early_0001.jpg\nOriginal/Early/Early_copy.jpg"] == "exact"
     assert kinds["Original/Benign/Benign_0004.jpg\nOriginal/Benign/Benign_0004_recompressed.jpg"] == "near"
+    assert report.tables["leakage"].set_index("count")["grouped split"].iloc[1:].tolist() == [0, 0, "no patient ids"]
     samples = report.figures["samples"].axes
     assert sum(len(ax.images) for ax in samples) == 16 and any(ax.collections for ax in samples)  # 4 per class, masks outlined
 

@@ -39,6 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from leukolab.data.leakage import leakage_report
 from leukolab.data.sources import (
     ALL_IDB2_LABEL_NAMES,
     ALL_IDB2_LABEL_PATTERN,
@@ -53,8 +54,9 @@ from leukolab.images import ImageRejected, decode_image, encode_png, mask_from_i
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-"""2: Parquet gained ``group_id`` and ``phash``; the manifest ``near_duplicate_pairs``, ``quarantine_reasons``, ``patients``."""
+SCHEMA_VERSION = 3
+"""2: Parquet gained ``group_id`` and ``phash``; the manifest ``near_duplicate_pairs``, ``quarantine_reasons``, ``patients``.
+3: the manifest gained ``leakage``."""
 PROCESSED_SCHEMA = (
     "source_path string, role string, class_name string, stem string, patient_id string, status string, "
     "reason string, message string, content_hash string, phash string, width int, height int, png binary, "
@@ -418,6 +420,7 @@ def _manifest(name, raw_dir, layout, params, fingerprint, meta, table, quarantin
         "quarantine_reasons": {reason: int(n) for reason, n in sorted(reasons.items())},
         "duplicate_groups": duplicates.groups,
         "near_duplicate_pairs": duplicates.near_pairs,
+        "leakage": leakage_report(table, duplicates.near_pairs, params),
     }
 
 
@@ -482,15 +485,3 @@ def _gather_pixels(parts: pd.Series, paths: pd.Series) -> pa.ChunkedArray | pa.A
         raise AssertionError("a curated image is missing from the first pass's part files")
     return pixels.column("png").take(pa.array(positions, pa.int64(), mask=~known.to_numpy()))
 
-
-def raw_folder(raw_dir: str | None, images_per_class: int, seed: int) -> Path:
-    """``raw_dir`` when given (never written to); else synthetic smears generated once into the workspace."""
-    from leukolab.config import workspace_path
-    from leukolab.data.synthetic import generate_dataset
-
-    if raw_dir:
-        folder = workspace_path(raw_dir)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"raw_dir {folder} does not exist")
-        return folder
-    return generate_dataset(workspace_path(f"data/raw/synthetic-seed{seed}-n{images_per_class}"), images_per_class, seed=seed)

@@ -28,7 +28,7 @@ METADATA_COLUMNS = ["source_path", "class_name", "split", "content_hash", "patie
 @dataclass
 class DataReport:
     """The report's figures and tables by name (``counts``, ``samples``, ``sizes``, ``colours``; ``counts``,
-    ``quarantine``, ``quarantine_reasons``, ``duplicates``)."""
+    ``quarantine``, ``quarantine_reasons``, ``duplicates``, ``leakage``)."""
 
     manifest: dict
     figures: dict = field(default_factory=dict)
@@ -50,6 +50,7 @@ def build_report(dataset_dir: str | Path, samples_per_class: int = 4, colour_ima
     report.tables["quarantine"] = quarantine_table(manifest)
     report.tables["quarantine_reasons"] = pd.DataFrame(list(manifest["quarantine_reasons"].items()), columns=["reason", "files"])
     report.tables["duplicates"] = duplicate_table(manifest, table)
+    report.tables["leakage"] = leakage_table(manifest["leakage"])
     for figure in report.figures.values():
         plt.close(figure)  # shown where the notebook displays them, not all at once
     return report
@@ -156,6 +157,15 @@ def duplicate_table(manifest: dict, table: pd.DataFrame) -> pd.DataFrame:
                      "classes": ", ".join(sorted(members["class_name"].unique())),
                      "split": ", ".join(sorted(members["split"].unique())), "paths": "\n".join(paths)})
     return pd.DataFrame(rows, columns=["group", "images", "kind", "classes", "split", "paths"])
+
+
+def leakage_table(leakage: dict) -> pd.DataFrame:
+    """Test images with a copy (or their patient) in train: a naive random split beside the grouped split used."""
+    kinds = {"test_images": "test images", "exact": "with a byte-identical copy in train",
+             "near": "with a near duplicate in train", "patient": "with an image of their patient in train"}
+    shown = {kind: [leakage[f"{split}_{kind}"] for split in ("naive", "grouped")] for kind in kinds}
+    rows = [[label, *("no patient ids" if n is None else n for n in shown[kind])] for kind, label in kinds.items()]
+    return pd.DataFrame(rows, columns=["count", "naive split", "grouped split"], dtype=object)
 
 
 def log_report(report: DataReport, artifact_dir: str = "report") -> None:

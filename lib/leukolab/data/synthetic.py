@@ -12,16 +12,13 @@ image with one distribution for all classes.
 from __future__ import annotations
 
 import colorsys
-import json
 import math
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from tqdm.auto import tqdm
 
 from leukolab import CLASS_NAMES
 
@@ -175,37 +172,6 @@ def smear_table(images_per_class: int, image_size: int, seed: int):
             records.append({"image": encode_png(image), "mask": encode_png(mask * np.uint8(255)), "label": label,
                             "class_name": name, "source_path": f"{name}/{name}_{i:04d}.png"})
     return pd.DataFrame(records)
-
-
-def generate_dataset(root, images_per_class: int, image_size: int = 224, seed: int = 0, classes=CLASS_NAMES) -> Path:
-    """Write <root>/Original/<class>/<class>_<i:04d>.jpg (JPEG quality 95) and <root>/Segmented/<class>/<class>_<i:04d>.png (mask as 0/255 L-mode PNG).
-
-    Idempotent and deterministic by seed: files already written with the same seed and
-    size (recorded in ``<root>/.synthetic.json``) are kept, anything else is rewritten.
-    """
-    root = Path(root)
-    stamp, settings = root / ".synthetic.json", {"seed": seed, "image_size": image_size}
-    keep_existing = stamp.is_file() and json.loads(stamp.read_text()) == settings
-    stamp.unlink(missing_ok=True)
-    jobs = [(name, i) for name in classes for i in range(images_per_class)]
-    for name, i in tqdm(jobs, desc="synthetic smears", unit="img"):
-        image_path = root / "Original" / name / f"{name}_{i:04d}.jpg"
-        mask_path = root / "Segmented" / name / f"{name}_{i:04d}.png"
-        if keep_existing and image_path.is_file() and mask_path.is_file():
-            continue
-        image, mask = render_smear(image_rng(seed, name, i), name, image_size)
-        _save(Image.fromarray(image), image_path, format="JPEG", quality=95)
-        _save(Image.fromarray(mask * np.uint8(255)), mask_path, format="PNG")
-    stamp.write_text(json.dumps(settings))
-    return root
-
-
-def _save(image: Image.Image, path: Path, **options) -> None:
-    """Write through a temporary file so an interrupted run leaves no truncated image."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    image.save(partial, **options)
-    partial.replace(path)
 
 
 def _normal(rng: np.random.Generator, spec: Normal, low: float = 0.0) -> float:
