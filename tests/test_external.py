@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from leukolab.data.synthetic import CLASS_NAMES, smear_table
-from leukolab.external import (class_mapping, domain_shift_table, evaluate_external, external_datasets, in_domain_row)
+from leukolab.external import (ExternalDataset, class_mapping, domain_shift_table, evaluate_external, external_datasets,
+                               in_domain_row)
 from leukolab.images import decode_image, encode_png, image_array
 from leukolab.models.factory import build_model
 from leukolab.plots import domain_shift
@@ -74,6 +75,7 @@ def test_the_parameter_takes_paths_and_dicts(folders, tmp_path):
     same, binary = folders
     parsed = external_datasets([str(same), {"path": str(binary), "name": "idb", "label_map": TO_BINARY, "split": "test"}])
     assert [(d.name, d.split) for d in parsed] == [("shifted-4class", None), ("idb", "test")]
+    assert external_datasets(str(binary)) == [ExternalDataset(binary, "shifted-binary")]  # one entry alone
     with pytest.raises(ValueError, match="distinct names"):
         external_datasets([str(same), str(same)])
     with pytest.raises(ValueError, match="unknown keys"):

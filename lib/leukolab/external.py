@@ -41,7 +41,9 @@ class ExternalDataset:
 
 
 def external_datasets(entries: list | None) -> list[ExternalDataset]:
-    """The ``external_datasets`` parameter: each entry a folder path, or ``{"path", "name"?, "label_map"?, "split"?}``."""
+    """The ``external_datasets`` parameter: a list (or one entry) of folder paths or ``{"path", "name"?, "label_map"?, "split"?}``."""
+    if isinstance(entries, (str, Path, dict)):
+        entries = [entries]
     parsed = []
     for entry in entries or []:
         spec = {"path": entry} if isinstance(entry, (str, Path)) else entry

@@ -3,9 +3,9 @@
 Both models are evaluated on the same split of the same dataset: the
 candidate's selection split (``val``), never the reported test split, so the
 comparison is fair whatever data the current champion was trained on and the
-test figures stay unbiased. A candidate that is not better by ``margin`` is published as
-``challenger``; the decision and its reason go into the stage output, the
-registry tags and the model card.
+test figures stay unbiased. A candidate that is not better by ``margin`` is
+published as ``challenger``; the decision and its reason go into the stage
+output, the registry tags and the model card.
 """
 
 from __future__ import annotations

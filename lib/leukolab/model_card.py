@@ -2,8 +2,9 @@
 
 Rendered as Markdown from the evaluation (metrics with intervals per split and
 class, calibration, external test sets), the dataset manifest, the source run,
-the split that chose the model and the gate's decision. ``40_publish`` logs it with its figures under ``model_card/`` in the
-model's source run and keeps it as the registered version's description.
+the split that chose the model and the gate's decision. ``40_publish`` logs it
+with its figures under ``model_card/`` in the model's source run and keeps it
+as the registered version's description.
 """
 
 from __future__ import annotations
