@@ -64,3 +64,15 @@ def test_bootstrap_intervals_are_seeded_and_hold_the_estimate():
     dice = rng.uniform(0.8, 1.0, 50)
     low, high = mean_interval(dice, samples=400, seed=1)
     assert low < dice.mean() < high
+
+
+def test_the_ece_interval_is_that_of_the_resampled_ece():
+    from leukolab.intervals import _calibration_errors, _resamples
+
+    rng = np.random.default_rng(2)
+    labels, probabilities = rng.integers(0, 3, 80), rng.dirichlet([1, 1, 1], 80)
+    draws = _resamples(80, 20, seed=5)
+    by_hand = [expected_calibration_error(labels[d], probabilities[d]) for d in draws]
+    assert _calibration_errors(labels, probabilities, draws) == pytest.approx(by_hand)
+    low, high = classification_intervals(labels, probabilities, ["a", "b", "c"], samples=400, seed=1)["ece"]
+    assert low < expected_calibration_error(labels, probabilities) < high

@@ -60,9 +60,9 @@ def test_evaluation_has_intervals_and_is_reproducible(logged_runs, dataset):
 
 
 def test_a_candidate_that_is_not_better_becomes_challenger(logged_runs, dataset, model_env):
-    table = pd.DataFrame([{**run, "split": "test", **evaluate_model(load_run_model(pd.Series(run)), dataset, 100)[0]}
-                          for run in logged_runs.to_dict("records")])
-    first, second = (candidate_summary(row, table) for _, row in table.iterrows())
+    table = pd.DataFrame([{**run, "split": split, **evaluate_model(load_run_model(pd.Series(run)), dataset, 100)[0]}
+                          for run in logged_runs.to_dict("records") for split in ("val", "test")])
+    first, second = (candidate_summary(row, table) for _, row in table[table["split"] == "val"].iterrows())
     classes = model_env["class_names"]
 
     decision = gate(first, MODEL, "macro_f1", dataset, classes, margin=0.01)
@@ -71,7 +71,11 @@ def test_a_candidate_that_is_not_better_becomes_challenger(logged_runs, dataset,
 
     decision = gate(second, MODEL, "macro_f1", dataset, classes, margin=0.01)
     assert decision["alias"] == "challenger" and decision["current_score"] == pytest.approx(second["metrics"]["macro_f1"])
-    challenger = publish(second, MODEL, decision, MANIFEST, "pipeline-b")
+    assert decision["split"] == "val" and "macro_f1 on val" in decision["reason"]
+    external = [{"dataset": "synthetic-gate-test", "kind": "in-domain", "split": "test", "images": 16, **second["metrics"]},
+                {"dataset": "shifted-stain", "kind": "external", "split": "all", "images": 12, "accuracy": 0.5, "macro_f1": 0.4,
+                 "ece": 0.2}]
+    challenger = publish(second, MODEL, decision, MANIFEST, "pipeline-b", external=external)
 
     client = MlflowClient()
     assert client.get_model_version_by_alias(MODEL, "champion").version == champion["version"]
@@ -81,6 +85,9 @@ def test_a_candidate_that_is_not_better_becomes_challenger(logged_runs, dataset,
     assert version.tags["test_macro_f1_ci95"].startswith("[") and version.tags["pipeline_run_id"] == "pipeline-b"
     card = mlflow.artifacts.load_text(version.tags["model_card"])
     assert "## Performance" in card and "| Benign |" in card
+    assert version.tags["selection_split"] == "val" and version.tags["report_split"] == "test"
+    assert "### val: selection" in card and "### test: reported, not used for selection" in card
+    assert "on the **val** split" in card and "| shifted-stain | external | all | 12 | 0.500 |" in card
 
     # with no margin an equal score is enough to take the alias
     assert gate(second, MODEL, "macro_f1", dataset, classes, margin=0.0)["alias"] == "champion"

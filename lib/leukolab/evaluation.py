@@ -3,7 +3,9 @@
 Models are loaded back from MLflow exactly as a server would load them, so
 the numbers describe the published artifact, not the in-memory network.
 Headline metrics carry seeded bootstrap 95% intervals (``<metric>_ci_low`` and
-``<metric>_ci_high`` columns).
+``<metric>_ci_high`` columns). The champion is chosen on the selection split
+(``val``); ``test`` and the holdouts are reported for what was chosen and never
+decide anything, so their figures are not biased by the choice.
 """
 
 from __future__ import annotations
@@ -42,10 +44,22 @@ def experiment_runs(run_dir) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def evaluation_splits(dataset_dir) -> list[str]:
-    """``test`` and every non-empty holdout split of the dataset."""
+SELECTION_ROLE, REPORT_ROLE = "selection", "report (not used for selection)"
+
+
+def evaluation_splits(dataset_dir, selection_split: str = "val") -> list[str]:
+    """The selection split, ``test`` and every non-empty holdout split of the dataset."""
     counts = load_manifest(dataset_dir)["counts"]
-    return ["test", *sorted(s for s in counts if s.startswith("holdout") and sum(counts[s].values()))]
+    if not sum(counts.get(selection_split, {}).values()):
+        raise ValueError(f"the selection split {selection_split!r} is empty or missing in {dataset_dir} "
+                         f"(splits: {sorted(counts)}); the champion is chosen on it, never on test")
+    holdouts = sorted(s for s in counts if s.startswith("holdout") and sum(counts[s].values()))
+    return list(dict.fromkeys([selection_split, "test", *holdouts]))
+
+
+def split_role(split: str, selection_split: str) -> str:
+    """``selection`` for the split that chooses, ``report (not used for selection)`` for the others."""
+    return SELECTION_ROLE if split == selection_split else REPORT_ROLE
 
 
 def evaluate_model(model: SmearModel, dataset: SmearDataset, batch_size: int = 32, bootstrap_samples: int = 1000,
@@ -89,14 +103,15 @@ def load_run_model(run) -> SmearModel:
 
 
 def evaluate_runs(runs: pd.DataFrame, dataset_dir, splits: list[str] | None = None, bootstrap_samples: int = 1000,
-                  seed: int = 0) -> tuple[pd.DataFrame, dict]:
-    """Evaluate each run's logged model on each split (default: test and holdouts).
+                  seed: int = 0, selection_split: str = "val") -> tuple[pd.DataFrame, dict]:
+    """Evaluate each run's logged model on each split (default: the selection split, test and holdouts).
 
-    Returns one row per run and split, and per split the ``dataset``, the
-    ``class_names`` and each run's raw outputs under ``runs`` by run id.
+    Returns one row per run and split (its ``role``: see :func:`split_role`),
+    and per split the ``dataset``, the ``class_names`` and each run's raw
+    outputs under ``runs`` by run id.
     """
     evaluated = {}
-    for split in splits or evaluation_splits(dataset_dir):
+    for split in splits or evaluation_splits(dataset_dir, selection_split):
         frame = load_split(dataset_dir, split)
         evaluated[split] = {"dataset": SmearDataset(frame, with_masks=bool(frame["mask"].notna().all())), "runs": {}}
     rows = []
@@ -106,7 +121,7 @@ def evaluate_runs(runs: pd.DataFrame, dataset_dir, splits: list[str] | None = No
             for split, entry in evaluated.items():
                 metrics, entry["runs"][run.run_id] = evaluate_model(model, entry["dataset"], bootstrap_samples=bootstrap_samples, seed=seed)
                 entry["class_names"] = model.class_names
-                rows.append({**run._asdict(), "split": split, **metrics})
+                rows.append({**run._asdict(), "split": split, "role": split_role(split, selection_split), **metrics})
     return pd.DataFrame(rows), evaluated
 
 
@@ -138,17 +153,19 @@ def log_to_source_runs(table: pd.DataFrame) -> None:
             client.log_batch(run_id, metrics=metrics[first:first + 1000])
 
 
-def comparison_table(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
-    """Headline metrics of every run on one split, each as ``value [low, high]`` where an interval exists."""
+def comparison_table(table: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Headline metrics of every run on one split with the split's ``role``, each as ``value [low, high]`` where an interval exists."""
     rows = table[table["split"] == split]
-    shown = {"run": list(rows["run_name"]), "task": list(rows["task"])}
+    shown = {"run": list(rows["run_name"]), "task": list(rows["task"]), "split": list(rows["split"])}
+    if "role" in rows:
+        shown["role"] = list(rows["role"])
     for metric in HEADLINE:
         if metric in rows and rows[metric].notna().any():
-            shown[metric] = [_with_interval(row, metric) for _, row in rows.iterrows()]
+            shown[metric] = [with_interval(row, metric) for _, row in rows.iterrows()]
     return pd.DataFrame(shown)
 
 
-def _with_interval(row: pd.Series, metric: str) -> str:
+def with_interval(row: pd.Series, metric: str) -> str:
     value, low, high = row.get(metric), row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
     if value is None or pd.isna(value):
         return ""
@@ -157,10 +174,19 @@ def _with_interval(row: pd.Series, metric: str) -> str:
 
 def choose_champion(table: pd.DataFrame, metric: str, tie_breaker: str = "latency_ms_per_image",
                     tasks=("classification", "joint"), split: str | None = None) -> pd.Series:
-    """The best run among ``tasks`` on ``split`` by ``metric`` (higher is better), ties broken by ``tie_breaker`` (lower is better)."""
+    """The best run among ``tasks`` on ``split`` by ``metric`` (higher is better), ties broken by ``tie_breaker`` (lower is better).
+
+    ``split`` is the selection split (``val``): never the split whose figures are reported.
+    """
     candidates = table[table["task"].isin(tasks)]
-    if split is not None and "split" in candidates:
-        candidates = candidates[candidates["split"] == split]
+    if "split" in candidates:
+        if split is None and candidates["split"].nunique() > 1:
+            raise ValueError(f"the table holds several splits {sorted(candidates['split'].unique())}: name the one that "
+                             "chooses (split='val')")
+        if split is not None:
+            if split not in set(candidates["split"]):
+                raise ValueError(f"no run was evaluated on the selection split {split!r}")
+            candidates = candidates[candidates["split"] == split]
     if candidates.empty:
         raise ValueError(f"no run of task {tasks} to choose a champion from")
     if metric not in candidates or candidates[metric].isna().all():
@@ -169,17 +195,30 @@ def choose_champion(table: pd.DataFrame, metric: str, tie_breaker: str = "latenc
     return ranked.iloc[0]
 
 
-def candidate_summary(row: pd.Series | None, table: pd.DataFrame | None = None) -> dict | None:
-    """What the publish stage needs of an evaluated run: ids, model URI and its metrics (per split when ``table`` is given)."""
+def candidate_summary(row: pd.Series | None, table: pd.DataFrame | None = None, report_split: str = "test") -> dict | None:
+    """What the gate and the publish stage need of the run chosen on ``row``'s split.
+
+    ``selection_split`` and ``selection_metrics`` are what chose it (the gate
+    compares those); with ``table``, ``metrics`` are its figures on
+    ``report_split`` (what the registry and the model card report) and
+    ``metrics_by_split`` all of them. Without a table the row's split is both.
+    """
     if row is None:
         return None
-    metrics = {k: float(v) for k, v in row.items() if isinstance(v, (float, int, np.number)) and not isinstance(v, bool) and pd.notna(v)}
+    metrics = _numeric(row)
     summary = {"run_id": row["run_id"], "experiment": row["experiment"], "task": row.get("task"), "model_uri": row["model_uri"],
+               "selection_split": row.get("split"), "selection_metrics": metrics, "report_split": row.get("split"),
                "metrics": metrics}
     if table is not None:
-        summary["metrics_by_split"] = {split: candidate_summary(r)["metrics"]
-                                       for split, r in table[table["run_id"] == row["run_id"]].set_index("split").iterrows()}
+        by_split = {split: _numeric(r) for split, r in table[table["run_id"] == row["run_id"]].set_index("split").iterrows()}
+        if report_split not in by_split:
+            raise ValueError(f"run {row['run_id']} was not evaluated on the report split {report_split!r} (only {sorted(by_split)})")
+        summary.update(report_split=report_split, metrics=by_split[report_split], metrics_by_split=by_split)
     return summary
+
+
+def _numeric(row: pd.Series) -> dict[str, float]:
+    return {k: float(v) for k, v in row.items() if isinstance(v, (float, int, np.number)) and not isinstance(v, bool) and pd.notna(v)}
 
 
 def log_comparison(table: pd.DataFrame, figures: dict) -> None:

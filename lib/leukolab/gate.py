@@ -1,10 +1,11 @@
 """The champion gate: a candidate takes the ``champion`` alias only when it beats the current one.
 
-Both models are evaluated on the same split of the same dataset (the
-candidate's), so the comparison is fair whatever data the current champion was
-trained on. A candidate that is not better by ``margin`` is published as
-``challenger``; the decision and its reason go into the stage output, the
-registry tags and the model card.
+Both models are evaluated on the same split of the same dataset: the
+candidate's selection split (``val``), never the reported test split, so the
+comparison is fair whatever data the current champion was trained on and the
+test figures stay unbiased. A candidate that is not better by ``margin`` is
+published as ``challenger``; the decision and its reason go into the stage
+output, the registry tags and the model card.
 """
 
 from __future__ import annotations
@@ -34,16 +35,18 @@ def current_version(model_name: str, alias: str = "champion"):
 
 def gate(candidate: dict, model_name: str, metric: str, dataset: SmearDataset, class_names: list[str], margin: float = 0.0,
          force: bool = False) -> dict:
-    """Decide the alias of ``candidate`` (``30_evaluate``'s summary, whose metrics were measured on ``dataset``).
+    """Decide the alias of ``candidate`` (``30_evaluate``'s summary, whose ``selection_metrics`` were measured on ``dataset``).
 
-    Returns ``{"alias", "reason", "metric", "margin", "candidate_score", "current_version", "current_score"}``.
+    Returns ``{"alias", "reason", "metric", "split", "margin", "candidate_score", "current_version", "current_score"}``.
     """
     from leukolab.evaluation import evaluate_model
 
-    score = candidate["metrics"].get(metric)
+    measured, split = candidate["selection_metrics"], candidate["selection_split"]
+    score = measured.get(metric)
     if score is None:
-        raise ValueError(f"the candidate has no {metric!r} to compare; measured: {sorted(candidate['metrics'])}")
-    decision = {"metric": metric, "margin": margin, "candidate_score": score, "current_version": None, "current_score": None}
+        raise ValueError(f"the candidate has no {metric!r} on {split} to compare; measured: {sorted(measured)}")
+    decision = {"metric": metric, "split": split, "margin": margin, "candidate_score": score, "current_version": None,
+                "current_score": None}
     current = current_version(model_name)
     if current is None:
         return {**decision, "alias": "champion", "reason": f"no {model_name}@champion registered yet"}
@@ -61,8 +64,9 @@ def gate(candidate: dict, model_name: str, metric: str, dataset: SmearDataset, c
     current_score = evaluate_model(champion, dataset, bootstrap_samples=0)[0].get(metric)
     decision["current_score"] = current_score
     if force or current_score is None or score >= current_score + margin:
-        why = "forced" if force else f"{metric} {score:.4f} vs {current_score:.4f} of version {current.version}: better by at least {margin}"
+        why = "forced" if force else (f"{metric} on {split} {score:.4f} vs {current_score:.4f} of version {current.version}: "
+                                      f"better by at least {margin}")
         return {**decision, "alias": "champion", "reason": why}
     return {**decision, "alias": "challenger",
-            "reason": f"{metric} {score:.4f} is not better than the champion's (version {current.version}) "
+            "reason": f"{metric} on {split} {score:.4f} is not better than the champion's (version {current.version}) "
                       f"{current_score:.4f} by the margin {margin}: published as challenger"}

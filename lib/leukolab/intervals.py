@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 def classification_intervals(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str],
                              samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Intervals of accuracy, macro-F1, per-class precision/recall/F1 and (when computable) one-vs-rest ROC-AUC."""
+    """Intervals of accuracy, macro-F1, per-class precision/recall/F1, ECE and (when computable) one-vs-rest ROC-AUC."""
     labels = np.asarray(labels)
     k = len(class_names)
     predictions = probabilities.argmax(1)
@@ -26,7 +26,8 @@ def classification_intervals(labels: np.ndarray, probabilities: np.ndarray, clas
     precision = true_positives / np.maximum(matrices.sum(1), 1)
     recall = true_positives / np.maximum(matrices.sum(2), 1)
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-    values = {"accuracy": true_positives.sum(1) / len(labels), "macro_f1": f1.mean(1)}
+    values = {"accuracy": true_positives.sum(1) / len(labels), "macro_f1": f1.mean(1),
+              "ece": _calibration_errors(labels, probabilities, draws)}
     for i, name in enumerate(class_names):
         values.update({f"precision_{name}": precision[:, i], f"recall_{name}": recall[:, i], f"f1_{name}": f1[:, i]})
     scores = probabilities[:, 1] if k == 2 else probabilities
@@ -41,6 +42,16 @@ def mean_interval(values: np.ndarray, samples: int = 1000, seed: int = 0, level:
     """Interval of the mean of per-image scores (Dice, IoU)."""
     values = np.asarray(values, dtype=float)
     return _percentiles(values[_resamples(len(values), samples, seed)].mean(1), level)
+
+
+def _calibration_errors(labels: np.ndarray, probabilities: np.ndarray, draws: np.ndarray, bins: int = 10) -> np.ndarray:
+    """The ECE of each resample (the bins of :func:`leukolab.metrics.expected_calibration_error`), all at once."""
+    confidence = probabilities.max(1)
+    gap = confidence - (probabilities.argmax(1) == labels)
+    which = np.clip(np.digitize(confidence, np.linspace(0.0, 1.0, bins + 1)[1:-1], right=True), 0, bins - 1)
+    cells = (np.arange(len(draws))[:, None] * bins + which[draws]).ravel()
+    per_bin = np.bincount(cells, weights=gap[draws].ravel(), minlength=len(draws) * bins).reshape(len(draws), bins)
+    return np.abs(per_bin).sum(1) / draws.shape[1]
 
 
 def _resamples(n: int, samples: int, seed: int) -> np.ndarray:

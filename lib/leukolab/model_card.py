@@ -1,9 +1,10 @@
 """The model card of a published version: what it is for, what it was trained and tested on, how well it does.
 
 Rendered as Markdown from the evaluation (metrics with intervals per split and
-class, calibration), the dataset manifest, the source run and the gate's
-decision. ``40_publish`` logs it with its figures under ``model_card/`` in the
-model's source run and keeps it as the registered version's description.
+class, calibration, external test sets), the dataset manifest, the source run,
+the split that chose the model and the gate's decision. ``40_publish`` logs it
+with its figures under ``model_card/`` in the model's source run and keeps it
+as the registered version's description.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ INTENDED_USE = (
 
 
 def render_model_card(*, model_name: str, version: str, alias: str, candidate: dict, experiment: dict, manifest: dict,
-                      gate: dict, temperature: float | None, lineage: dict, figures: dict[str, str]) -> str:
-    """The card as Markdown; ``figures`` maps a caption to an image path relative to the card."""
+                      gate: dict, temperature: float | None, lineage: dict, figures: dict[str, str],
+                      external: list[dict] | None = None) -> str:
+    """The card as Markdown; ``figures`` maps a caption to an image path relative to the card, ``external`` are the
+    domain-shift rows (in-domain first) of :mod:`leukolab.external`."""
     model = experiment.get("model", {})
+    selection, report = candidate["selection_split"], candidate["report_split"]
     lines = [
         f"# Model card: {model_name} version {version} (@{alias})",
         "",
@@ -58,21 +62,30 @@ def render_model_card(*, model_name: str, version: str, alias: str, candidate: d
         "",
         "## Performance",
         "",
-        "Point estimates with seeded bootstrap 95% intervals (percentile method, 1,000 resamples of the images).",
+        "Point estimates with seeded bootstrap 95% intervals (percentile method, 1,000 resamples of the images). "
+        f"The model was chosen on **{selection}**; the other splits are reported for it alone and chose nothing.",
     ]
-    for split, metrics in candidate.get("metrics_by_split", {"test": candidate["metrics"]}).items():
-        lines += ["", f"### {split} ({int(metrics.get('images', 0))} images)", "", _headline(metrics)]
+    for split, metrics in candidate.get("metrics_by_split", {report: candidate["metrics"]}).items():
+        role = "selection" if split == selection else "reported, not used for selection"
+        lines += ["", f"### {split}: {role} ({int(metrics.get('images', 0))} images)", "", _headline(metrics)]
         per_class = _per_class(metrics, manifest.get("classes", []))
         if per_class:
             lines += ["", per_class]
     lines += ["", "## Calibration", ""]
     ece = candidate["metrics"].get("ece")
     if ece is not None:
-        lines.append(f"Expected calibration error on test: **{ece:.3f}** (10 equal-width bins; 0 is perfect), after "
+        lines.append(f"Expected calibration error on {report}: **{ece:.3f}** (10 equal-width bins; 0 is perfect), after "
                      "temperature scaling fitted on the validation split.")
     else:
         lines.append("Not applicable (segmentation only).")
-    lines += ["", "## Selection", "", f"{gate.get('reason', '')}."]
+    if external:
+        lines += ["", "## External test sets (domain shift)", "",
+                  "The model on other datasets it never saw, beside its in-domain figures (never used for selection):",
+                  "", _external(external)]
+    lines += ["", "## Selection", "",
+              f"Chosen by {gate.get('metric', '')} on the **{selection}** split among the pipeline run's experiments; "
+              f"{report} and holdout figures are reported for the chosen model only. Gate against the registered "
+              f"champion, on {selection}: {gate.get('reason', '')}."]
     lines += ["", "## Known limitations and failure cases", ""] + [f"- {item}" for item in _limitations(manifest, candidate)]
     for caption, path in figures.items():
         lines += ["", f"**{caption}**", "", f"![{caption}]({path})"]
@@ -98,6 +111,12 @@ def _headline(metrics: dict) -> str:
     rows = [[n, _value(metrics, n)] for n in names]
     rows.append(["latency per image (ms, this machine)", f"{metrics.get('latency_ms_per_image', float('nan')):.1f}"])
     return _table(["metric", "value [95% CI]"], rows)
+
+
+def _external(rows: list[dict]) -> str:
+    return _table(["dataset", "kind", "split", "images", "accuracy", "macro-F1", "ECE"],
+                  [[r["dataset"], r["kind"], r["split"], r["images"], *(_value(r, m) for m in ("accuracy", "macro_f1", "ece"))]
+                   for r in rows])
 
 
 def _per_class(metrics: dict, classes: list[str]) -> str:

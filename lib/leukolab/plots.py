@@ -152,3 +152,25 @@ def reliability_diagram(labels, probabilities_by_run: dict[str, np.ndarray], bin
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def domain_shift(rows: pd.DataFrame, metrics=("accuracy", "macro_f1")):
+    """Grouped bars of ``metrics`` per dataset (in-domain first, then the external sets) with their 95% intervals."""
+    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2.5, 3.6))
+    width = 0.8 / len(metrics)
+    positions = np.arange(len(rows))
+    for i, metric in enumerate(metrics):
+        values = rows[metric].to_numpy(float)
+        errors = None
+        if f"{metric}_ci_low" in rows:
+            errors = np.vstack([values - rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"] - values])
+        bars = ax.bar(positions + (i - (len(metrics) - 1) / 2) * width, values, width, yerr=errors, capsize=3, label=metric)
+        ax.bar_label(bars, fmt="%.3f", fontsize=8, label_type="center", color="white")
+    ax.set_xticks(positions, [f"{d}\n({k}, {n} images)" for d, k, n in zip(rows["dataset"], rows["kind"], rows["images"])],
+                  fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("value (95% bootstrap interval)")
+    ax.set_title("in-domain vs external test sets")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -31,11 +31,13 @@ def register(model_uri: str, name: str, alias: str, tags: dict | None = None, de
 
 
 def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run_id: str | None,
-            figures: dict[str, str] | None = None) -> dict:
+            figures: dict[str, str] | None = None, external: list[dict] | None = None) -> dict:
     """Register an evaluated candidate under the alias the gate chose, with lineage tags and a model card.
 
-    ``candidate`` is ``30_evaluate``'s summary (metrics per split with intervals);
-    ``figures`` maps captions to image files shown in the card. The card and
+    ``candidate`` is ``30_evaluate``'s summary (chosen on its selection split;
+    ``metrics``, tagged ``test_<metric>``, are those of its report split);
+    ``figures`` maps captions to image files shown in the card; ``external``
+    are the domain-shift rows of :mod:`leukolab.external`. The card and
     its figures are logged under ``model_card/`` in the candidate's run and the
     card becomes the version's description. Returns what the publish stage hands on.
     """
@@ -55,6 +57,9 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
         "dataset_fingerprint": source.data.tags.get("dataset_fingerprint", manifest.get("fingerprint", "")),
         "git_commit": source.data.tags.get("git_commit", ""),
         "gate": gate["reason"][:5000],
+        "selection_split": candidate["selection_split"],
+        "selection_metric": gate["metric"],
+        "report_split": candidate["report_split"],
         **{f"test_{k}": round(v, 4) for k, v in metrics.items() if "_ci_" not in k},
         **{f"test_{k}_ci95": f"[{metrics[f'{k}_ci_low']:.4f}, {metrics[f'{k}_ci_high']:.4f}]"
            for k in metrics if f"{k}_ci_low" in metrics},
@@ -67,7 +72,7 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
     card = _log_card(client, candidate["run_id"], render_model_card(
         model_name=name, version=version.version, alias=alias, candidate=candidate, experiment=meta["experiment"],
         manifest=manifest, gate=gate, temperature=meta.get("temperature"), lineage=lineage,
-        figures={caption: Path(path).name for caption, path in (figures or {}).items()}), figures or {})
+        figures={caption: Path(path).name for caption, path in (figures or {}).items()}, external=external), figures or {})
     description = card["text"] if len(card["text"]) <= DESCRIPTION_LIMIT else (
         card["text"][:DESCRIPTION_LIMIT - 200].rsplit("\n## ", 1)[0] + f"\n\n(The full card: {card['uri']}.)")
     client.update_model_version(name, version.version, description=description)
