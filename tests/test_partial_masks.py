@@ -79,3 +79,18 @@ def test_joint_training_and_dice_on_the_masked_rows_only(frame):
     masked = evaluate(model, SmearDataset(frame.iloc[:6], with_masks=True), MEAN, STD, CLASS_NAMES, "joint")
     assert metrics["mask_images"] == 6 and metrics["dice"] == pytest.approx(masked["dice"])
     assert metrics["iou"] == pytest.approx(masked["iou"])
+
+
+def test_evaluate_model_scores_masks_on_the_masked_rows_only(frame):
+    from leukolab.evaluation import evaluate_model
+    from leukolab.pyfunc import SmearModel
+
+    experiment = load_experiment("unet-mobilenet")
+    model = SmearModel(build_model(experiment, 4).eval(), {"experiment": experiment, "class_names": CLASS_NAMES,
+                                                          "mean": MEAN, "std": STD, "image_size": 32})
+    metrics, outputs = evaluate_model(model, SmearDataset(frame, with_masks=True), bootstrap_samples=0)
+    masked, _ = evaluate_model(model, SmearDataset(frame.iloc[:6], with_masks=True), bootstrap_samples=0)
+    assert metrics["images"] == 8 and outputs["mask"].shape == (8, 32, 32)
+    assert metrics["mask_images"] == masked["mask_images"] == 6 and metrics["dice"] == pytest.approx(masked["dice"])
+    unmasked, _ = evaluate_model(model, SmearDataset(frame.iloc[6:], with_masks=True), bootstrap_samples=0)
+    assert "dice" not in unmasked and unmasked["mask_images"] == 0

@@ -66,10 +66,12 @@ def evaluate_model(model: SmearModel, dataset: SmearDataset, batch_size: int = 3
         if bootstrap_samples:
             metrics.update(_interval_columns(classification_intervals(labels, probabilities, model.class_names,
                                                                       bootstrap_samples, seed)))
-    if "mask" in outputs and dataset.has_mask.any():  # Dice and IoU on the images with a (plausible) mask only
-        with_mask = dataset.has_mask.numpy()
+    with_mask = dataset.has_mask.numpy()  # Dice and IoU on the images with a (plausible) mask only
+    if "mask" in outputs:
+        metrics["mask_images"] = int(with_mask.sum())
+    if "mask" in outputs and with_mask.any():
         dice, iou = segmentation_scores(outputs["mask"][with_mask], dataset.masks.numpy()[with_mask])
-        metrics.update({"mask_images": int(with_mask.sum()), "dice": float(dice.mean()), "iou": float(iou.mean())})
+        metrics.update({"dice": float(dice.mean()), "iou": float(iou.mean())})
         if bootstrap_samples:
             metrics.update(_interval_columns({"dice": mean_interval(dice, bootstrap_samples, seed),
                                               "iou": mean_interval(iou, bootstrap_samples, seed)}))
