@@ -25,7 +25,7 @@ from scipy import ndimage
 AUDIT_BITMAP = 32
 """Side of the low-resolution bitmaps the audit compares; a block is marked when any of its pixels is."""
 MIN_ESTIMATE_SHARE = 0.005
-"""The colour estimate is compared only when it marks at least this share of the bitmap (5 of 1,024 blocks)."""
+"""The colour estimate is compared only when it marks at least this share of the bitmap (6 of 1,024 blocks)."""
 SHORTCUT_COVERAGE_RATIO = 4.0
 """Warn when one class's median mask coverage is this many times another's."""
 SHORTCUT_SHARE_GAP = 0.25
@@ -158,7 +158,7 @@ def shortcut_warning(per_class: dict) -> str | None:
     if not any(c["ok"] + c["implausible"] for c in per_class.values()):
         return None
     medians = {name: c["fraction_median"] or 0.0 for name, c in per_class.items() if c["ok"] + c["implausible"]}
-    shares = {name: c["ok"] / max(c["images"], 1) for name, c in per_class.items()}
+    shares = {name: c["ok"] / c["images"] for name, c in per_class.items() if c["images"]}
     low, high = min(medians, key=medians.get), max(medians, key=medians.get)
     few, many = min(shares, key=shares.get), max(shares, key=shares.get)
     problems = []
