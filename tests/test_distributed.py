@@ -43,7 +43,7 @@ def trained(tmp_path_factory):
 
 def test_each_rank_trains_on_its_own_shard(trained):
     ranks = [json.loads((trained["checkpoints"] / f"rank-{r}.json").read_text()) for r in (0, 1)]
-    train_size = len(load_datasets(trained["dataset_dir"], ("train",), False)["train"])
+    train_size = len(load_datasets(trained["dataset_dir"], ("train",), "classification")["train"])
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert set(ranks[0]["indices"]).isdisjoint(ranks[1]["indices"])
     assert ranks[0]["samples"] == ranks[1]["samples"] == train_size // 2
@@ -61,6 +61,6 @@ def test_rank_zero_logs_the_run_once_per_epoch(trained):
 
 def test_best_weights_come_back_to_the_driver(trained):
     manifest, result = trained["manifest"], trained["result"]
-    val = load_datasets(trained["dataset_dir"], ("val",), False)["val"]
+    val = load_datasets(trained["dataset_dir"], ("val",), "classification")["val"]
     metrics = evaluate(trained["model"], val, manifest["train_mean"], manifest["train_std"], manifest["classes"], "classification")
     assert metrics["macro_f1"] == pytest.approx(result.best_score)

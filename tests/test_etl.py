@@ -203,6 +203,81 @@ def test_parameters_change_the_fingerprint_required_masks_and_bad_share_limit(sp
     assert not [p for p in (tmp_path / "strict").rglob("*") if p.is_file()], "a failed run left files behind"
 
 
+def test_exact_synthetic_masks_pass_the_audit(planted_run):
+    _, manifest, table = planted_run
+    with_file = table[table["mask_status"].notna()]
+    assert (with_file["mask_status"] == "ok").all() and with_file["mask"].notna().all()
+    assert (with_file["mask_fraction"] == with_file["mask_raw_fraction"]).all()  # exact masks: no clean-up
+    assert sum(c["ok"] for c in manifest["masks"]["classes"].values()) == len(with_file)
+    assert manifest["masks"]["cleanup_change_mean"] == 0 and manifest["masks"]["shortcut_warning"] is None
+
+
+# ---------------------------------------------------------------- masks from JPEG segmentations, audited
+
+
+def disc(size, centre, radius):
+    yy, xx = np.mgrid[:size, :size]
+    return np.hypot(yy - centre[0], xx - centre[1]) <= radius
+
+
+@pytest.fixture(scope="module")
+def segmented(tmp_path_factory):
+    """Original/ smears with purple nuclei and Segmented/ JPEGs of the cells in false colour on black (ringing,
+    specks). Early: 5 good segmentations and an image without one; Pro: 2 good, 3 near-empty, 1 beside the cells."""
+    root = tmp_path_factory.mktemp("raw") / "segmented"
+    rng = np.random.default_rng(7)
+    expected = {}
+    for name, kinds in (("Early", ["good"] * 5 + [None]), ("Pro", ["good"] * 2 + ["empty"] * 3 + ["misses"])):
+        for i, kind in enumerate(kinds):
+            centres = [(int(rng.integers(18, 40)), int(rng.integers(18, 78))), (int(rng.integers(58, 78)), int(rng.integers(18, 78)))]
+            smear = np.full((96, 96, 3), (238, 226, 222), np.uint8)
+            smear[disc(96, (int(rng.integers(40, 56)), int(rng.integers(10, 86))), 7)] = (226, 158, 160)
+            cells = disc(96, centres[0], 13) | disc(96, centres[1], 11)
+            smear[cells] = (178, 182, 226)
+            smear[disc(96, centres[0], 8) | disc(96, centres[1], 7)] = (92, 44, 132)
+            write(root / "Original" / name / f"{name}_{i}.jpg", encode(Image.fromarray(smear), "JPEG", quality=92))
+            if kind is None:
+                continue
+            segmentation = np.zeros((96, 96, 3), np.uint8)
+            where = {"good": cells, "empty": disc(96, (5, 5), 1), "misses": np.roll(cells, 48, axis=1) & ~cells}[kind]
+            segmentation[where] = (210, 80, 200)
+            segmentation[90:92, 60:62] = 255  # a speck
+            write(root / "Segmented" / name / f"{name}_{i}.jpg", encode(Image.fromarray(segmentation), "JPEG", quality=75))
+            expected[f"Original/{name}/{name}_{i}.jpg"] = kind
+    return root, expected
+
+
+def test_implausible_masks_are_dropped_with_their_reason_and_counted_per_class(spark, segmented, tmp_path):
+    root, expected = segmented
+    dataset_dir = run_etl(spark, root, tmp_path, EtlParams(image_size=48, seed=2))
+    manifest, table = load_manifest(dataset_dir), load_split(dataset_dir).set_index("source_path")
+    assert manifest["files"] == {"in": 23, "out": 23, "quarantined": 0}  # an implausible mask file is out, not a target
+    assert len(table) == 12 and table["image"].notna().all()
+    status = {"good": "ok", "empty": "implausible", "misses": "implausible"}
+    reason = {"empty": "too_small", "misses": "misses_cells"}
+    for path, kind in expected.items():
+        row = table.loc[path]
+        assert (row["mask_status"], row["mask_reason"]) == (status[kind], reason.get(kind)), path
+        assert (row["mask"] is not None) == (kind == "good") and 0 <= row["mask_fraction"] <= 1
+    good = table[table["mask_status"] == "ok"]
+    assert good["mask_fraction"].between(0.05, 0.15).all() and (good["mask_fraction"] > good["mask_raw_fraction"] - 0.01).all()
+    no_mask = table.loc["Original/Early/Early_5.jpg"]
+    assert no_mask["mask"] is None and no_mask["mask_status"] is None and np.isnan(no_mask["mask_fraction"])
+    masks = manifest["masks"]
+    assert {name: (c["ok"], c["implausible"], c["without_mask"]) for name, c in masks["classes"].items()} == {
+        "Early": (5, 0, 1), "Pro": (2, 4, 0)}
+    assert masks["classes"]["Pro"]["reasons"] == {"misses_cells": 1, "too_small": 3}
+    assert {m["source_path"] for m in masks["implausible"]} == {p for p, k in expected.items() if k in reason}
+    assert "SHORTCUT" in masks["shortcut_warning"] and "33% of Pro" in masks["shortcut_warning"]
+    assert masks["parameters"]["mask_threshold"] == 48 and manifest["parameters"]["mask_min_agreement"] == 0.5
+
+    from leukolab.data.report import build_report, shortcut_banner
+
+    report = build_report(dataset_dir)
+    assert report.tables["mask_coverage"].loc["Pro", "implausible"] == 4 and len(report.tables["masks_implausible"]) == 4
+    assert shortcut_banner(manifest).count("SHORTCUT") == 1
+
+
 # ---------------------------------------------------------------- imagefolder: formats, contrast
 
 
@@ -379,7 +454,7 @@ def test_data_report_figures_tables_and_mlflow_artifacts(planted_run, tmp_path, 
 
     dataset_dir, manifest, table = planted_run
     report = build_report(dataset_dir)
-    assert set(report.figures) == {"counts", "samples", "sizes", "colours"}
+    assert set(report.figures) == {"counts", "samples", "sizes", "colours", "mask_coverage"}
     counts = report.tables["counts"]
     assert counts.loc["total", "total"] == len(table) and list(counts.index[:3]) == ["train", "val", "test"]
     assert len(report.tables["quarantine"]) == manifest["files"]["quarantined"]

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leukolab.images import ImageRejected, decode_image, encode_png, mask_from_image, resize_square
+from leukolab.data.etl import EtlParams
+from leukolab.data.masks import derive_mask
+from leukolab.images import ImageRejected, decode_image, encode_png, resize_square
 
 
 def encoded(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
@@ -71,7 +73,7 @@ def test_too_small_images_are_refused():
 def test_mask_from_segmented_image_and_resize_keep_shapes():
     segmented = np.zeros((20, 20, 3), np.uint8)
     segmented[5:10, 5:10] = (120, 40, 160)
-    mask = mask_from_image(Image.fromarray(segmented))
+    mask, _, _ = derive_mask(Image.fromarray(segmented), 20, EtlParams())
     assert mask.sum() == 25 and set(np.unique(mask)) == {0, 1}
     assert resize_square(Image.fromarray(segmented), 8).size == (8, 8)
     assert Image.open(io.BytesIO(encode_png(mask * 255))).size == (20, 20)

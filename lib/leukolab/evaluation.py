@@ -80,8 +80,11 @@ def evaluate_model(model: SmearModel, dataset: SmearDataset, batch_size: int = 3
         if bootstrap_samples:
             metrics.update(_interval_columns(classification_intervals(labels, probabilities, model.class_names,
                                                                       bootstrap_samples, seed)))
-    if "mask" in outputs and dataset.masks.shape[-1] > 1:
-        dice, iou = segmentation_scores(outputs["mask"], dataset.masks.numpy())
+    with_mask = dataset.has_mask.numpy()  # Dice and IoU on the images with a (plausible) mask only
+    if "mask" in outputs:
+        metrics["mask_images"] = int(with_mask.sum())
+    if "mask" in outputs and with_mask.any():
+        dice, iou = segmentation_scores(outputs["mask"][with_mask], dataset.masks.numpy()[with_mask])
         metrics.update({"dice": float(dice.mean()), "iou": float(iou.mean())})
         if bootstrap_samples:
             metrics.update(_interval_columns({"dice": mean_interval(dice, bootstrap_samples, seed),
@@ -113,7 +116,7 @@ def evaluate_runs(runs: pd.DataFrame, dataset_dir, splits: list[str] | None = No
     evaluated = {}
     for split in splits or evaluation_splits(dataset_dir, selection_split):
         frame = load_split(dataset_dir, split)
-        evaluated[split] = {"dataset": SmearDataset(frame, with_masks=bool(frame["mask"].notna().all())), "runs": {}}
+        evaluated[split] = {"dataset": SmearDataset(frame, with_masks=True), "runs": {}}
     rows = []
     with torch.no_grad():
         for run in tqdm(list(runs.itertuples(index=False)), desc="evaluating runs"):
@@ -136,7 +139,7 @@ def reevaluate_version(model_name: str, version: str, dataset_dir, split: str = 
     if expected and expected != found:
         raise ValueError(f"{model_name} version {version} was evaluated on dataset {expected}, not {found} ({dataset_dir})")
     frame = load_split(dataset_dir, split)
-    dataset = SmearDataset(frame, with_masks=bool(frame["mask"].notna().all()))
+    dataset = SmearDataset(frame, with_masks=True)
     with torch.no_grad():
         model = load_smear_model(f"models:/{model_name}/{version}")
         return evaluate_model(model, dataset, bootstrap_samples=bootstrap_samples, seed=seed)[0]

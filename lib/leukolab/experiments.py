@@ -52,12 +52,15 @@ def run_experiment(experiment: dict, dataset_dir: str | Path) -> ExperimentResul
     manifest = load_manifest(dataset_dir)
     class_names = manifest["classes"]
     needs_masks = experiment["task"] in ("segmentation", "joint")
-    splits = load_datasets(dataset_dir, ("train", "val", "test"), needs_masks)
-    log.info("experiment %s: %s", experiment["name"], {k: len(v) for k, v in splits.items()})
+    splits = load_datasets(dataset_dir, ("train", "val", "test"), experiment["task"])
+    log.info("experiment %s: images %s, with masks %s", experiment["name"], {k: len(v) for k, v in splits.items()},
+             {k: v.mask_images for k, v in splits.items()})
 
     mlflow.log_params(flatten(experiment))
     mlflow.set_tags({"dataset_fingerprint": manifest["fingerprint"], "dataset": manifest["dataset"],
                      "task": experiment["task"], "experiment": experiment["name"]})
+    mlflow.log_metrics({f"{what}_{name}": count for name, split in splits.items()
+                        for what, count in (("images", len(split)), ("mask_images", split.mask_images))})
     model = build_model(experiment, len(class_names))
     mean, std = manifest["train_mean"], manifest["train_std"]
     checkpoints = workspace() / "data" / "checkpoints" / mlflow.active_run().info.run_id

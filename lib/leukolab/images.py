@@ -77,12 +77,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def mask_from_image(image: Image.Image, threshold: int = 16) -> np.ndarray:
-    """A binary (0/1 uint8) mask from a mask file or a segmented image on a black background."""
-    grey = np.asarray(to_rgb(image).convert("L"))
-    return (grey > threshold).astype(np.uint8)
-
-
 def resize_square(image: Image.Image, size: int, *, resample=Image.Resampling.BILINEAR) -> Image.Image:
     """Resize to ``size`` x ``size`` (smear fields are close to square; no crop loses cells)."""
     return image if image.size == (size, size) else image.resize((size, size), resample)

@@ -102,15 +102,19 @@ def failure_cases(images, labels, probabilities: np.ndarray, class_names: list[s
 
 
 def mask_predictions(model, dataset, mean, std, limit: int = 6):
-    """Images with the true mask (green) and the predicted mask (magenta) outlined."""
+    """Images that have a mask, with the true mask (green) and the predicted mask (magenta) outlined."""
     from leukolab.training.loop import predict
 
-    count = min(limit, len(dataset))
-    probabilities = predict(model, dataset.images[:count], mean, std)["mask"]
-    fig, axes = plt.subplots(1, count, figsize=(2.4 * count, 2.6), squeeze=False)
-    for i, ax in enumerate(axes[0]):
-        ax.imshow(dataset.images[i].permute(1, 2, 0).numpy())
-        ax.contour(dataset.masks[i, 0].numpy() > 0, levels=[0.5], colors="lime", linewidths=0.8)
+    shown = np.flatnonzero(dataset.has_mask.numpy())[:limit]
+    fig, axes = plt.subplots(1, max(len(shown), 1), figsize=(2.4 * max(len(shown), 1), 2.6), squeeze=False)
+    if not len(shown):
+        axes[0, 0].axis("off")
+        axes[0, 0].set_title("no image with a mask", fontsize=9)
+        return fig
+    probabilities = predict(model, dataset.images[shown], mean, std)["mask"]
+    for i, (index, ax) in enumerate(zip(shown, axes[0])):
+        ax.imshow(dataset.images[index].permute(1, 2, 0).numpy())
+        ax.contour(dataset.masks[index, 0].numpy() > 0, levels=[0.5], colors="lime", linewidths=0.8)
         ax.contour(probabilities[i, 0] >= 0.5, levels=[0.5], colors="magenta", linewidths=0.8)
         ax.axis("off")
     axes[0, 0].set_title("true (green) vs predicted (magenta)", loc="left", fontsize=9)

@@ -35,33 +35,50 @@ class SmearDataset(Dataset):
     """Decoded uint8 images (HxWx3), labels and binary masks of one split, held in memory.
 
     Images are small after the ETL (128 px: 48 KB each), so decoding once up
-    front makes every epoch pure tensor work. Items are ``(image, label, mask)``
-    with the image as a uint8 CHW tensor; normalisation and augmentation happen
-    on whole batches in :mod:`leukolab.training.augment`.
+    front makes every epoch pure tensor work. Items are ``(image, label, mask,
+    has_mask)`` with the image as a uint8 CHW tensor; normalisation and
+    augmentation happen on whole batches in :mod:`leukolab.training.augment`.
+    With ``with_masks``, rows without a (plausible) mask get an empty mask and
+    ``has_mask`` False; without, every mask is a 1x1 placeholder.
     """
 
     def __init__(self, frame: pd.DataFrame, with_masks: bool = False):
         self.images = torch.from_numpy(np.stack([image_array(b) for b in frame["image"]])).permute(0, 3, 1, 2).contiguous()
         self.labels = torch.as_tensor(frame["label"].to_numpy(), dtype=torch.long)
-        if with_masks:
-            if frame["mask"].isna().any():
-                raise ValueError("the experiment needs masks but some images have none; rerun the ETL with require_masks=True")
-            masks = np.stack([image_array(b) > 0 for b in frame["mask"]])
+        self.has_mask = torch.as_tensor(frame["mask"].notna().to_numpy() if with_masks else np.zeros(len(frame), bool))
+        if self.has_mask.any():
+            masks = np.zeros((len(frame), *self.images.shape[-2:]), bool)
+            masks[self.has_mask.numpy()] = np.stack([image_array(b) > 0 for b in frame["mask"] if b is not None])
             self.masks = torch.from_numpy(masks).unsqueeze(1).to(torch.uint8)
         else:
             self.masks = torch.zeros((len(frame), 1, 1, 1), dtype=torch.uint8)
         self.source_paths = list(frame["source_path"])
 
+    @property
+    def mask_images(self) -> int:
+        """How many images have a mask."""
+        return int(self.has_mask.sum())
+
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        return self.images[index], self.labels[index], self.masks[index]
+        return self.images[index], self.labels[index], self.masks[index], self.has_mask[index]
 
 
-def load_datasets(dataset_dir: str | Path, splits: tuple[str, ...], with_masks: bool) -> dict[str, SmearDataset]:
-    """In-memory datasets of the named splits."""
-    return {name: SmearDataset(load_split(dataset_dir, name), with_masks=with_masks) for name in splits}
+def load_datasets(dataset_dir: str | Path, splits: tuple[str, ...], task: str) -> dict[str, SmearDataset]:
+    """In-memory datasets of the named splits for a task: a ``segmentation`` task gets only the rows with a
+    (plausible) mask, a ``joint`` one every row with its mask where there is one, ``classification`` no masks."""
+    datasets = {}
+    for name in splits:
+        frame = load_split(dataset_dir, name)
+        if task == "segmentation":
+            frame = frame[frame["mask"].notna()].reset_index(drop=True)
+            if frame.empty:
+                raise ValueError(f"split {name!r} of {dataset_dir} has no plausible masks for a segmentation experiment; "
+                                 "see the manifest's masks section (mask_status, mask_reason)")
+        datasets[name] = SmearDataset(frame, with_masks=task in ("segmentation", "joint"))
+    return datasets
 
 
 def test_examples(run_dir: str | Path, count: int = 8) -> list[tuple[str, bytes]]:

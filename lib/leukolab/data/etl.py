@@ -50,17 +50,20 @@ from leukolab.data.sources import (
 )
 from leukolab.data import labels as csv_labels
 from leukolab.data.splits import assign_splits, group_rows, near_duplicate_pairs, split_fractions
-from leukolab.images import ImageRejected, decode_image, encode_png, mask_from_image, resize_square
+from leukolab.data.masks import audit_masks, check_mask_params, derive_mask, masks_manifest, nucleus_estimate, pack_bitmap
+from leukolab.images import ImageRejected, decode_image, encode_png, resize_square
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 """2: Parquet gained ``group_id`` and ``phash``; the manifest ``near_duplicate_pairs``, ``quarantine_reasons``, ``patients``.
-3: the manifest gained ``leakage``."""
+3: the manifest gained ``leakage``; masks are derived and audited (:mod:`leukolab.data.masks`): Parquet gained
+``mask_fraction``, ``mask_raw_fraction``, ``mask_status`` and ``mask_reason`` (``mask`` is null for an implausible mask);
+the manifest a ``masks`` section."""
 PROCESSED_SCHEMA = (
     "source_path string, role string, class_name string, stem string, patient_id string, status string, "
     "reason string, message string, content_hash string, phash string, width int, height int, png binary, "
-    "pixel_sum array<double>, pixel_sq_sum array<double>"
+    "pixel_sum array<double>, pixel_sq_sum array<double>, mask_fraction double, mask_raw_fraction double, bitmap string"
 )
 PROCESSED_COLUMNS = tuple(column.split()[0] for column in PROCESSED_SCHEMA.split(", "))
 META_SCHEMA = PROCESSED_SCHEMA.replace("png binary", "part string, png_bytes int")
@@ -69,6 +72,7 @@ DATASET_SCHEMA = pa.schema([
     ("image", pa.binary()), ("mask", pa.binary()), ("label", pa.int64()), ("class_name", pa.string()),
     ("split", pa.string()), ("source_path", pa.string()), ("content_hash", pa.string()), ("patient_id", pa.string()),
     ("original_width", pa.int32()), ("original_height", pa.int32()), ("group_id", pa.int64()), ("phash", pa.string()),
+    ("mask_fraction", pa.float64()), ("mask_raw_fraction", pa.float64()), ("mask_status", pa.string()), ("mask_reason", pa.string()),
 ])
 DATASET_COLUMNS = tuple(DATASET_SCHEMA.names)
 """Columns of the dataset Parquet, in order; later stages read them by name."""
@@ -87,6 +91,11 @@ class EtlParams:
     distance between two 64-bit perceptual hashes that makes two images near
     duplicates (``None`` turns near-duplicate detection off). ``labels_files`` and the
     ``*_column`` options (``None``: detect) are read by ``labels_csv``; ``label_map``: class -> shared label.
+
+    Masks (:mod:`leukolab.data.masks`): segmented images are thresholded at brightness ``mask_threshold`` (above
+    JPEG noise on black), lose components under ``mask_min_component`` of the field and (``mask_fill_holes``) their
+    holes; exact binary masks stay as they are. A mask with a cell fraction under ``mask_min_fraction``, or covering
+    less than ``mask_min_agreement`` of the original's stained nuclei, is implausible: dropped, its image kept.
     """
 
     image_size: int = 128
@@ -111,6 +120,11 @@ class EtlParams:
     label_column: str | None = None
     patient_column: str | None = None
     label_map: dict[str, str] | None = None
+    mask_threshold: int = 48
+    mask_min_component: float = 0.001
+    mask_fill_holes: bool = True
+    mask_min_fraction: float = 0.005
+    mask_min_agreement: float = 0.5
 
     def __post_init__(self):
         if self.image_size < 16:
@@ -123,6 +137,7 @@ class EtlParams:
             raise ValueError(f"near_duplicate_distance must be 0..63 bits or None, got {self.near_duplicate_distance}")
         if not 0 <= self.png_compress_level <= 9:
             raise ValueError(f"png_compress_level must be 0..9, got {self.png_compress_level}")
+        check_mask_params(self)
         self.layout_for(self.layout or "imagefolder")  # checks the patterns
         self.labels_files = csv_labels.checked_label_files(self.labels_files)
         csv_labels.check_label_map(self.label_map, self.classes)
@@ -152,11 +167,12 @@ def process_file(relative_path: str, content: bytes, layout: Layout, params: Etl
         return {**row, "status": "quarantined", "reason": rejected.reason, "message": str(rejected)}
     row["width"], row["height"] = image.size
     if source.role == "mask":
-        mask = mask_from_image(resize_square(image, params.image_size, resample=0))  # nearest: masks stay binary
-        row["png"] = encode_png(mask * 255, params.png_compress_level)
+        mask, row["mask_raw_fraction"], row["mask_fraction"] = derive_mask(image, params.image_size, params)
+        row["png"], row["bitmap"] = encode_png(mask * 255, params.png_compress_level), pack_bitmap(mask)
         return row
     resized = resize_square(image, params.image_size)
-    row["png"] = encode_png(resized, params.png_compress_level)
+    row["png"], row["bitmap"] = encode_png(resized, params.png_compress_level), pack_bitmap(
+        nucleus_estimate(resized, params.mask_min_component))
     row["phash"] = perceptual_hash(resized)
     counts = np.asarray(resized.histogram(), dtype=np.float64).reshape(3, 256)  # exact, and far faster than numpy sums
     row["pixel_sum"], row["pixel_sq_sum"] = (counts @ _VALUES).tolist(), (counts @ _VALUES**2).tolist()
@@ -351,7 +367,7 @@ def _curate(meta: pd.DataFrame, params: EtlParams) -> tuple[pd.DataFrame, list[d
                            "message": "a byte-identical image is filed under another class"})
         if isinstance(r.mask_path, str):
             quarantine.append({"source_path": r.mask_path, "reason": "conflicting_labels", "message": "its original was quarantined"})
-    originals = originals[~conflicting].sort_values("source_path").reset_index(drop=True)
+    originals = audit_masks(originals[~conflicting].sort_values("source_path").reset_index(drop=True), masks, params)
 
     near = [] if params.near_duplicate_distance is None else near_duplicate_pairs(
         list(originals["phash"]), params.near_duplicate_distance)
@@ -390,7 +406,7 @@ def _manifest(name, raw_dir, layout, params, fingerprint, meta, table, quarantin
     std = np.sqrt(np.maximum(squares / pixels - mean**2, 1e-12))
     counts = table.groupby(["split", "class_name"]).size()
     n_in, n_labels = len(meta), int((meta["status"] == "label_file").sum())
-    n_out = len(table) + int(table["mask_path"].notna().sum())
+    n_out = len(table) + int(table["mask_path"].notna().sum())  # an implausible mask is out too, just not a target
     if n_in != n_out + len(quarantine) + n_labels:
         raise AssertionError(f"ETL lost files: {n_in} in, {n_out} out, {len(quarantine)} quarantined, {n_labels} label files")
     bad_fraction = len(quarantine) / n_in
@@ -410,7 +426,8 @@ def _manifest(name, raw_dir, layout, params, fingerprint, meta, table, quarantin
         "parameters": asdict(params),
         "classes": list(classes),
         "image_size": params.image_size,
-        "has_masks": bool(table["mask_path"].notna().any()),
+        "has_masks": bool((table["mask_status"] == "ok").any()),
+        "masks": masks_manifest(table, list(classes), params),
         "files": {"in": n_in, "out": n_out, "quarantined": len(quarantine), **({"label_files": n_labels} if n_labels else {})},
         "counts": {split: {c: int(counts.get((split, c), 0)) for c in classes} for split in sorted(table["split"].unique())},
         "patients": {split: int(n) for split, n in with_patient.groupby("split")["patient_id"].nunique().items()},
@@ -432,7 +449,8 @@ def _write(spark, meta: pd.DataFrame, table: pd.DataFrame, data_dir: Path, tasks
     task gets only the metadata of its own rows.
     """
     part_of = dict(zip(meta["source_path"], meta["part"]))
-    rows = table.assign(mask_part=table["mask_path"].map(part_of), original_width=table["width"].astype("int32"),
+    used = table["mask_path"].where(table["mask_status"] == "ok")  # implausible masks stay out of the dataset
+    rows = table.assign(mask_path=used, mask_part=used.map(part_of), original_width=table["width"].astype("int32"),
                         original_height=table["height"].astype("int32"))
     rows = rows[["part", "mask_part", "mask_path", *(c for c in DATASET_COLUMNS if c not in ("image", "mask"))]]
     data_dir.mkdir()

@@ -3,11 +3,13 @@
 Figures and tables are built from the dataset folder the ETL wrote (its
 ``manifest.json`` and Parquet); pixels are read only for the few images the
 sample grid and the colour histograms use. :func:`log_report` puts all of it
-into the active MLflow run under ``report/``.
+into the active MLflow run under ``report/``, and the mask shortcut warning
+(when the manifest has one) into a tag.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,13 +24,14 @@ from leukolab.data.dataset import load_manifest
 from leukolab.images import image_array
 
 METADATA_COLUMNS = ["source_path", "class_name", "split", "content_hash", "patient_id", "original_width",
-                    "original_height", "group_id"]
+                    "original_height", "group_id", "mask_fraction", "mask_raw_fraction", "mask_status"]
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class DataReport:
-    """The report's figures and tables by name (``counts``, ``samples``, ``sizes``, ``colours``; ``counts``,
-    ``quarantine``, ``quarantine_reasons``, ``duplicates``, ``leakage``)."""
+    """The report's figures and tables by name (``counts``, ``samples``, ``sizes``, ``colours``, ``mask_coverage``;
+    ``counts``, ``quarantine``, ``quarantine_reasons``, ``duplicates``, ``leakage``, ``mask_coverage``, ``masks_implausible``)."""
 
     manifest: dict
     figures: dict = field(default_factory=dict)
@@ -51,6 +54,10 @@ def build_report(dataset_dir: str | Path, samples_per_class: int = 4, colour_ima
     report.tables["quarantine_reasons"] = pd.DataFrame(list(manifest["quarantine_reasons"].items()), columns=["reason", "files"])
     report.tables["duplicates"] = duplicate_table(manifest, table)
     report.tables["leakage"] = leakage_table(manifest["leakage"])
+    report.tables["mask_coverage"] = mask_coverage_table(manifest)
+    report.tables["masks_implausible"] = pd.DataFrame(manifest["masks"]["implausible"],
+                                                      columns=["source_path", "mask_path", "reason", "message"])
+    report.figures["mask_coverage"] = mask_coverage_plot(table, classes)
     for figure in report.figures.values():
         plt.close(figure)  # shown where the notebook displays them, not all at once
     return report
@@ -175,4 +182,52 @@ def log_report(report: DataReport, artifact_dir: str = "report") -> None:
     for name, figure in report.figures.items():
         mlflow.log_figure(figure, f"{artifact_dir}/{name}.png")
     for name, frame in report.tables.items():
-        mlflow.log_text(frame.to_csv(index=name == "counts"), f"{artifact_dir}/{name}.csv")
+        mlflow.log_text(frame.to_csv(index=name in ("counts", "mask_coverage")), f"{artifact_dir}/{name}.csv")
+    warning = report.manifest["masks"]["shortcut_warning"]
+    if warning:
+        mlflow.set_tag("mask_shortcut_warning", warning[:5000])
+        mlflow.log_text(warning, f"{artifact_dir}/mask_shortcut_warning.txt")
+
+
+def mask_coverage_table(manifest: dict) -> pd.DataFrame:
+    """Per class: images, plausible, implausible and missing masks, the reasons, and the quartiles of mask coverage
+    (cleaned cell fraction of every mask file)."""
+    frame = pd.DataFrame(manifest["masks"]["classes"]).T
+    frame["reasons"] = frame["reasons"].map(lambda reasons: ", ".join(f"{r}: {n}" for r, n in reasons.items()))
+    return frame[["images", "ok", "implausible", "without_mask", "reasons", "fraction_q1", "fraction_median", "fraction_q3"]]
+
+
+def mask_coverage_plot(table: pd.DataFrame, classes: list[str]):
+    """Mask coverage per class (box and points, implausible masks in red) and the clean-up change per class."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    rng, labelled = np.random.default_rng(0), set()
+    for position, name in enumerate(classes, start=1):
+        rows = table[(table["class_name"] == name) & table["mask_status"].notna()]
+        if rows.empty:
+            continue
+        axes[0].boxplot(rows["mask_fraction"], positions=[position], widths=0.5, showfliers=False)
+        axes[1].boxplot(rows["mask_fraction"] - rows["mask_raw_fraction"], positions=[position], widths=0.5, showfliers=False)
+        for status, colour in (("ok", "tab:blue"), ("implausible", "tab:red")):
+            chosen = rows[rows["mask_status"] == status]
+            axes[0].scatter(position + rng.uniform(-0.18, 0.18, len(chosen)), chosen["mask_fraction"], s=6, alpha=0.6,
+                            color=colour, label=None if status in labelled or chosen.empty else status)
+            labelled |= {status} if len(chosen) else set()
+    for ax, title in zip(axes, ("mask coverage (share of the field that is cell)", "clean-up change (cleaned - raw)")):
+        ax.set_xticks(range(1, len(classes) + 1), classes)
+        ax.set_title(title, fontsize=9)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
+    else:
+        axes[0].text(0.5, 0.5, "no masks", ha="center", transform=axes[0].transAxes)
+    fig.tight_layout()
+    return fig
+
+
+def shortcut_banner(manifest: dict) -> str | None:
+    """The manifest's mask shortcut warning framed to be seen (also logged as a warning), or ``None``."""
+    warning = manifest["masks"]["shortcut_warning"]
+    if not warning:
+        return None
+    log.warning(warning)
+    rule = "!" * 100
+    return f"{rule}\n{warning}\n{rule}"

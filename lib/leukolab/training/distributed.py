@@ -68,7 +68,7 @@ def _train_rank(experiment: dict, dataset_dir: str, tracking_uri: str, run_id: s
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     try:
         manifest = load_manifest(dataset_dir)
-        splits = load_datasets(dataset_dir, ("train", "val"), experiment["task"] in ("segmentation", "joint"))
+        splits = load_datasets(dataset_dir, ("train", "val"), experiment["task"])
         model = build_model(experiment, len(manifest["classes"]))
         report = None
         if rank == 0:

@@ -79,7 +79,10 @@ def evaluate(model, dataset: SmearDataset, mean, std, class_names, task: str, de
         probabilities = torch.softmax(torch.as_tensor(out["logits"]), 1).numpy()
         metrics.update(classification_metrics(dataset.labels.numpy(), probabilities, list(class_names)))
     if "mask" in out and task != "classification":
-        metrics.update(segmentation_metrics(out["mask"], dataset.masks.numpy()))
+        with_mask = dataset.has_mask.numpy()
+        metrics["mask_images"] = int(with_mask.sum())
+        if with_mask.any():  # Dice and IoU only where there is a mask to compare with
+            metrics.update(segmentation_metrics(out["mask"][with_mask], dataset.masks.numpy()[with_mask]))
     return metrics
 
 
@@ -158,15 +161,15 @@ def fit(
         if sampler:
             sampler.set_epoch(epoch)
             result.shard = result.shard or list(sampler)
-        for images, labels, masks in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, mininterval=2,
+        for images, labels, masks, has_mask in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, mininterval=2,
                                           disable=rank > 0):
             images, masks = augment_batch(images, masks, augment, generator)
             images = normalize(images.to(device), mean, std)
-            labels, masks = labels.to(device), masks.to(device).float()
+            labels, masks, has_mask = labels.to(device), masks.to(device).float(), has_mask.to(device)
             if mixer and len(images) % 2 == 0:  # pairs: the batch is mixed with itself reversed
                 images, labels = mixer(images, labels)
             with torch.autocast(device_type=device_type, enabled=device_type == "cuda"):
-                loss = task_loss(trained(images), labels, masks)
+                loss = task_loss(trained(images), labels, masks, has_mask)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)

@@ -43,7 +43,8 @@ def segmentation_loss(spec: dict) -> nn.Module:
 class TaskLoss(nn.Module):
     """An experiment's loss on a model's outputs: classification, segmentation, or their sum for joint models.
 
-    ``weights``: per-class weights of the classification loss (see :func:`class_weights`).
+    ``weights``: per-class weights of the classification loss (see :func:`class_weights`). The segmentation loss
+    counts only the samples whose ``has_mask`` is True (all when it is ``None``).
     """
 
     def __init__(self, experiment: dict, weights: torch.Tensor | None = None):
@@ -53,12 +54,19 @@ class TaskLoss(nn.Module):
         self.segmentation = segmentation_loss(spec.get("segmentation", spec) if task == "joint" else spec) \
             if task in ("segmentation", "joint") else None
 
-    def forward(self, out: dict[str, torch.Tensor], labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def forward(self, out: dict[str, torch.Tensor], labels: torch.Tensor, masks: torch.Tensor,
+                has_mask: torch.Tensor | None = None) -> torch.Tensor:
         loss = 0.0
         if self.classification is not None:
             loss = loss + self.classification(out["logits"], labels)
         if self.segmentation is not None:
-            loss = loss + self.segmentation(out["mask"], masks)
+            predicted = out["mask"]
+            if has_mask is None or bool(has_mask.all()):
+                loss = loss + self.segmentation(predicted, masks)
+            elif has_mask.any():
+                loss = loss + self.segmentation(predicted[has_mask], masks[has_mask])
+            else:  # no mask in this batch: no segmentation loss, but the head stays in the graph (DDP needs its gradients)
+                loss = loss + predicted.sum() * 0.0
         return loss
 
 

@@ -1,0 +1,176 @@
+"""Masks from mask files or segmented images on black, and their audit.
+
+Derivation (on the ETL workers, at the file's own resolution): a file whose
+brightness (the largest of R, G, B) takes only 0 and one other value is an
+exact mask and is kept as it is; anything else (a JPEG of cells in false
+colour on black) is thresholded at ``mask_threshold``, its connected
+components smaller than ``mask_min_component`` of the field are removed and,
+with ``mask_fill_holes``, its holes filled. The mask is then resized (nearest)
+to the dataset's size.
+
+Audit (in the driver): a mask is ``implausible`` when its cell fraction is
+below ``mask_min_fraction``, or when it covers less than
+``mask_min_agreement`` of a colour estimate of the stained nuclei in the
+original. The two sides meet in the driver as small bitmaps
+(``AUDIT_BITMAP`` x ``AUDIT_BITMAP``, hex), one per Spark row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage
+
+AUDIT_BITMAP = 32
+"""Side of the low-resolution bitmaps the audit compares; a block is marked when any of its pixels is."""
+MIN_ESTIMATE_SHARE = 0.005
+"""The colour estimate is compared only when it marks at least this share of the bitmap (6 of 1,024 blocks)."""
+SHORTCUT_COVERAGE_RATIO = 4.0
+"""Warn when one class's median mask coverage is this many times another's."""
+SHORTCUT_SHARE_GAP = 0.25
+"""Warn when the share of images with a plausible mask differs by more than this between classes."""
+NUCLEUS_MIN_SATURATION = 0.35
+NUCLEUS_MAX_BRIGHTNESS = 0.7
+"""Stained nuclei: blue >= red >= green, saturation (max-min)/max at least this, brightness (max) at most this."""
+
+
+def check_mask_params(params) -> None:
+    """A clear error for mask parameters out of range."""
+    if not 0 <= params.mask_threshold < 255:
+        raise ValueError(f"mask_threshold must be 0..254, got {params.mask_threshold}")
+    for name in ("mask_min_component", "mask_min_fraction", "mask_min_agreement"):
+        if not 0 <= getattr(params, name) <= 1:
+            raise ValueError(f"{name} must be a fraction between 0 and 1, got {getattr(params, name)}")
+
+
+def derive_mask(image: Image.Image, size: int, params) -> tuple[np.ndarray, float, float]:
+    """A 0/1 uint8 ``size`` x ``size`` mask, and the cell fraction before and after the clean-up (native resolution)."""
+    brightness = np.asarray(image.convert("RGB")).max(-1)
+    exact = not np.any((brightness != 0) & (brightness != brightness.max()))
+    raw = brightness > (0 if exact else params.mask_threshold)
+    clean = raw if exact else clean_mask(raw, params.mask_min_component, params.mask_fill_holes)
+    resized = Image.fromarray(clean.astype(np.uint8) * 255)
+    if resized.size != (size, size):
+        resized = resized.resize((size, size), Image.Resampling.NEAREST)
+    return (np.asarray(resized) > 0).astype(np.uint8), float(raw.mean()), float(clean.mean())
+
+
+def clean_mask(bits: np.ndarray, min_component: float, fill_holes: bool) -> np.ndarray:
+    """``bits`` without connected components under ``min_component`` of the field, holes filled when asked."""
+    bits = remove_small_components(bits, min_component)
+    return ndimage.binary_fill_holes(bits) if fill_holes else bits
+
+
+def remove_small_components(bits: np.ndarray, min_fraction: float) -> np.ndarray:
+    """``bits`` without its 8-connected components smaller than ``min_fraction`` of the field."""
+    labels, count = ndimage.label(bits, structure=np.ones((3, 3)))
+    if not count:
+        return bits.astype(bool)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_fraction * bits.size
+    keep[0] = False
+    return keep[labels]
+
+
+def nucleus_estimate(image: Image.Image, min_component: float) -> np.ndarray:
+    """Where a smear's stained nuclei are, by colour: purple, saturated and dark pixels, specks removed."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    top, bottom = rgb.max(-1), rgb.min(-1)
+    saturation = (top - bottom) / np.maximum(top, 1e-6)
+    purple = (blue >= red) & (red >= green) & (saturation >= NUCLEUS_MIN_SATURATION) & (top <= NUCLEUS_MAX_BRIGHTNESS)
+    return remove_small_components(purple, min_component)
+
+
+def pack_bitmap(bits: np.ndarray) -> str:
+    """``bits`` as an ``AUDIT_BITMAP``-square bitmap (a block is set when any pixel in it is), packed as hex."""
+    blocks = Image.fromarray(bits.astype(np.uint8) * 255).resize((AUDIT_BITMAP, AUDIT_BITMAP), Image.Resampling.BOX)
+    return np.packbits(np.asarray(blocks) > 0).tobytes().hex()
+
+
+def unpack_bitmap(packed: str) -> np.ndarray:
+    """The boolean square of :func:`pack_bitmap`."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(packed), np.uint8)).astype(bool).reshape(AUDIT_BITMAP, AUDIT_BITMAP)
+
+
+def audit_mask(fraction: float, mask_bitmap: str, estimate_bitmap: str | None, params) -> tuple[str, str | None, str | None]:
+    """``(status, reason, message)`` of one mask: ``ok``, or ``implausible`` with ``too_small`` or ``misses_cells``."""
+    if fraction < params.mask_min_fraction:
+        return "implausible", "too_small", f"cell fraction {fraction:.2%} is below mask_min_fraction {params.mask_min_fraction:.2%}"
+    estimate = unpack_bitmap(estimate_bitmap) if estimate_bitmap else None
+    if estimate is not None and estimate.mean() >= MIN_ESTIMATE_SHARE:
+        covered = float((estimate & unpack_bitmap(mask_bitmap)).sum() / estimate.sum())
+        if covered < params.mask_min_agreement:
+            return "implausible", "misses_cells", (f"the mask covers {covered:.0%} of the stained nuclei seen in the "
+                                                   f"original, below mask_min_agreement {params.mask_min_agreement:.0%}")
+    return "ok", None, None
+
+
+def audit_masks(originals: pd.DataFrame, masks: pd.DataFrame, params) -> pd.DataFrame:
+    """``originals`` (with ``mask_path``) plus ``mask_status``, ``mask_reason``, ``mask_message``, ``mask_fraction`` and
+    ``mask_raw_fraction`` (null where an image has no mask file)."""
+    by_path = masks.set_index("source_path")
+    rows = []
+    for original in originals.itertuples():
+        if not isinstance(original.mask_path, str):
+            rows.append((None, None, None, np.nan, np.nan))
+            continue
+        mask = by_path.loc[original.mask_path]
+        status, reason, message = audit_mask(mask["mask_fraction"], mask["bitmap"], original.bitmap, params)
+        rows.append((status, reason, message, mask["mask_fraction"], mask["mask_raw_fraction"]))
+    audited = pd.DataFrame(rows, index=originals.index,
+                           columns=["mask_status", "mask_reason", "mask_message", "mask_fraction", "mask_raw_fraction"])
+    return originals.drop(columns=list(audited.columns), errors="ignore").join(audited)
+
+
+def masks_manifest(table: pd.DataFrame, classes: list[str], params) -> dict:
+    """The manifest's ``masks`` section: per class counts and coverage, the clean-up change, the implausible masks,
+    the parameters and a shortcut warning (or null)."""
+    per_class = {}
+    for name in classes:
+        rows = table[table["class_name"] == name]
+        with_file = rows[rows["mask_status"].notna()]
+        quartiles = with_file["mask_fraction"].quantile([0.25, 0.5, 0.75]).tolist() if len(with_file) else [None] * 3
+        per_class[name] = {
+            "images": len(rows), "ok": int((rows["mask_status"] == "ok").sum()),
+            "implausible": int((rows["mask_status"] == "implausible").sum()), "without_mask": int(rows["mask_status"].isna().sum()),
+            "reasons": {r: int(n) for r, n in sorted(rows["mask_reason"].value_counts().items())},
+            "fraction_q1": _round(quartiles[0]), "fraction_median": _round(quartiles[1]), "fraction_q3": _round(quartiles[2]),
+        }
+    change = (table["mask_fraction"] - table["mask_raw_fraction"]).dropna()
+    implausible = table[table["mask_status"] == "implausible"].sort_values("source_path")
+    return {
+        "parameters": {name: getattr(params, name) for name in ("mask_threshold", "mask_min_component", "mask_fill_holes",
+                                                                 "mask_min_fraction", "mask_min_agreement")},
+        "classes": per_class,
+        "cleanup_change_mean": _round(change.mean() if len(change) else None),
+        "cleanup_change_mean_abs": _round(change.abs().mean() if len(change) else None),
+        "implausible": [{"source_path": r.source_path, "mask_path": r.mask_path, "reason": r.mask_reason, "message": r.mask_message}
+                        for r in implausible.itertuples()],
+        "shortcut_warning": shortcut_warning(per_class),
+    }
+
+
+def shortcut_warning(per_class: dict) -> str | None:
+    """Why masks could give the class away, or ``None``: median coverage or the share of images with a plausible mask
+    differs strongly between classes (there are masks at all)."""
+    if not any(c["ok"] + c["implausible"] for c in per_class.values()):
+        return None
+    medians = {name: c["fraction_median"] or 0.0 for name, c in per_class.items() if c["ok"] + c["implausible"]}
+    shares = {name: c["ok"] / c["images"] for name, c in per_class.items() if c["images"]}
+    low, high = min(medians, key=medians.get), max(medians, key=medians.get)
+    few, many = min(shares, key=shares.get), max(shares, key=shares.get)
+    problems = []
+    if medians[high] > SHORTCUT_COVERAGE_RATIO * max(medians[low], 1e-6):
+        problems.append(f"median mask coverage is {medians[low]:.1%} for {low} but {medians[high]:.1%} for {high}")
+    if shares[many] - shares[few] > SHORTCUT_SHARE_GAP:
+        problems.append(f"{shares[few]:.0%} of {few} images have a plausible mask against {shares[many]:.0%} of {many}")
+    if not problems:
+        return None
+    return ("MASK SHORTCUT RISK: " + "; ".join(problems) + ". Masks (or their absence) differ by class: a model that "
+            "sees them could learn the class from the mask; check the segmentations of the low classes.")
+
+
+def _round(value) -> float | None:
+    return None if value is None or pd.isna(value) else round(float(value), 6)
