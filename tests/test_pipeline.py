@@ -70,6 +70,32 @@ def test_smoke_run_registers_a_champion_and_prints_it(smoke_run, monkeypatch):
     assert len(client.get_metric_history(trained.info.run_id, "val_macro_f1")) == 1
 
 
+def test_the_smoke_run_audits_its_real_like_masks_and_chooses_on_val(smoke_run, monkeypatch):
+    """Smoke segmentations are false-colour JPEGs, most of Pro's failed: the audit drops those masks (the images stay),
+    warns of the shortcut, segmentation trains on plausible masks only, and the champion is chosen on val."""
+    workspace, _ = smoke_run
+    run_dir = workspace / "runs" / "smoke-1"
+    manifest = json.loads((Path(json.loads((run_dir / "etl.json").read_text())["dataset_dir"]) / "manifest.json").read_text())
+    per_class = manifest["masks"]["classes"]
+    assert per_class["Pro"]["implausible"] >= 5 and per_class["Early"]["implausible"] == 0
+    assert sum(manifest["counts"][split]["Pro"] for split in manifest["counts"]) == 10
+    assert manifest["masks"]["shortcut_warning"] and manifest["leakage"]["grouped_exact"] == 0
+    monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(workspace))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from mlflow.tracking import MlflowClient
+
+    from leukolab.tracking import configure
+
+    configure()
+    segment = json.loads((run_dir / "segment-unet-mobilenet.json").read_text())
+    params = MlflowClient().get_run(segment["mlflow_run_id"]).data
+    plausible = sum(c["ok"] for c in per_class.values())
+    used = sum(params.metrics[f"mask_images_{split}"] for split in ("train", "val", "test"))
+    assert 0 < used <= plausible < 40
+    evaluation = json.loads((run_dir / "evaluate.json").read_text())
+    assert (evaluation["selection_split"], evaluation["report_split"]) == ("val", "test")
+
+
 def test_a_failing_stage_stops_the_run_and_says_where(tmp_path):
     result = leukolab(tmp_path, "run", "--profile", "smoke", "--run-id", "broken", "--param", "etl.image_size=0")
     assert result.returncode != 0
