@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from leukolab.data.synthetic import smear_table
-from leukolab.resampling import fold_assignment, resampling_table, summarize
+from leukolab.resampling import fold_assignment, resampling_summary, resampling_table, summarize
 
 
 def grouped_frame(per_class: int = 10, group_size: int = 2) -> pd.DataFrame:
@@ -63,6 +63,9 @@ def test_table_puts_the_single_split_beside_the_resampled_interval():
     assert table.to_dict("records") == [{"experiment": "a", "metric": "accuracy", "single split, val": 0.95,
                                          "single split, test": 0.93, "5 folds (train+val)": "0.900 [0.880, 0.920]"}]
     assert resampling_table({"classify-b": outputs["classify-b"]}).empty
+    assert resampling_summary(outputs["classify-a"]["resampling"]).to_dict("records") == [
+        {"resampling": "5 folds (train+val)", "metric": "accuracy", **summary["accuracy"]}]
+    assert resampling_summary(None).empty
 
 
 MEAN, STD = [0.75, 0.65, 0.68], [0.15, 0.17, 0.15]
@@ -120,6 +123,9 @@ def test_folds_and_seeds_run_as_child_runs_with_a_summary(dataset_dir, tmp_path,
     assert folds["summary"]["accuracy"] == summarize(accuracies)
     assert set(folds["summary"]) == {"accuracy", "macro_f1", "roc_auc_ovr"}
     assert seeds["summary"]["test"]["macro_f1"]["n"] == 2
+    summary = resampling_summary(result.resampling)
+    assert sorted(set(summary["resampling"])) == ["2 folds (train+val)", "2 seeds, test", "2 seeds, val"]
+    assert len(summary) == 9
     table = resampling_table({"classify-simple-cnn": {"experiment": "simple-cnn", "resampling": result.resampling,
                                                       "val_metrics": result.val_metrics, "test_metrics": result.test_metrics}})
     assert list(table["metric"]) == ["accuracy", "macro_f1", "roc_auc_ovr"]

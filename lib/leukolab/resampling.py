@@ -146,6 +146,24 @@ def _score(model, dataset: SmearDataset, task: str, context: dict) -> dict[str, 
     return evaluate(model, dataset, context["mean"], context["std"], context["class_names"], task)
 
 
+def resampling_summary(resampling: dict | None) -> pd.DataFrame:
+    """One row per resampling (``5 folds``, ``3 seeds, val``, ...) and metric: mean, std, 95% t-interval, n."""
+    rows = [{"resampling": name, "metric": metric, **values}
+            for name, summary in _summaries(resampling or {}).items() for metric, values in summary.items()]
+    return pd.DataFrame(rows)
+
+
+def _summaries(resampling: dict) -> dict[str, dict]:
+    """Each summary of a ``run_resampling`` result by a readable name."""
+    named = {}
+    if "folds" in resampling:
+        named[f"{resampling['folds']['k']} folds (train+val)"] = resampling["folds"]["summary"]
+    if "seeds" in resampling:
+        for split in ("val", "test"):
+            named[f"{len(resampling['seeds']['seeds'])} seeds, {split}"] = resampling["seeds"]["summary"][split]
+    return named
+
+
 def resampling_table(outputs: dict[str, dict]) -> pd.DataFrame:
     """Per experiment and metric: its single-split val and test figures beside each resampling's mean [95% interval].
 
@@ -157,13 +175,7 @@ def resampling_table(outputs: dict[str, dict]) -> pd.DataFrame:
         resampling = out.get("resampling")
         if not resampling:
             continue
-        columns = {}
-        if "folds" in resampling:
-            columns[f"{resampling['folds']['k']} folds (train+val)"] = resampling["folds"]["summary"]
-        if "seeds" in resampling:
-            n = len(resampling["seeds"]["seeds"])
-            for split in ("val", "test"):
-                columns[f"{n} seeds, {split}"] = resampling["seeds"]["summary"][split]
+        columns = _summaries(resampling)
         for metric in SUMMARIZED:
             if not any(metric in summary for summary in columns.values()):
                 continue
