@@ -6,7 +6,8 @@ Two experiment keys, either or both (absent: nothing extra runs):
   ``group_id`` (duplicates and patients stay together) and stratified by label, seeded by the experiment's
   ``seed``. Each fold trains on the other k-1 folds and is scored once on itself. The held-out fold chooses
   nothing: folds train the full schedule without early stopping and keep the final weights, and their metrics
-  are uncalibrated (temperature scaling does not change accuracy, macro-F1 or ROC-AUC).
+  are uncalibrated (temperature scaling does not change accuracy, macro-F1 or ROC-AUC). Each fold normalises
+  by its training folds' own colour mean and std.
 - ``seeds: [..]`` retrains on the usual train/val split once per seed (early stopping on val as always), scored
   on val and test.
 
@@ -26,7 +27,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.model_selection import StratifiedGroupKFold
 
-from leukolab.data.dataset import SmearDataset, load_manifest, load_split
+from leukolab.data.dataset import SmearDataset, load_datasets, load_manifest, load_split
 from leukolab.models.factory import build_model
 from leukolab.tracking import flatten
 from leukolab.training.loop import evaluate, fit
@@ -98,9 +99,10 @@ def _cross_validate(experiment: dict, dataset_dir, folds: int, context: dict) ->
     runs = []
     for fold in range(folds):
         train, held_out = data.subset(np.flatnonzero(assignment != fold)), data.subset(np.flatnonzero(assignment == fold))
+        fold_context = {**context, **_colour_statistics(train)}
         with _child_run(experiment, f"fold {fold + 1}/{folds}", {"resample": "fold", "fold": fold + 1, "cv_folds": folds}):
-            model = _train(experiment, train, None, context)
-            metrics = _score(model, held_out, experiment["task"], context)
+            model = _train(experiment, train, None, fold_context)
+            metrics = _score(model, held_out, experiment["task"], fold_context)
             mlflow.log_metrics({f"heldout_{k}": v for k, v in metrics.items()})
         runs.append({"fold": fold + 1, "train_images": len(train), "heldout_images": len(held_out), "heldout": metrics})
     return {"k": folds, "seed": seed, "interval": "t", "level": 0.95, "runs": runs,
@@ -110,8 +112,7 @@ def _cross_validate(experiment: dict, dataset_dir, folds: int, context: dict) ->
 def _repeat_seeds(experiment: dict, dataset_dir, seeds: list[int], context: dict) -> dict:
     if len(set(seeds)) < 2:
         raise ValueError(f"seeds needs at least two different seeds, got {seeds}")
-    splits = {name: SmearDataset(load_split(dataset_dir, name), with_masks=context["with_masks"])
-              for name in ("train", "val", "test")}
+    splits = load_datasets(dataset_dir, ("train", "val", "test"), context["with_masks"])
     runs = []
     for seed in seeds:
         seeded = {**experiment, "seed": seed}
@@ -122,6 +123,12 @@ def _repeat_seeds(experiment: dict, dataset_dir, seeds: list[int], context: dict
         runs.append({"seed": seed, **scores})
     return {"seeds": seeds, "interval": "t", "level": 0.95, "runs": runs,
             "summary": {split: summarize_runs([r[split] for r in runs]) for split in ("val", "test")}}
+
+
+def _colour_statistics(dataset: SmearDataset) -> dict[str, list[float]]:
+    """Per-channel mean and std (0..1) of a fold's training images: the train split's would include held-out images."""
+    pixels = dataset.images.float().div_(255)
+    return {"mean": pixels.mean((0, 2, 3)).tolist(), "std": pixels.std((0, 2, 3)).tolist()}
 
 
 @contextlib.contextmanager
