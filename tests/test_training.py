@@ -1,5 +1,7 @@
 """Training: models by name, augmentation, determinism, and learning beyond a trivial baseline."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -150,3 +152,17 @@ def test_epoch_validation_sees_each_image_once_and_the_model_keeps_its_tta(split
     seen.clear()
     evaluate(model, splits["val"], MEAN, STD, CLASS_NAMES, "classification")
     assert sum(n for _, n in seen) == 8 * len(splits["val"])
+
+
+def test_without_a_validation_set_the_full_schedule_runs_and_the_final_weights_stay(splits):
+    experiment = load_experiment("simple-cnn", {"training": {"epochs": 3, "ema_decay": 0}, "model": {"width": 8},
+                                                "early_stopping": {"patience": 1}})
+    model = build_model(experiment, 4)
+    weights = []
+    result = fit(model, splits["train"], None, experiment, MEAN, STD, CLASS_NAMES,
+                 on_epoch_end=lambda epoch, metrics: weights.append(copy.deepcopy(model.state_dict())))
+    assert [h["epoch"] for h in result.history] == [1, 2, 3] and result.best_epoch == 3 and not result.stopped_early
+    assert not any(key.startswith("val_") for key in result.history[-1])
+    final = model.state_dict()
+    assert all(torch.equal(final[k], weights[-1][k]) for k in final)
+    assert not all(torch.equal(final[k], weights[0][k]) for k in final)

@@ -17,6 +17,7 @@ from leukolab.config import deep_merge, load_named, workspace
 from leukolab.data.dataset import SmearDataset, load_datasets, load_manifest
 from leukolab.models.factory import build_model
 from leukolab.pyfunc import log_smear_model
+from leukolab.resampling import run_resampling
 from leukolab.tracking import flatten
 from leukolab.training.calibration import fit_temperature
 from leukolab.training.distributed import fit_distributed
@@ -45,10 +46,12 @@ class ExperimentResult:
     manifest: dict
     test_set: SmearDataset
     model_uri: str
+    resampling: dict | None = None  # folds/seeds summary (leukolab.resampling); None when the experiment sets neither
 
 
 def run_experiment(experiment: dict, dataset_dir: str | Path) -> ExperimentResult:
-    """Train ``experiment`` on the dataset inside the active MLflow run and log params, metrics, plots and model."""
+    """Train ``experiment`` on the dataset inside the active MLflow run and log params, metrics, plots and model;
+    then its ``cv_folds``/``seeds`` as child runs (:func:`leukolab.resampling.run_resampling`), when it sets them."""
     manifest = load_manifest(dataset_dir)
     class_names = manifest["classes"]
     needs_masks = experiment["task"] in ("segmentation", "joint")
@@ -91,8 +94,9 @@ def run_experiment(experiment: dict, dataset_dir: str | Path) -> ExperimentResul
             "mean": mean, "std": std, "temperature": temperature, "dataset_fingerprint": manifest["fingerprint"]}
     examples = [_jpeg(splits["test"].images[i]) for i in range(min(2, len(splits["test"])))]
     info = log_smear_model(model, meta, examples)
+    resampling = run_resampling(experiment, dataset_dir)
     return ExperimentResult(experiment, model, result, val_metrics, test_metrics, class_names, manifest,
-                            splits["test"], info.model_uri)
+                            splits["test"], info.model_uri, resampling)
 
 
 def _jpeg(image_chw: torch.Tensor) -> bytes:

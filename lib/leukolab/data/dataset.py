@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -64,6 +65,13 @@ class SmearDataset(Dataset):
 
     def __getitem__(self, index: int):
         return self.images[index], self.labels[index], self.masks[index], self.has_mask[index]
+
+    def subset(self, indices) -> SmearDataset:
+        """The items at ``indices`` (e.g. cross-validation folds), without decoding anything again."""
+        part, index = copy.copy(self), torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        part.images, part.labels, part.masks = self.images[index], self.labels[index], self.masks[index]
+        part.source_paths = [self.source_paths[i] for i in index.tolist()]
+        return part
 
 
 def load_datasets(dataset_dir: str | Path, splits: tuple[str, ...], task: str) -> dict[str, SmearDataset]:

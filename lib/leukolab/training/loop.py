@@ -2,7 +2,9 @@
 
 One function, :func:`fit`, trains any task. Each epoch ends with validation
 metrics, a callback (MLflow logging) and a checkpoint, so an interrupted
-experiment resumes where it stopped. The best epoch's weights are restored.
+experiment resumes where it stopped. The best epoch's weights are restored;
+without a validation set (cross-validation folds) the full schedule runs and
+the final weights are kept.
 """
 
 from __future__ import annotations
@@ -89,13 +91,16 @@ def evaluate(model, dataset: SmearDataset, mean, std, class_names, task: str, de
 def fit(
     model: torch.nn.Module,
     train_set: SmearDataset,
-    val_set: SmearDataset,
+    val_set: SmearDataset | None,
     experiment: dict,
     mean, std, class_names,
     checkpoint_dir: str | Path | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
 ) -> FitResult:
     """Train ``model`` as ``experiment`` says; return the history with the best weights loaded.
+
+    With ``val_set=None`` nothing is validated: no early stopping, all ``epochs`` run and the final weights (the
+    EMA's, when enabled) are kept.
 
     Inside an initialised ``torch.distributed`` process group (see
     :mod:`leukolab.training.distributed`) each process trains on its own shard
@@ -189,13 +194,15 @@ def fit(
             torch.save({"config_hash": _config_hash(experiment), "model": model.state_dict(), "ema": ema.state_dict() if ema else None, "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "result": result,
                         "best_state": best_state, "epoch": epoch}, checkpoint)
-        stop = torch.tensor([epoch + 1 - result.best_epoch >= patience])
+        stop = torch.tensor([val_set is not None and epoch + 1 - result.best_epoch >= patience])
         if distributed:
             dist.broadcast(stop, src=0)
         if stop.item():
             result.stopped_early = True
             log.info("early stop: %s did not improve for %d epochs", monitor, patience)
             break
+    if val_set is None:
+        result.best_epoch, best_state = len(result.history), kept.state_dict()
     if best_state is not None:
         model.load_state_dict(best_state)
     return result
@@ -206,12 +213,13 @@ def _end_epoch(result: FitResult, epoch, epochs, losses, train_seconds, optimize
     """Validate, record the epoch (with the seconds its training steps and its validation took), keep the best
     weights and report; returns the best state so far."""
     metrics = {"train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds}
-    val_started = time.perf_counter()
-    # Epoch validation sees each image once: test-time augmentation would make it 8 times dearer for an
-    # early-stopping signal it barely changes; the restored model is evaluated with it afterwards.
-    with _without_tta(kept):
-        metrics.update({f"val_{k}": v for k, v in evaluate(kept, val_set, mean, std, class_names, task, device).items()})
-    metrics["val_seconds"] = time.perf_counter() - val_started
+    if val_set is not None:
+        val_started = time.perf_counter()
+        # Epoch validation sees each image once: test-time augmentation would make it 8 times dearer for an
+        # early-stopping signal it barely changes; the restored model is evaluated with it afterwards.
+        with _without_tta(kept):
+            metrics.update({f"val_{k}": v for k, v in evaluate(kept, val_set, mean, std, class_names, task, device).items()})
+        metrics["val_seconds"] = time.perf_counter() - val_started
     result.history.append({"epoch": epoch + 1, **metrics})
     score = metrics.get(result.monitor, float("-inf"))
     improved = score > result.best_score

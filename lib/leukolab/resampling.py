@@ -1,0 +1,198 @@
+"""Cross-validation folds and repeated seeds of one experiment, as MLflow child runs, with a summary over them.
+
+Two experiment keys, either or both (absent: nothing extra runs):
+
+- ``cv_folds: k`` pools train and val (test and holdouts are never read), splits them into k folds grouped by
+  ``group_id`` (duplicates and patients stay together) and stratified by label, seeded by the experiment's
+  ``seed``. Each fold trains on the other k-1 folds and is scored once on itself. The held-out fold chooses
+  nothing: folds train the full schedule without early stopping and keep the final weights, and their metrics
+  are uncalibrated (temperature scaling does not change accuracy, macro-F1 or ROC-AUC). Each fold normalises
+  by its training folds' own colour mean and std.
+- ``seeds: [..]`` retrains on the usual train/val split once per seed (early stopping on val as always), scored
+  on val and test.
+
+Each fold or seed is a child run of the active run (``<name> fold 2/5``, ``<name> seed 3``) with its params and
+metrics; its model is not logged. :func:`summarize` gives the mean, standard deviation and a two-sided 95%
+Student-t interval of the mean per metric.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.model_selection import StratifiedGroupKFold
+
+from leukolab.data.dataset import SmearDataset, load_datasets, load_manifest, load_split
+from leukolab.models.factory import build_model
+from leukolab.tracking import flatten
+from leukolab.training.loop import evaluate, fit
+
+SUMMARIZED = ("accuracy", "macro_f1", "roc_auc_ovr", "dice", "iou")
+
+
+def fold_assignment(frame: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
+    """The fold (0..folds-1) of each row: no ``group_id`` in two folds, every class in every fold, same seed same folds."""
+    if folds < 2:
+        raise ValueError(f"cv_folds must be at least 2, got {folds}")
+    groups = frame["group_id"].nunique()
+    if groups < folds:
+        raise ValueError(f"cv_folds={folds} but train+val holds only {groups} groups; use fewer folds")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    assignment = np.empty(len(frame), dtype=int)
+    for fold, (_, held_out) in enumerate(splitter.split(frame, frame["label"], frame["group_id"])):
+        assignment[held_out] = fold
+    for fold in range(folds):
+        missing = set(frame["label"]) - set(frame["label"][assignment == fold])
+        if missing:
+            raise ValueError(f"fold {fold + 1}/{folds} has no image of label(s) {sorted(missing)}: "
+                             "too few groups of that class for cv_folds={folds}; use fewer folds")
+    return assignment
+
+
+def summarize(values: list[float] | np.ndarray, level: float = 0.95) -> dict[str, float]:
+    """Mean, sample standard deviation and the Student-t interval of the mean at ``level`` (n-1 degrees of freedom)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        raise ValueError(f"an interval over folds or seeds needs at least 2 values, got {len(values)}")
+    mean, std = float(values.mean()), float(values.std(ddof=1))
+    half = float(stats.t.ppf((1 + level) / 2, len(values) - 1)) * std / np.sqrt(len(values))
+    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": len(values)}
+
+
+def summarize_runs(metrics: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """:func:`summarize` of each headline metric that every run measured."""
+    return {name: summarize([m[name] for m in metrics]) for name in SUMMARIZED
+            if all(name in m and np.isfinite(m[name]) for m in metrics)}
+
+
+def run_resampling(experiment: dict, dataset_dir: str | Path) -> dict | None:
+    """Run the experiment's ``cv_folds`` and ``seeds`` as child runs of the active MLflow run.
+
+    Returns ``{"folds": {...}, "seeds": {...}}`` (only the keys the experiment set), each with ``interval``
+    (``"t"``), ``level``, per-run ``runs`` and ``summary`` (per metric ``mean``, ``std``, ``ci_low``,
+    ``ci_high``, ``n``; seeds summarize ``val`` and ``test`` separately); ``None`` when neither key is set.
+    """
+    folds, seeds = experiment.get("cv_folds"), experiment.get("seeds")
+    if not folds and not seeds:
+        return None
+    manifest = load_manifest(dataset_dir)
+    context = {"mean": manifest["train_mean"], "std": manifest["train_std"], "class_names": manifest["classes"],
+               "with_masks": experiment["task"] in ("segmentation", "joint")}
+    out = {}
+    if folds:
+        out["folds"] = _cross_validate(experiment, dataset_dir, int(folds), context)
+    if seeds:
+        out["seeds"] = _repeat_seeds(experiment, dataset_dir, [int(s) for s in seeds], context)
+    return out
+
+
+def _cross_validate(experiment: dict, dataset_dir, folds: int, context: dict) -> dict:
+    pooled = pd.concat([load_split(dataset_dir, "train"), load_split(dataset_dir, "val")], ignore_index=True)
+    seed = int(experiment.get("seed", 42))
+    assignment = fold_assignment(pooled, folds, seed)
+    data = SmearDataset(pooled, with_masks=context["with_masks"])
+    runs = []
+    for fold in range(folds):
+        train, held_out = data.subset(np.flatnonzero(assignment != fold)), data.subset(np.flatnonzero(assignment == fold))
+        fold_context = {**context, **_colour_statistics(train)}
+        with _child_run(experiment, f"fold {fold + 1}/{folds}", {"resample": "fold", "fold": fold + 1, "cv_folds": folds}):
+            model = _train(experiment, train, None, fold_context)
+            metrics = _score(model, held_out, experiment["task"], fold_context)
+            mlflow.log_metrics({f"heldout_{k}": v for k, v in metrics.items()})
+        runs.append({"fold": fold + 1, "train_images": len(train), "heldout_images": len(held_out), "heldout": metrics})
+    return {"k": folds, "seed": seed, "interval": "t", "level": 0.95, "runs": runs,
+            "summary": summarize_runs([r["heldout"] for r in runs])}
+
+
+def _repeat_seeds(experiment: dict, dataset_dir, seeds: list[int], context: dict) -> dict:
+    if len(set(seeds)) < 2:
+        raise ValueError(f"seeds needs at least two different seeds, got {seeds}")
+    splits = load_datasets(dataset_dir, ("train", "val", "test"), context["with_masks"])
+    runs = []
+    for seed in seeds:
+        seeded = {**experiment, "seed": seed}
+        with _child_run(seeded, f"seed {seed}", {"resample": "seed"}):
+            model = _train(seeded, splits["train"], splits["val"], context)
+            scores = {split: _score(model, splits[split], experiment["task"], context) for split in ("val", "test")}
+            mlflow.log_metrics({f"{split}_{k}": v for split, metrics in scores.items() for k, v in metrics.items()})
+        runs.append({"seed": seed, **scores})
+    return {"seeds": seeds, "interval": "t", "level": 0.95, "runs": runs,
+            "summary": {split: summarize_runs([r[split] for r in runs]) for split in ("val", "test")}}
+
+
+def _colour_statistics(dataset: SmearDataset) -> dict[str, list[float]]:
+    """Per-channel mean and std (0..1) of a fold's training images: the train split's would include held-out images."""
+    pixels = dataset.images.float().div_(255)
+    return {"mean": pixels.mean((0, 2, 3)).tolist(), "std": pixels.std((0, 2, 3)).tolist()}
+
+
+@contextlib.contextmanager
+def _child_run(experiment: dict, label: str, params: dict):
+    """A run nested in the active one (tag ``mlflow.parentRunId``), named ``<experiment> <label>``, with the
+    experiment's params."""
+    with mlflow.start_run(run_name=f"{experiment['name']} {label}", nested=True,
+                          tags={"leukolab.resample": params["resample"], "experiment": experiment["name"]}) as run:
+        mlflow.log_params({**flatten({k: v for k, v in experiment.items() if k not in ("cv_folds", "seeds")}),
+                           **{f"resample.{k}": v for k, v in params.items()}})
+        yield run
+
+
+def _train(experiment: dict, train: SmearDataset, val: SmearDataset | None, context: dict):
+    model = build_model(experiment, len(context["class_names"]))
+    fit(model, train, val, experiment, context["mean"], context["std"], context["class_names"],
+        on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
+    return model.eval()
+
+
+def _score(model, dataset: SmearDataset, task: str, context: dict) -> dict[str, float]:
+    return evaluate(model, dataset, context["mean"], context["std"], context["class_names"], task)
+
+
+def resampling_summary(resampling: dict | None) -> pd.DataFrame:
+    """One row per resampling (``5 folds``, ``3 seeds, val``, ...) and metric: mean, std, 95% t-interval, n."""
+    rows = [{"resampling": name, "metric": metric, **values}
+            for name, summary in _summaries(resampling or {}).items() for metric, values in summary.items()]
+    return pd.DataFrame(rows)
+
+
+def _summaries(resampling: dict) -> dict[str, dict]:
+    """Each summary of a ``run_resampling`` result by a readable name."""
+    named = {}
+    if "folds" in resampling:
+        named[f"{resampling['folds']['k']} folds (train+val)"] = resampling["folds"]["summary"]
+    if "seeds" in resampling:
+        for split in ("val", "test"):
+            named[f"{len(resampling['seeds']['seeds'])} seeds, {split}"] = resampling["seeds"]["summary"][split]
+    return named
+
+
+def resampling_table(outputs: dict[str, dict]) -> pd.DataFrame:
+    """Per experiment and metric: its single-split val and test figures beside each resampling's mean [95% interval].
+
+    ``outputs`` are experiment stage outputs (:func:`leukolab.stages.read_outputs`); those without ``resampling``
+    are left out, so no experiment that resampled gives an empty frame.
+    """
+    rows = []
+    for stage, out in outputs.items():
+        resampling = out.get("resampling")
+        if not resampling:
+            continue
+        columns = _summaries(resampling)
+        for metric in SUMMARIZED:
+            if not any(metric in summary for summary in columns.values()):
+                continue
+            row = {"experiment": out["experiment"], "metric": metric,
+                   "single split, val": out.get("val_metrics", {}).get(metric),
+                   "single split, test": out.get("test_metrics", {}).get(metric)}
+            row.update({name: _mean_interval(summary.get(metric)) for name, summary in columns.items()})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _mean_interval(summary: dict | None) -> str:
+    return "" if summary is None else f"{summary['mean']:.3f} [{summary['ci_low']:.3f}, {summary['ci_high']:.3f}]"
