@@ -81,8 +81,7 @@ def run_resampling(experiment: dict, dataset_dir: str | Path) -> dict | None:
     if not folds and not seeds:
         return None
     manifest = load_manifest(dataset_dir)
-    context = {"mean": manifest["train_mean"], "std": manifest["train_std"], "class_names": manifest["classes"],
-               "with_masks": experiment["task"] in ("segmentation", "joint")}
+    context = {"mean": manifest["train_mean"], "std": manifest["train_std"], "class_names": manifest["classes"]}
     out = {}
     if folds:
         out["folds"] = _cross_validate(experiment, dataset_dir, int(folds), context)
@@ -93,9 +92,11 @@ def run_resampling(experiment: dict, dataset_dir: str | Path) -> dict | None:
 
 def _cross_validate(experiment: dict, dataset_dir, folds: int, context: dict) -> dict:
     pooled = pd.concat([load_split(dataset_dir, "train"), load_split(dataset_dir, "val")], ignore_index=True)
+    if experiment["task"] == "segmentation":  # as load_datasets: segmenters see plausible masks only
+        pooled = pooled[pooled["mask"].notna()].reset_index(drop=True)
     seed = int(experiment.get("seed", 42))
     assignment = fold_assignment(pooled, folds, seed)
-    data = SmearDataset(pooled, with_masks=context["with_masks"])
+    data = SmearDataset(pooled, with_masks=experiment["task"] in ("segmentation", "joint"))
     runs = []
     for fold in range(folds):
         train, held_out = data.subset(np.flatnonzero(assignment != fold)), data.subset(np.flatnonzero(assignment == fold))
@@ -112,7 +113,7 @@ def _cross_validate(experiment: dict, dataset_dir, folds: int, context: dict) ->
 def _repeat_seeds(experiment: dict, dataset_dir, seeds: list[int], context: dict) -> dict:
     if len(set(seeds)) < 2:
         raise ValueError(f"seeds needs at least two different seeds, got {seeds}")
-    splits = load_datasets(dataset_dir, ("train", "val", "test"), context["with_masks"])
+    splits = load_datasets(dataset_dir, ("train", "val", "test"), experiment["task"])
     runs = []
     for seed in seeds:
         seeded = {**experiment, "seed": seed}

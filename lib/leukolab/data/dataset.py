@@ -69,7 +69,8 @@ class SmearDataset(Dataset):
     def subset(self, indices) -> SmearDataset:
         """The items at ``indices`` (e.g. cross-validation folds), without decoding anything again."""
         part, index = copy.copy(self), torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        part.images, part.labels, part.masks = self.images[index], self.labels[index], self.masks[index]
+        part.images, part.labels, part.masks, part.has_mask = (self.images[index], self.labels[index], self.masks[index],
+                                                                self.has_mask[index])
         part.source_paths = [self.source_paths[i] for i in index.tolist()]
         return part
 
