@@ -88,8 +88,9 @@ def build_model(experiment: dict, num_classes: int) -> SmearNet:
             network = EncoderClassifier(spec["encoder"], weights, num_classes, dropout)
         else:
             aux = {"classes": num_classes, "dropout": dropout} if task == "joint" else None
+            decoder = {"decoder_channels": tuple(spec["decoder_channels"])} if spec.get("decoder_channels") else {}
             network = smp.create_model(architecture, encoder_name=spec["encoder"], encoder_weights=weights,
-                                       in_channels=3, classes=1, aux_params=aux)
+                                       in_channels=3, classes=1, aux_params=aux, **decoder)
     except KeyError as error:
         raise ValueError(f"unknown architecture or encoder in {spec}: {error}") from None
     except Exception as error:
