@@ -62,15 +62,22 @@ def main() -> None:
 
     import torch
 
+    from leukolab.config import available
     from leukolab.data.dataset import SmearDataset
     from leukolab.data.synthetic import smear_table
     from leukolab.pipeline.graph import load_profile
 
-    profile = load_profile(args.profile)
+    try:
+        profile = load_profile(args.profile)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
     profile_epochs = epochs_in_profile(profile)
     names = args.experiments or list(profile_epochs)
     if not names:
         parser.error(f"profile {args.profile!r} lists no experiments; name them with --experiments")
+    unknown = sorted(set(names) - set(available("experiments")))
+    if unknown:
+        parser.error(f"unknown experiments {unknown}; choose from {available('experiments')}")
     size = args.image_size or profile.get("parameters", {}).get("image_size")
     if not size:
         parser.error(f"profile {args.profile!r} sets no image_size; give --image-size")
@@ -99,7 +106,8 @@ def main() -> None:
             print(f"| {day} | {args.profile} | {name} | {size} | {r['batch']} | {r['train_ms']:.1f} | {r['epoch_s']:.1f} | "
                   f"{r['epochs']} | {r['train_s']:.0f} | {r['plain_ms']:.1f} / {r['tta_ms']:.1f} | {r['eval_s']:.0f} | "
                   f"{r['x_baseline']:.2f} | {load} |")
-        print(f"| {day} | {args.profile} | **total** ({', '.join(names)}) | {size} | | | | | | | | **{total:.0f} s** | | {load} |")
+        print(f"| {day} | {args.profile} | **total: {total:.0f} s = {total / 60:.1f} min** ({', '.join(names)}) | {size} | | | | | "
+              f"{sum(r['train_s'] for r in listed):.0f} | | {sum(r['eval_s'] for r in listed):.0f} | | {load} |")
 
 
 def epochs_in_profile(profile: dict) -> dict[str, int | None]:
