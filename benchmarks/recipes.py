@@ -1,0 +1,199 @@
+"""Recipe costs: seconds per epoch of each experiment here, and what a profile's training budget adds up to.
+
+Each experiment (``params/experiments/<name>.yaml``) is built with
+``build_model`` and trained by ``leukolab.training.loop.fit`` itself for one
+short epoch of ``--warmup`` + ``--steps`` batches of its own batch size, on
+synthetic smears at the profile's image size (with masks for segmentation and
+joint tasks): the DataLoader, batch augmentation, normalisation, ``TaskLoss``,
+AdamW with its schedule, gradient clipping and weight EMA, as the pipeline
+trains. A forward pre-hook stamps the start of every training forward pass; the
+time between two stamps is one whole step, and the median of the timed steps
+after the warm-up is the step's cost. Inference per image is then timed with
+``predict`` over the image pool without and with test-time augmentation (the 8
+rotations/mirrors).
+
+From these, per experiment: ms per training image; seconds per epoch for
+``--train-images`` (the steps of one epoch, ``drop_last`` as ``fit``, plus the
+epoch's validation of ``--val-images`` without TTA, as ``fit`` validates); the
+epochs the profile runs (its ``epochs`` stage parameter, else the experiment's;
+early stopping can only end a run sooner) and the training seconds; evaluation
+seconds for one pass over ``--eval-images`` (with TTA where the experiment uses
+it); and the training cost per image against ``simple-cnn`` measured in the same
+run ("x simple-cnn"). The total is the sum of training and evaluation seconds of
+the listed experiments: the model stages of the budget, without the ETL, the
+evaluate/publish/serve stages, notebook start-up and MLflow logging.
+
+Pixels do not change the cost of a step, so the synthetic images are a pool of
+``POOL_PER_CLASS`` smears per class, repeated to fill the batches.
+
+    python benchmarks/recipes.py                                 # the experiments of the real profile, at its 96 px
+    python benchmarks/recipes.py --experiments simple-cnn resnet18-classifier --image-size 128 --markdown
+    python benchmarks/recipes.py --profile full --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+BASELINE = "simple-cnn"
+POOL_PER_CLASS = 16
+"""Distinct synthetic smears per class; rendering them costs far more than training on them."""
+INFERENCE_REPEATS = 3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="real", help="a name in params/profiles/ or a YAML file")
+    parser.add_argument("--experiments", nargs="+", help="names in params/experiments/ (default: the profile's)")
+    parser.add_argument("--image-size", type=int, help="default: the profile's image_size")
+    parser.add_argument("--train-images", type=int, default=2280, help="training split (default: 70%% of 3,256)")
+    parser.add_argument("--val-images", type=int, default=490, help="validated every epoch, without TTA")
+    parser.add_argument("--eval-images", type=int, default=980, help="evaluated once at the end (val + test)")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per experiment")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed training steps before them")
+    parser.add_argument("--markdown", action="store_true", help="also print rows for benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    if min(args.steps, args.train_images, args.eval_images) < 1 or min(args.warmup, args.val_images) < 0:
+        parser.error("--steps, --train-images and --eval-images must be positive, --warmup and --val-images not negative")
+
+    import torch
+
+    from leukolab.config import available
+    from leukolab.data.dataset import SmearDataset
+    from leukolab.data.synthetic import smear_table
+    from leukolab.pipeline.graph import load_profile
+
+    try:
+        profile = load_profile(args.profile)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+    profile_epochs = epochs_in_profile(profile)
+    names = args.experiments or list(profile_epochs)
+    if not names:
+        parser.error(f"profile {args.profile!r} lists no experiments; name them with --experiments")
+    unknown = sorted(set(names) - set(available("experiments")))
+    if unknown:
+        parser.error(f"unknown experiments {unknown}; choose from {available('experiments')}")
+    size = args.image_size or profile.get("parameters", {}).get("image_size")
+    if not size:
+        parser.error(f"profile {args.profile!r} sets no image_size; give --image-size")
+    pool_frame = smear_table(POOL_PER_CLASS, size, seed=0)
+    pools = {masks: SmearDataset(pool_frame, with_masks=masks) for masks in (False, True)}
+    pixels = pools[False].images.float().div(255)
+    mean, std = pixels.mean(dim=(0, 2, 3)).tolist(), pixels.std(dim=(0, 2, 3)).tolist()
+    print(f"profile {args.profile}; {size} px; {args.train_images} training images per epoch, {args.val_images} validated "
+          f"per epoch, {args.eval_images} evaluated; {args.warmup} + {args.steps} steps per experiment")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
+          f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.2f}")
+
+    rows = {}
+    for name in [BASELINE] + [n for n in names if n != BASELINE]:
+        rows[name] = measure(name, profile_epochs.get(name), pools, mean, std, args)
+        rows[name]["x_baseline"] = rows[name]["train_ms"] / rows[BASELINE]["train_ms"]
+        print_row(name, rows[name])
+    listed = [rows[n] for n in names]
+    total = sum(r["train_s"] + r["eval_s"] for r in listed)
+    scope = f"the {args.profile} profile" if not args.experiments else "the listed experiments"
+    print(f"total for {scope}: {total:.0f} s = {total / 60:.1f} min (training {sum(r['train_s'] for r in listed):.0f} s, "
+          f"evaluation {sum(r['eval_s'] for r in listed):.0f} s; load average {os.getloadavg()[0]:.2f})")
+    if args.markdown:
+        day, load = time.strftime("%Y-%m-%d"), f"{os.getloadavg()[0]:.1f}"
+        for name, r in rows.items():
+            print(f"| {day} | {args.profile} | {name} | {size} | {r['batch']} | {r['train_ms']:.1f} | {r['epoch_s']:.1f} | "
+                  f"{r['epochs']} | {r['train_s']:.0f} | {r['plain_ms']:.1f} / {r['tta_ms']:.1f} | {r['eval_s']:.0f} | "
+                  f"{r['x_baseline']:.2f} | {load} |")
+        print(f"| {day} | {args.profile} | **total: {total:.0f} s = {total / 60:.1f} min** ({', '.join(names)}) | {size} | | | | | "
+              f"{sum(r['train_s'] for r in listed):.0f} | | {sum(r['eval_s'] for r in listed):.0f} | | {load} |")
+
+
+def epochs_in_profile(profile: dict) -> dict[str, int | None]:
+    """Experiment name -> the ``epochs`` its stage receives from the profile (None: the experiment's own)."""
+    from leukolab.config import deep_merge, read_yaml
+    from leukolab.pipeline.graph import PIPELINE_FILE
+
+    stage_of = {spec["foreach"]: stage for stage, spec in read_yaml(PIPELINE_FILE)["stages"].items() if spec.get("foreach")}
+    epochs = {}
+    for key, names in profile.get("experiments", {}).items():
+        stage = stage_of.get(key, key)
+        params = deep_merge(profile.get("parameters", {}), profile.get("stage_parameters", {}).get(stage, {}))
+        epochs.update({name: params.get("epochs") for name in names})
+    return epochs
+
+
+def measure(name: str, epochs: int | None, pools: dict, mean, std, args) -> dict:
+    """Train ``name`` for warm-up + timed steps with ``fit`` and time its inference; the budget arithmetic."""
+    from leukolab import CLASS_NAMES
+    from leukolab.experiments import load_experiment
+    from leukolab.models.factory import build_model
+    from leukolab.training.loop import fit
+
+    experiment = load_experiment(name)
+    epochs = int(epochs or experiment["training"]["epochs"])
+    batch = int(experiment["training"]["batch_size"])
+    if int(experiment.get("distributed", {}).get("num_processes", 1)) > 1:
+        print(f"  note: {name} trains data-parallel in the pipeline; measured here in one process")
+    pool = pools[experiment["task"] != "classification"]
+    train = repeated(pool, (args.warmup + args.steps + 1) * batch)
+    model = build_model(experiment, len(CLASS_NAMES))
+    stamps: list[float] = []
+    model.register_forward_pre_hook(lambda module, _: stamps.append(time.perf_counter()) if module.training else None)
+    one_epoch = load_experiment(name, {"training": {"epochs": 1}})
+    fit(model, train, pool, one_epoch, mean, std, CLASS_NAMES)
+    steps = [b - a for a, b in zip(stamps, stamps[1:])][args.warmup:]
+    step_s = statistics.median(steps)
+
+    plain_ms = inference_ms(model, pool, mean, std, tta=False)
+    tta_ms = inference_ms(model, pool, mean, std, tta=True)
+    uses_tta = bool(experiment.get("inference", {}).get("tta", False))
+    epoch_s = args.train_images // batch * step_s + args.val_images * plain_ms / 1000
+    return {"task": experiment["task"], "batch": batch, "train_ms": step_s / batch * 1000, "epoch_s": epoch_s,
+            "epochs": epochs, "train_s": epoch_s * epochs, "plain_ms": plain_ms, "tta_ms": tta_ms, "uses_tta": uses_tta,
+            "eval_s": args.eval_images * (tta_ms if uses_tta else plain_ms) / 1000, "step_spread": (min(steps), max(steps))}
+
+
+def repeated(pool, count: int):
+    """A dataset of ``count`` items drawn from ``pool`` over and over, in a shuffled order."""
+    import copy
+
+    import torch
+
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(0)) % len(pool)
+    dataset = copy.copy(pool)
+    dataset.images, dataset.labels, dataset.masks = pool.images[order], pool.labels[order], pool.masks[order]
+    dataset.source_paths = [pool.source_paths[i] for i in order.tolist()]
+    return dataset
+
+
+def inference_ms(model, pool, mean, std, tta: bool) -> float:
+    """Median ms per image of ``predict`` over the pool (after one untimed pass), with or without TTA."""
+    from leukolab.training.loop import predict
+
+    device = str(next(model.parameters()).device)
+    kept, model.tta = model.tta, tta
+    try:
+        predict(model, pool.images, mean, std, device=device)
+        times = []
+        for _ in range(INFERENCE_REPEATS):
+            start = time.perf_counter()
+            predict(model, pool.images, mean, std, device=device)
+            times.append(time.perf_counter() - start)
+    finally:
+        model.tta = kept
+    return statistics.median(times) / len(pool) * 1000
+
+
+def print_row(name: str, r: dict) -> None:
+    low, high = r["step_spread"]
+    print(f"  {name:28s} {r['task']:14s} batch {r['batch']:3d}  {r['train_ms']:7.1f} ms/train image "
+          f"(steps {low * 1000:.0f}-{high * 1000:.0f} ms)  {r['epoch_s']:7.1f} s/epoch x {r['epochs']:3d} = "
+          f"{r['train_s']:7.0f} s  | inference {r['plain_ms']:.1f} ms/image, {r['tta_ms']:.1f} with TTA  "
+          f"| evaluation {r['eval_s']:5.0f} s{' (TTA)' if r['uses_tta'] else ''}  | {r['x_baseline']:.2f} x {BASELINE}  "
+          f"(load {os.getloadavg()[0]:.1f})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
