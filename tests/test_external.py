@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from leukolab.data.synthetic import CLASS_NAMES, smear_table
+from leukolab.data.synthetic_dataset import DomainShift
 from leukolab.external import (ExternalDataset, class_mapping, domain_shift_table, evaluate_external, external_datasets,
                                in_domain_row)
 from leukolab.images import decode_image, encode_png, image_array
@@ -30,9 +31,10 @@ def write_processed(folder, frame: pd.DataFrame, classes: list[str], name: str):
 
 @pytest.fixture(scope="module")
 def smears():
-    """Synthetic smears with stain/illumination shifted (RGB scaled), half test and half train."""
+    """Synthetic smears with the generator's stain/illumination shift (``domain_shift``), half test and half train."""
     frame = smear_table(4, 40, seed=21)
-    frame["image"] = [encode_png(np.clip(image_array(b) * [1.15, 0.85, 0.8], 0, 255).astype(np.uint8)) for b in frame["image"]]
+    shift = DomainShift(hue=25, illumination=0.85, blur=0.8)
+    frame["image"] = [encode_png(shift.apply(image_array(b))) for b in frame["image"]]
     return frame.assign(split=np.where(np.arange(len(frame)) % 2, "test", "train"))
 
 
