@@ -157,15 +157,9 @@ def measure(name: str, epochs: int | None, pools: dict, mean, std, args) -> dict
 
 def repeated(pool, count: int):
     """A dataset of ``count`` items drawn from ``pool`` over and over, in a shuffled order."""
-    import copy
-
     import torch
 
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(0)) % len(pool)
-    dataset = copy.copy(pool)
-    dataset.images, dataset.labels, dataset.masks = pool.images[order], pool.labels[order], pool.masks[order]
-    dataset.source_paths = [pool.source_paths[i] for i in order.tolist()]
-    return dataset
+    return pool.subset(torch.randperm(count, generator=torch.Generator().manual_seed(0)) % len(pool))
 
 
 def inference_ms(model, pool, mean, std, tta: bool) -> float:
