@@ -9,8 +9,8 @@ import torch
 
 from leukolab.data.synthetic import CLASS_NAMES, smear_table
 from leukolab.data.synthetic_dataset import DomainShift
-from leukolab.external import (ExternalDataset, class_mapping, domain_shift_table, evaluate_external, external_datasets,
-                               in_domain_row)
+from leukolab.external import (ExternalDataset, class_mapping, compare_domains, domain_shift_table, evaluate_external,
+                               external_datasets, in_domain_row)
 from leukolab.images import decode_image, encode_png, image_array
 from leukolab.models.factory import build_model
 from leukolab.plots import domain_shift
@@ -106,3 +106,9 @@ def test_external_evaluation_maps_the_model_onto_the_datasets_classes(folders, m
     assert list(table["kind"]) == ["in-domain", "external", "external"]
     assert table["accuracy"][0] == "0.900 [0.800, 0.950]" and table["images"][2] == len(smears) // 2
     domain_shift(pd.DataFrame(rows))
+
+
+def test_the_domain_comparison_puts_the_in_domain_row_first(folders, model):
+    rows = compare_domains(model, external_datasets([str(folders[0])]), "synthetic", "test", {"images": 40, "accuracy": 0.9},
+                           bootstrap_samples=0)
+    assert [(r["dataset"], r["kind"]) for r in rows] == [("synthetic", "in-domain"), ("shifted-4class", "external")]

@@ -78,7 +78,7 @@ def evaluate_model(model: SmearModel, dataset: SmearDataset, batch_size: int = 3
         labels, probabilities = dataset.labels.numpy(), outputs["probabilities"]
         metrics.update(classification_metrics(labels, probabilities, model.class_names))
         if bootstrap_samples:
-            metrics.update(_interval_columns(classification_intervals(labels, probabilities, model.class_names,
+            metrics.update(interval_columns(classification_intervals(labels, probabilities, model.class_names,
                                                                       bootstrap_samples, seed)))
     with_mask = dataset.has_mask.numpy()  # Dice and IoU on the images with a (plausible) mask only
     if "mask" in outputs:
@@ -87,12 +87,13 @@ def evaluate_model(model: SmearModel, dataset: SmearDataset, batch_size: int = 3
         dice, iou = segmentation_scores(outputs["mask"][with_mask], dataset.masks.numpy()[with_mask])
         metrics.update({"dice": float(dice.mean()), "iou": float(iou.mean())})
         if bootstrap_samples:
-            metrics.update(_interval_columns({"dice": mean_interval(dice, bootstrap_samples, seed),
+            metrics.update(interval_columns({"dice": mean_interval(dice, bootstrap_samples, seed),
                                               "iou": mean_interval(iou, bootstrap_samples, seed)}))
     return metrics, outputs
 
 
-def _interval_columns(intervals: dict[str, tuple[float, float]]) -> dict[str, float]:
+def interval_columns(intervals: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """``{name: (low, high)}`` as the table's ``<name>_ci_low`` / ``<name>_ci_high`` columns."""
     return {f"{name}_ci_{end}": value for name, (low, high) in intervals.items() for end, value in (("low", low), ("high", high))}
 
 

@@ -23,7 +23,7 @@ import torch
 
 from leukolab.config import workspace_path
 from leukolab.data.dataset import load_manifest, load_split
-from leukolab.evaluation import with_interval
+from leukolab.evaluation import interval_columns, with_interval
 from leukolab.images import decode_image
 from leukolab.intervals import classification_intervals
 from leukolab.metrics import classification_metrics
@@ -97,8 +97,7 @@ def evaluate_external(model: SmearModel, dataset: ExternalDataset, bootstrap_sam
     probabilities = np.concatenate(batches) @ mapping
     metrics = classification_metrics(labels, probabilities, classes)
     if bootstrap_samples:
-        for name, (low, high) in classification_intervals(labels, probabilities, classes, bootstrap_samples, seed).items():
-            metrics.update({f"{name}_ci_low": low, f"{name}_ci_high": high})
+        metrics.update(interval_columns(classification_intervals(labels, probabilities, classes, bootstrap_samples, seed)))
     return {"dataset": dataset.name, "kind": "external", "split": dataset.split or "all", "images": len(frame),
             "path": str(dataset.path), "label_map": dataset.label_map, **metrics}
 
@@ -106,6 +105,13 @@ def evaluate_external(model: SmearModel, dataset: ExternalDataset, bootstrap_sam
 def in_domain_row(dataset_name: str, split: str, metrics: dict) -> dict:
     """The champion's own reported figures, as the first row of the domain-shift comparison."""
     return {"dataset": dataset_name, "kind": "in-domain", "split": split, "images": int(metrics.get("images", 0)), **metrics}
+
+
+def compare_domains(model: SmearModel, externals: list[ExternalDataset], in_domain_name: str, report_split: str,
+                    in_domain_metrics: dict, bootstrap_samples: int = 1000, seed: int = 0) -> list[dict]:
+    """The champion's reported in-domain row, then one row per external dataset: the domain-shift comparison."""
+    return [in_domain_row(in_domain_name, report_split, in_domain_metrics),
+            *(evaluate_external(model, dataset, bootstrap_samples, seed) for dataset in externals)]
 
 
 def domain_shift_table(rows: list[dict]) -> pd.DataFrame:
