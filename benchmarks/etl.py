@@ -145,7 +145,8 @@ def _import_everything() -> None:
 
 def spark_etl(raw: Path, out: Path, size: int, cores: int, spark) -> None:
     """(a) The ETL as 00_etl runs it."""
-    from leukolab.data.etl import EtlParams, run_etl
+    from leukolab.data.etl import run_etl
+    from leukolab.data.etl_params import EtlParams
 
     run_etl(spark, raw, out, EtlParams(image_size=size, layout="imagefolder"))
 
@@ -205,8 +206,10 @@ def pool_etl(raw: Path, out: Path, size: int, cores: int, spark) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from leukolab.data.etl import DATASET_COLUMNS, DATASET_SCHEMA, EtlParams, _curate
-    from leukolab.data.sources import walk_files
+    from leukolab.data.curation import curate
+    from leukolab.data.etl_params import EtlParams
+    from leukolab.data.schema import DATASET_COLUMNS, DATASET_SCHEMA
+    from leukolab.data.files import walk_files
 
     params = EtlParams(image_size=size, layout="imagefolder")
     layout = params.layout_for("imagefolder")
@@ -214,7 +217,7 @@ def pool_etl(raw: Path, out: Path, size: int, cores: int, spark) -> None:
     with multiprocessing.get_context("fork").Pool(cores) as pool:
         rows = pool.map(_process_path, jobs, chunksize=16)
     meta = pd.DataFrame(rows)
-    table, _, _ = _curate(meta.drop(columns="png"), params)
+    table, _, _ = curate(meta.drop(columns="png"), params)
     table = table.merge(meta[["source_path", "png"]], on="source_path")
     dataset = table.rename(columns={"png": "image", "width": "original_width", "height": "original_height"})
     dataset["mask"] = None

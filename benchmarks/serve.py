@@ -104,10 +104,10 @@ def register_scratch_model(image_size: int, tta: bool, examples: list[bytes]) ->
     import mlflow
 
     from leukolab.data.synthetic import CLASS_NAMES
-    from leukolab.experiments import load_experiment
+    from leukolab.experiments.run import load_experiment
     from leukolab.models.factory import build_model
-    from leukolab.pyfunc import log_smear_model
-    from leukolab.registry import register
+    from leukolab.publishing.model import log_smear_model
+    from leukolab.publishing.registry import register
     from leukolab.tracking import configure
 
     configure()
@@ -259,7 +259,7 @@ async def load(requests: list[tuple[str, bytes, dict]], concurrency: int, second
 def raw_limit(model_uri: str, images: list[bytes], batch_size: int, seconds: float) -> dict:
     """Images/s of decode + preprocess + batched forward (+ answers) in this process, batches of ``batch_size``."""
     from leukolab.images import decode_image
-    from leukolab.pyfunc import load_smear_model
+    from leukolab.publishing.model import load_smear_model
 
     model = load_smear_model(model_uri)
     batches = [[images[(start + i) % len(images)] for i in range(batch_size)] for start in range(0, len(images), batch_size)]

@@ -50,7 +50,7 @@ def main() -> None:
     from leukolab import CLASS_NAMES
     from leukolab.data.dataset import SmearDataset
     from leukolab.data.synthetic import smear_table
-    from leukolab.experiments import load_experiment
+    from leukolab.experiments.run import load_experiment
 
     experiment = load_experiment(args.experiment, {"training": {"epochs": args.epochs},
                                                    "early_stopping": {"patience": args.epochs + 1}})
@@ -110,7 +110,7 @@ def bare_limit(experiment, train, mean, std, num_classes: int) -> int:
     import torch
 
     from leukolab.models.factory import build_model
-    from leukolab.training.augment import normalize
+    from leukolab.models.inputs import normalize
     from leukolab.training.losses import TaskLoss
 
     model = build_model(experiment, num_classes)

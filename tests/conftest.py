@@ -50,7 +50,7 @@ def registered_model(tmp_path_factory) -> dict:
 
     from leukolab import tracking
     from leukolab.models.factory import build_model
-    from leukolab.pyfunc import log_smear_model
+    from leukolab.publishing.model import log_smear_model
 
     workspace = tmp_path_factory.mktemp("served-workspace")
     tracking_uri = f"sqlite:///{workspace / 'mlflow.db'}"

@@ -14,7 +14,9 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from leukolab.data.dataset import SmearDataset, load_manifest, load_split
-from leukolab.data.etl import DATASET_COLUMNS, EtlParams, run_etl
+from leukolab.data.etl import run_etl
+from leukolab.data.etl_params import EtlParams
+from leukolab.data.schema import DATASET_COLUMNS
 from leukolab.data.synthetic_dataset import generate_dataset
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from leukolab.evaluation import candidate_summary, choose_champion, comparison_table, evaluation_splits, split_role
+from leukolab.evaluation.compare import candidate_summary, choose_champion, comparison_table, evaluation_splits, split_role
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ import torch
 
 from leukolab.data.synthetic import CLASS_NAMES, smear_table
 from leukolab.data.synthetic_dataset import DomainShift
-from leukolab.external import (ExternalDataset, class_mapping, compare_domains, domain_shift_table, evaluate_external,
+from leukolab.evaluation.external import (ExternalDataset, class_mapping, compare_domains, domain_shift_table, evaluate_external,
                                external_datasets, in_domain_row)
 from leukolab.images import decode_image, encode_png, image_array
 from leukolab.models.factory import build_model
 from leukolab.plots import domain_shift
-from leukolab.pyfunc import SmearModel
+from leukolab.publishing.model import SmearModel
 
 TO_BINARY = {"Benign": "normal", "Early": "blast", "Pre": "blast", "Pro": "blast"}
 

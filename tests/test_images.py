@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leukolab.data.etl import EtlParams
+from leukolab.data.etl_params import EtlParams
 from leukolab.data.masks import derive_mask
 from leukolab.images import ImageRejected, decode_image, encode_png, resize_square
 

@@ -5,7 +5,7 @@ import pickle
 import pandas as pd
 import pytest
 
-from leukolab.data.etl import EtlParams
+from leukolab.data.etl_params import EtlParams
 from leukolab.data.labels import (
     apply_label_map,
     check_label_map,
@@ -15,7 +15,8 @@ from leukolab.data.labels import (
     load_csv_labels,
     require_two_classes,
 )
-from leukolab.data.sources import Layout, detect_layout, walk_files
+from leukolab.data.files import walk_files
+from leukolab.data.sources import Layout, detect_layout
 
 CNMC_NAMES = {"0": "hem", "1": "all"}
 

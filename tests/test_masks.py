@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from leukolab.data.etl import EtlParams
+from leukolab.data.etl_params import EtlParams
 from leukolab.data.masks import (
     audit_mask,
     derive_mask,

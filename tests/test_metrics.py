@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from leukolab.intervals import classification_intervals, mean_interval
-from leukolab.metrics import classification_metrics, expected_calibration_error, reliability_table, segmentation_metrics
+from leukolab.metrics.intervals import classification_intervals, mean_interval
+from leukolab.metrics.scores import classification_metrics, expected_calibration_error, reliability_table, segmentation_metrics
 from leukolab.training.calibration import fit_temperature
 
 
@@ -67,7 +67,7 @@ def test_bootstrap_intervals_are_seeded_and_hold_the_estimate():
 
 
 def test_the_ece_interval_is_that_of_the_resampled_ece():
-    from leukolab.intervals import _calibration_errors, _resamples
+    from leukolab.metrics.intervals import _calibration_errors, _resamples
 
     rng = np.random.default_rng(2)
     labels, probabilities = rng.integers(0, 3, 80), rng.dirichlet([1, 1, 1], 80)

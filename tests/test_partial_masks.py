@@ -9,7 +9,7 @@ import torch
 from leukolab import CLASS_NAMES
 from leukolab.data.dataset import SmearDataset, load_datasets
 from leukolab.data.synthetic import smear_table
-from leukolab.experiments import load_experiment
+from leukolab.experiments.run import load_experiment
 from leukolab.models.factory import build_model
 from leukolab.training.loop import evaluate, fit
 from leukolab.training.losses import TaskLoss
@@ -82,8 +82,8 @@ def test_joint_training_and_dice_on_the_masked_rows_only(frame):
 
 
 def test_evaluate_model_scores_masks_on_the_masked_rows_only(frame):
-    from leukolab.evaluation import evaluate_model
-    from leukolab.pyfunc import SmearModel
+    from leukolab.evaluation.compare import evaluate_model
+    from leukolab.publishing.model import SmearModel
 
     experiment = load_experiment("unet-mobilenet")
     model = SmearModel(build_model(experiment, 4).eval(), {"experiment": experiment, "class_names": CLASS_NAMES,

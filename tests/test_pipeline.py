@@ -112,7 +112,7 @@ def test_the_published_champion_reevaluates_to_its_registered_metrics(smoke_run,
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from leukolab.evaluation import reevaluate_version
+    from leukolab.evaluation.compare import reevaluate_version
     from leukolab.tracking import configure
 
     configure()

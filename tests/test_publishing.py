@@ -11,11 +11,11 @@ from mlflow.tracking import MlflowClient
 from leukolab import tracking
 from leukolab.data.dataset import SmearDataset
 from leukolab.data.synthetic import smear_table
-from leukolab.evaluation import candidate_summary, evaluate_model, experiment_runs, load_run_model
-from leukolab.gate import gate
+from leukolab.evaluation.compare import candidate_summary, evaluate_model, experiment_runs, load_run_model
+from leukolab.evaluation.gate import gate
 from leukolab.models.factory import build_model
-from leukolab.pyfunc import load_smear_model, log_smear_model
-from leukolab.registry import publish
+from leukolab.publishing.model import load_smear_model, log_smear_model
+from leukolab.publishing.registry import publish
 
 pytestmark = pytest.mark.integration
 MODEL = "leukolab-gate-test"

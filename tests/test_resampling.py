@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from leukolab.data.synthetic import smear_table
-from leukolab.resampling import fold_assignment, resampling_summary, resampling_table, summarize
+from leukolab.experiments.resampling import fold_assignment, resampling_summary, resampling_table, summarize
 
 
 def grouped_frame(per_class: int = 10, group_size: int = 2) -> pd.DataFrame:
@@ -94,7 +94,7 @@ def test_folds_and_seeds_run_as_child_runs_with_a_summary(dataset_dir, tmp_path,
     from mlflow.tracking import MlflowClient
 
     from leukolab import tracking
-    from leukolab.experiments import load_experiment, run_experiment
+    from leukolab.experiments.run import load_experiment, run_experiment
 
     monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from leukolab.pyfunc import SmearModel
+from leukolab.publishing.model import SmearModel
 from leukolab.serving import app as app_module
 from leukolab.serving.app import ServingSettings, create_app
 from leukolab.serving.launch import start_server

@@ -2,7 +2,8 @@
 
 import pytest
 
-from leukolab.data.sources import LAYOUTS, Layout, detect_layout, is_hidden, walk_files
+from leukolab.data.files import LAYOUTS, is_hidden, walk_files
+from leukolab.data.sources import Layout, detect_layout
 
 
 def touch(root, *paths):

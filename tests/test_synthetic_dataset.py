@@ -10,7 +10,7 @@ from scipy import ndimage
 from leukolab.data.raw import raw_folder
 from leukolab.data.synthetic import image_rng, render_smear
 from leukolab.data.synthetic_dataset import DomainShift, generate_dataset
-from leukolab.data.etl import EtlParams
+from leukolab.data.etl_params import EtlParams
 from leukolab.data.masks import derive_mask
 from leukolab.pipeline import plan
 

@@ -10,7 +10,7 @@ from leukolab import CLASS_NAMES
 from leukolab.config import available
 from leukolab.data.dataset import SmearDataset
 from leukolab.data.synthetic import smear_table
-from leukolab.experiments import load_experiment
+from leukolab.experiments.run import load_experiment
 from leukolab.models.factory import build_model
 from leukolab.training.augment import AugmentConfig, augment_batch, label_mixer
 from leukolab.training.loop import evaluate, fit

@@ -132,7 +132,7 @@ def classifier_uri(model_env):
 
     from leukolab import tracking
     from leukolab.models.factory import build_model
-    from leukolab.pyfunc import log_smear_model
+    from leukolab.publishing.model import log_smear_model
 
     tracking.configure()
     experiment = {"task": "classification", "model": {"architecture": "SimpleCNN", "width": 8}}

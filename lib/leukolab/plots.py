@@ -9,7 +9,6 @@ if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.b
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy.special import softmax
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from leukolab.images import image_array
@@ -76,14 +75,6 @@ def confusion_matrix(labels, predictions, class_names: list[str], title: str = "
     return fig
 
 
-def misclassified(model, dataset, mean, std, class_names: list[str], limit: int = 8):
-    """Test images the classifier got wrong, titled true → predicted."""
-    from leukolab.training.loop import predict
-
-    probabilities = softmax(predict(model, dataset.images, mean, std)["logits"], axis=1)
-    return failure_cases(dataset.images, dataset.labels.numpy(), probabilities, class_names, limit)
-
-
 def failure_cases(images, labels, probabilities: np.ndarray, class_names: list[str], limit: int = 8):
     """The most confident mistakes (uint8 NCHW ``images``), titled true → predicted (confidence)."""
     predictions, confidence = probabilities.argmax(1), probabilities.max(1)
@@ -101,21 +92,18 @@ def failure_cases(images, labels, probabilities: np.ndarray, class_names: list[s
     return fig
 
 
-def mask_predictions(model, dataset, mean, std, limit: int = 6):
-    """Images that have a mask, with the true mask (green) and the predicted mask (magenta) outlined."""
-    from leukolab.training.loop import predict
-
-    shown = np.flatnonzero(dataset.has_mask.numpy())[:limit]
-    fig, axes = plt.subplots(1, max(len(shown), 1), figsize=(2.4 * max(len(shown), 1), 2.6), squeeze=False)
-    if not len(shown):
+def mask_predictions(images, true_masks, predicted_masks, limit: int = 6):
+    """Images (uint8 NCHW) with their true mask (green) and predicted mask probabilities (magenta) outlined."""
+    shown = min(len(images), limit)
+    fig, axes = plt.subplots(1, max(shown, 1), figsize=(2.4 * max(shown, 1), 2.6), squeeze=False)
+    if not shown:
         axes[0, 0].axis("off")
         axes[0, 0].set_title("no image with a mask", fontsize=9)
         return fig
-    probabilities = predict(model, dataset.images[shown], mean, std)["mask"]
-    for i, (index, ax) in enumerate(zip(shown, axes[0])):
-        ax.imshow(dataset.images[index].permute(1, 2, 0).numpy())
-        ax.contour(dataset.masks[index, 0].numpy() > 0, levels=[0.5], colors="lime", linewidths=0.8)
-        ax.contour(probabilities[i, 0] >= 0.5, levels=[0.5], colors="magenta", linewidths=0.8)
+    for index, ax in enumerate(axes[0]):
+        ax.imshow(np.asarray(images[index]).transpose(1, 2, 0))
+        ax.contour(np.asarray(true_masks[index][0]) > 0, levels=[0.5], colors="lime", linewidths=0.8)
+        ax.contour(np.asarray(predicted_masks[index][0]) >= 0.5, levels=[0.5], colors="magenta", linewidths=0.8)
         ax.axis("off")
     axes[0, 0].set_title("true (green) vs predicted (magenta)", loc="left", fontsize=9)
     fig.tight_layout()
@@ -140,7 +128,7 @@ def metric_comparison(table: pd.DataFrame, metric: str):
 
 def reliability_diagram(labels, probabilities_by_run: dict[str, np.ndarray], bins: int = 10):
     """Accuracy against confidence per run (the diagonal is perfect calibration), with each run's ECE."""
-    from leukolab.metrics import expected_calibration_error, reliability_table
+    from leukolab.metrics.scores import expected_calibration_error, reliability_table
 
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)

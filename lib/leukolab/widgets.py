@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from leukolab.images import decode_image
-from leukolab.pyfunc import SmearModel
+from leukolab.publishing.model import SmearModel
 from leukolab.serving.model import DEFAULT_MODEL_URI, load_model
 from leukolab.serving.schemas import Prediction
 

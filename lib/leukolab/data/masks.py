@@ -35,15 +35,6 @@ NUCLEUS_MAX_BRIGHTNESS = 0.7
 """Stained nuclei: blue >= red >= green, saturation (max-min)/max at least this, brightness (max) at most this."""
 
 
-def check_mask_params(params) -> None:
-    """A clear error for mask parameters out of range."""
-    if not 0 <= params.mask_threshold < 255:
-        raise ValueError(f"mask_threshold must be 0..254, got {params.mask_threshold}")
-    for name in ("mask_min_component", "mask_min_fraction", "mask_min_agreement"):
-        if not 0 <= getattr(params, name) <= 1:
-            raise ValueError(f"{name} must be a fraction between 0 and 1, got {getattr(params, name)}")
-
-
 def derive_mask(image: Image.Image, size: int, params) -> tuple[np.ndarray, float, float]:
     """A 0/1 uint8 ``size`` x ``size`` mask, and the cell fraction before and after the clean-up (native resolution)."""
     brightness = np.asarray(image.convert("RGB")).max(-1)

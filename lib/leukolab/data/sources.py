@@ -29,17 +29,15 @@ The raw folder is only ever read. Paths are relative to the root, with ``/``.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from leukolab.data.files import IMAGE_SUFFIXES, LAYOUTS, walk_files
+
 if TYPE_CHECKING:
     from leukolab.data.labels import CsvLabels
-
-LAYOUTS = ("original_segmented", "imagefolder", "label_in_name", "cnmc", "labels_csv")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 ALL_IDB2_LABEL_PATTERN = r"_(?P<label>[01])\."
 """ALL-IDB2 file names end in ``_1`` (blast) or ``_0`` (no blast)."""
@@ -191,20 +189,3 @@ def detect_layout(root: str | Path, label_pattern: str = ALL_IDB2_LABEL_PATTERN)
         f"no class folders, no CSV naming the images, file names do not match {label_pattern!r}): "
         f"pass layout= one of {LAYOUTS}"
     )
-
-
-def walk_files(root: str | Path) -> list[str]:
-    """Every file under ``root`` that is not hidden, as sorted relative POSIX paths."""
-    root = str(root)
-    found = []
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        relative = os.path.relpath(folder, root)
-        prefix = "" if relative == "." else relative.replace(os.sep, "/") + "/"
-        found.extend(prefix + name for name in files if not name.startswith("."))
-    return sorted(found)
-
-
-def is_hidden(relative_path: str) -> bool:
-    """Dot-files and dot-folders (``.DS_Store``, ``.ipynb_checkpoints``) are not data."""
-    return any(part.startswith(".") for part in PurePosixPath(relative_path).parts)

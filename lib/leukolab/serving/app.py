@@ -33,7 +33,7 @@ from starlette.types import Message
 
 import leukolab
 from leukolab.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
-from leukolab.pyfunc import SmearModel
+from leukolab.publishing.model import SmearModel
 from leukolab.serving.batching import MicroBatcher
 from leukolab.serving.metrics import RequestMetricsMiddleware, ServingMetrics
 from leukolab.serving.model import DEFAULT_MODEL_URI, ModelInfo, load_model

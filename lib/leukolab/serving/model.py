@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from leukolab.pyfunc import SmearModel, load_smear_model
+from leukolab.publishing.model import SmearModel, load_smear_model
 from leukolab.tracking import configure
 
 DEFAULT_MODEL_URI = "models:/leukolab@champion"

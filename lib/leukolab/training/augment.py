@@ -1,4 +1,4 @@
-"""Batch augmentation of images and masks together, and normalisation.
+"""Batch augmentation of images and masks together.
 
 Works on whole uint8 batches as tensors, so it costs little next to a
 training step. Geometric transforms (flips, 90-degree rotations) move image
@@ -28,16 +28,6 @@ class AugmentConfig:
     stain: float = 0.05
     mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0 is off
     cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; with mixup too, each batch takes one of the two
-
-
-def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 or [0, 1] float NCHW to standardised float32."""
-    images = images.float()
-    if images.max() > 1.0:
-        images = images / 255.0
-    mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return (images - mean) / std
 
 
 def label_mixer(config: AugmentConfig, num_classes: int):

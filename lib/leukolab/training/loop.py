@@ -29,8 +29,9 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from leukolab.data.dataset import SmearDataset
-from leukolab.metrics import classification_metrics, segmentation_metrics
-from leukolab.training.augment import AugmentConfig, augment_batch, label_mixer, normalize
+from leukolab.metrics.scores import classification_metrics, segmentation_metrics
+from leukolab.models.inputs import normalize
+from leukolab.training.augment import AugmentConfig, augment_batch, label_mixer
 from leukolab.training.losses import TaskLoss, class_weights
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from leukolab.model_card import render_model_card
-from leukolab.pyfunc import load_smear_model
+from leukolab.publishing.card import render_model_card
+from leukolab.publishing.model import load_smear_model
 from leukolab.tracking import configure, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
     ``candidate`` is ``30_evaluate``'s summary (chosen on its selection split;
     ``metrics``, tagged ``test_<metric>``, are those of its report split);
     ``figures`` maps captions to image files shown in the card; ``external``
-    are the domain-shift rows of :mod:`leukolab.external`. The card and
+    are the domain-shift rows of :mod:`leukolab.evaluation.external`. The card and
     its figures are logged under ``model_card/`` in the candidate's run and the
     card becomes the version's description. Returns what the publish stage hands on.
     """

@@ -26,7 +26,7 @@ from PIL import Image
 from leukolab.config import PROJECT_ROOT
 from leukolab.images import decode_image, encode_png, resize_square
 from leukolab.models.factory import build_model
-from leukolab.training.augment import normalize
+from leukolab.models.inputs import normalize
 
 SERVING_PACKAGES = ("torch", "torchvision", "segmentation-models-pytorch", "timm", "mlflow", "pandas", "numpy", "pillow", "pyyaml")
 
@@ -124,7 +124,7 @@ def log_smear_model(network: torch.nn.Module, meta: dict, example_images: list[b
         name=name,
         python_model=SmearModel(),
         artifacts={"weights": str(scratch / "weights.pt"), "meta": str(scratch / "meta.json")},
-        code_paths=[str(Path(__file__).parent)],
+        code_paths=[str(Path(__file__).parents[1])],
         signature=signature,
         input_example=example,
         pip_requirements=serving_requirements(),

@@ -25,7 +25,7 @@ def render_model_card(*, model_name: str, version: str, alias: str, candidate: d
                       gate: dict, temperature: float | None, lineage: dict, figures: dict[str, str],
                       external: list[dict] | None = None) -> str:
     """The card as Markdown; ``figures`` maps a caption to an image path relative to the card, ``external`` are the
-    domain-shift rows (in-domain first) of :mod:`leukolab.external`."""
+    domain-shift rows (in-domain first) of :mod:`leukolab.evaluation.external`."""
     model = experiment.get("model", {})
     selection, report = candidate["selection_split"], candidate["report_split"]
     lines = [

@@ -11,13 +11,14 @@ import mlflow
 import numpy as np
 import torch
 from PIL import Image
+from scipy.special import softmax
 
 from leukolab import plots
 from leukolab.config import deep_merge, load_named, workspace
 from leukolab.data.dataset import SmearDataset, load_datasets, load_manifest
 from leukolab.models.factory import build_model
-from leukolab.pyfunc import log_smear_model
-from leukolab.resampling import run_resampling
+from leukolab.publishing.model import log_smear_model
+from leukolab.experiments.resampling import run_resampling
 from leukolab.tracking import flatten
 from leukolab.training.calibration import fit_temperature
 from leukolab.training.distributed import fit_distributed
@@ -46,7 +47,8 @@ class ExperimentResult:
     manifest: dict
     test_set: SmearDataset
     model_uri: str
-    resampling: dict | None = None  # folds/seeds summary (leukolab.resampling); None when the experiment sets neither
+    figures: dict  # name -> matplotlib figure, as logged under plots/
+    resampling: dict | None = None  # folds/seeds summary (leukolab.experiments.resampling); None when the experiment sets neither
 
 
 def run_experiment(experiment: dict, dataset_dir: str | Path) -> ExperimentResult:
@@ -54,7 +56,6 @@ def run_experiment(experiment: dict, dataset_dir: str | Path) -> ExperimentResul
     then its ``cv_folds``/``seeds`` as child runs (:func:`leukolab.resampling.run_resampling`), when it sets them."""
     manifest = load_manifest(dataset_dir)
     class_names = manifest["classes"]
-    needs_masks = experiment["task"] in ("segmentation", "joint")
     splits = load_datasets(dataset_dir, ("train", "val", "test"), experiment["task"])
     log.info("experiment %s: images %s, with masks %s", experiment["name"], {k: len(v) for k, v in splits.items()},
              {k: v.mask_images for k, v in splits.items()})
@@ -84,11 +85,9 @@ def run_experiment(experiment: dict, dataset_dir: str | Path) -> ExperimentResul
     mlflow.log_metrics({"best_epoch": result.best_epoch, "temperature": temperature,
                         **{f"test_{k}": v for k, v in test_metrics.items()}})
 
-    mlflow.log_figure(plots.learning_curves(result.history), "plots/learning_curves.png")
-    if "logits" in predict(model, splits["test"].images[:1], mean, std):
-        mlflow.log_figure(plots.misclassified(model, splits["test"], mean, std, class_names), "plots/misclassified.png")
-    if needs_masks:
-        mlflow.log_figure(plots.mask_predictions(model, splits["test"], mean, std), "plots/mask_predictions.png")
+    figures = result_figures(model, result, splits["test"], mean, std, class_names, temperature)
+    for name, figure in figures.items():
+        mlflow.log_figure(figure, f"plots/{name}.png")
 
     meta = {"experiment": experiment, "class_names": class_names, "image_size": manifest["image_size"],
             "mean": mean, "std": std, "temperature": temperature, "dataset_fingerprint": manifest["fingerprint"]}
@@ -96,7 +95,21 @@ def run_experiment(experiment: dict, dataset_dir: str | Path) -> ExperimentResul
     info = log_smear_model(model, meta, examples)
     resampling = run_resampling(experiment, dataset_dir)
     return ExperimentResult(experiment, model, result, val_metrics, test_metrics, class_names, manifest,
-                            splits["test"], info.model_uri, resampling)
+                            splits["test"], info.model_uri, figures, resampling)
+
+
+def result_figures(model, fit_result: FitResult, test: SmearDataset, mean, std, class_names: list[str],
+                   temperature: float) -> dict:
+    """Learning curves, and on the test split the most confident mistakes (classifiers) and mask overlays (masks)."""
+    figures = {"learning_curves": plots.learning_curves(fit_result.history)}
+    outputs = predict(model, test.images, mean, std)
+    if "logits" in outputs:
+        probabilities = softmax(outputs["logits"] / temperature, axis=1)
+        figures["misclassified"] = plots.failure_cases(test.images, test.labels.numpy(), probabilities, class_names)
+    if "mask" in outputs:
+        shown = np.flatnonzero(test.has_mask.numpy())
+        figures["mask_predictions"] = plots.mask_predictions(test.images[shown], test.masks[shown], outputs["mask"][shown])
+    return figures
 
 
 def _jpeg(image_chw: torch.Tensor) -> bytes:

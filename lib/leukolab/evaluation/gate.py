@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from leukolab.data.dataset import SmearDataset
-from leukolab.pyfunc import load_smear_model
+from leukolab.publishing.model import load_smear_model
 from leukolab.tracking import configure
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def gate(candidate: dict, model_name: str, metric: str, dataset: SmearDataset, c
 
     Returns ``{"alias", "reason", "metric", "split", "margin", "candidate_score", "current_version", "current_score"}``.
     """
-    from leukolab.evaluation import evaluate_model
+    from leukolab.evaluation.compare import evaluate_model
 
     measured, split = candidate["selection_metrics"], candidate["selection_split"]
     score = measured.get(metric)

@@ -21,9 +21,9 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from leukolab.data.dataset import SmearDataset, load_manifest, load_split
-from leukolab.intervals import classification_intervals, mean_interval
-from leukolab.metrics import classification_metrics, segmentation_scores
-from leukolab.pyfunc import SmearModel, load_smear_model
+from leukolab.metrics.intervals import classification_intervals, mean_interval
+from leukolab.metrics.scores import classification_metrics, segmentation_scores
+from leukolab.publishing.model import SmearModel, load_smear_model
 from leukolab.stages import read_outputs
 
 EXPERIMENT_STAGES = ("segment", "classify")

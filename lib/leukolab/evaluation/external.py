@@ -23,11 +23,11 @@ import torch
 
 from leukolab.config import workspace_path
 from leukolab.data.dataset import load_manifest, load_split
-from leukolab.evaluation import interval_columns, with_interval
+from leukolab.evaluation.compare import interval_columns, with_interval
 from leukolab.images import decode_image
-from leukolab.intervals import classification_intervals
-from leukolab.metrics import classification_metrics
-from leukolab.pyfunc import SmearModel
+from leukolab.metrics.intervals import classification_intervals
+from leukolab.metrics.scores import classification_metrics
+from leukolab.publishing.model import SmearModel
 
 SHOWN = ("accuracy", "macro_f1", "ece")
 

@@ -1,0 +1,139 @@
+"""The driver's curation between the ETL's two passes: masks paired, files quarantined, duplicates and patients
+grouped, splits assigned; then the dataset's fingerprint and manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from leukolab.data import labels as csv_labels
+from leukolab.data.etl_params import EtlParams
+from leukolab.data.leakage import leakage_report
+from leukolab.data.masks import audit_masks, masks_manifest
+from leukolab.data.schema import SCHEMA_VERSION
+from leukolab.data.splits import assign_splits, group_rows, near_duplicate_pairs, split_fractions
+
+
+@dataclass
+class Duplicates:
+    """Exact and near duplicates among the curated originals."""
+
+    groups: list[list[str]]
+    """Source paths that are byte-identical or near duplicates of each other (connected), each group sorted."""
+    near_pairs: list[dict]
+    """``{"a", "b", "distance"}`` for every near-duplicate pair of different bytes."""
+
+
+def curate(meta: pd.DataFrame, params: EtlParams) -> tuple[pd.DataFrame, list[dict], Duplicates]:
+    """Pair masks, quarantine, group duplicates and patients, and split."""
+    ok = meta["status"] == "ok"
+    originals = meta[ok & (meta["role"] == "original")].copy()
+    masks = meta[ok & (meta["role"] == "mask")]
+    mask_by_key = dict(zip(zip(masks["class_name"], masks["stem"]), masks["source_path"]))
+    originals["mask_path"] = [mask_by_key.get(key) for key in zip(originals["class_name"], originals["stem"])]
+    used_masks = set(originals["mask_path"].dropna())
+    originals = csv_labels.apply_label_map(originals, params.label_map)  # masks paired by the layout's classes
+
+    quarantine = [
+        {"source_path": r.source_path, "reason": r.reason, "message": r.message}
+        for r in meta[meta["status"] == "quarantined"].itertuples()
+    ]
+    any_original = set(zip(meta.loc[meta["role"] == "original", "class_name"], meta.loc[meta["role"] == "original", "stem"]))
+    quarantine += [
+        {"source_path": r.source_path, "reason": "mask_without_original",
+         "message": "its original was quarantined" if (r.class_name, r.stem) in any_original
+         else "no original image has this mask's class and stem"}
+        for r in masks.itertuples() if r.source_path not in used_masks
+    ]
+    if params.require_masks:
+        missing = originals["mask_path"].isna()
+        quarantine += [
+            {"source_path": path, "reason": "missing_mask", "message": "masks are required and this image has none"}
+            for path in originals.loc[missing, "source_path"]
+        ]
+        originals = originals[~missing]
+
+    labels_per_hash = originals.groupby("content_hash")["class_name"].nunique()
+    conflicting = originals["content_hash"].map(labels_per_hash) > 1
+    for r in originals[conflicting].itertuples():
+        quarantine.append({"source_path": r.source_path, "reason": "conflicting_labels",
+                           "message": "a byte-identical image is filed under another class"})
+        if isinstance(r.mask_path, str):
+            quarantine.append({"source_path": r.mask_path, "reason": "conflicting_labels", "message": "its original was quarantined"})
+    originals = audit_masks(originals[~conflicting].sort_values("source_path").reset_index(drop=True), masks, params)
+
+    near = [] if params.near_duplicate_distance is None else near_duplicate_pairs(
+        list(originals["phash"]), params.near_duplicate_distance)
+    duplicate_group = group_rows(originals.assign(patient_id=None), near)
+    originals["group_id"] = group_rows(originals, near)  # duplicates and patients together
+    fractions = split_fractions(params.train_fraction, params.val_fraction, params.test_fraction,
+                                params.holdouts, params.holdout_fraction)
+    originals["split"] = assign_splits(originals.assign(group=originals["group_id"]), fractions, params.seed)
+    classes = params.classes or sorted(originals["class_name"].unique())
+    originals["label"] = originals["class_name"].map({name: i for i, name in enumerate(classes)})
+    paths, hashes = originals["source_path"], originals["content_hash"]
+    duplicates = Duplicates(
+        groups=sorted(sorted(group) for group in paths.groupby(duplicate_group).agg(list) if len(group) > 1),
+        near_pairs=[{"a": paths[i], "b": paths[j], "distance": d} for i, j, d in near if hashes[i] != hashes[j]],
+    )
+    quarantine.sort(key=lambda q: q["source_path"])
+    return originals, quarantine, duplicates
+
+
+def fingerprint(meta: pd.DataFrame, params: EtlParams, layout: str) -> str:
+    """Hash of every input file's path and content hash, and of the parameters."""
+    digest = hashlib.sha256()
+    for path, content_hash in sorted(zip(meta["source_path"], meta["content_hash"])):
+        digest.update(f"{path}\0{content_hash}\n".encode())
+    digest.update(json.dumps({**params.model_dump(), "layout": layout, "schema": SCHEMA_VERSION}, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def build_manifest(name, raw_dir, layout, params, fingerprint, meta, table, quarantine, duplicates: Duplicates) -> dict:
+    """The dataset's manifest; checks that no file was lost and that at most ``max_bad_fraction`` were unusable."""
+    classes = params.classes or sorted(table["class_name"].unique())
+    train = table[table["split"] == "train"]
+    pixels = params.image_size**2 * max(len(train), 1)
+    sums = np.sum(np.stack(train["pixel_sum"]), 0) if len(train) else np.zeros(3)
+    squares = np.sum(np.stack(train["pixel_sq_sum"]), 0) if len(train) else np.zeros(3)
+    mean = sums / pixels
+    std = np.sqrt(np.maximum(squares / pixels - mean**2, 1e-12))
+    counts = table.groupby(["split", "class_name"]).size()
+    n_in, n_labels = len(meta), int((meta["status"] == "label_file").sum())
+    n_out = len(table) + int(table["mask_path"].notna().sum())  # an implausible mask is out too, just not a target
+    if n_in != n_out + len(quarantine) + n_labels:
+        raise AssertionError(f"ETL lost files: {n_in} in, {n_out} out, {len(quarantine)} quarantined, {n_labels} label files")
+    bad_fraction = len(quarantine) / n_in
+    if bad_fraction > params.max_bad_fraction:
+        raise ValueError(
+            f"{len(quarantine)} of {n_in} files ({bad_fraction:.0%}) are unusable, more than max_bad_fraction="
+            f"{params.max_bad_fraction}; first reasons: {quarantine[:5]}"
+        )
+    reasons = pd.Series([q["reason"] for q in quarantine], dtype=object).value_counts()
+    with_patient = table[table["patient_id"].notna()]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": name,
+        "fingerprint": fingerprint,
+        "raw_dir": str(raw_dir),
+        "layout": layout,
+        "parameters": params.model_dump(),
+        "classes": list(classes),
+        "image_size": params.image_size,
+        "has_masks": bool((table["mask_status"] == "ok").any()),
+        "masks": masks_manifest(table, list(classes), params),
+        "files": {"in": n_in, "out": n_out, "quarantined": len(quarantine), **({"label_files": n_labels} if n_labels else {})},
+        "counts": {split: {c: int(counts.get((split, c), 0)) for c in classes} for split in sorted(table["split"].unique())},
+        "patients": {split: int(n) for split, n in with_patient.groupby("split")["patient_id"].nunique().items()},
+        "train_mean": [round(float(v), 6) for v in mean],
+        "train_std": [round(float(v), 6) for v in std],
+        "quarantine": quarantine,
+        "quarantine_reasons": {reason: int(n) for reason, n in sorted(reasons.items())},
+        "duplicate_groups": duplicates.groups,
+        "near_duplicate_pairs": duplicates.near_pairs,
+        "leakage": leakage_report(table, duplicates.near_pairs, params),
+    }

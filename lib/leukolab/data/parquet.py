@@ -1,0 +1,80 @@
+"""The ETL's second pass: Spark tasks gather the curated rows' pixels from the part files into the dataset Parquet."""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from leukolab.data.schema import DATASET_COLUMNS, DATASET_SCHEMA
+
+_MAX_FILE_BYTES = 256 * 1024 * 1024  # images per dataset Parquet file (and held by one second-pass task)
+
+
+def write_dataset(spark, meta: pd.DataFrame, table: pd.DataFrame, data_dir: Path, tasks: int) -> None:
+    """The second pass: Spark tasks read the first pass's part files, add the curated columns and write ``data_dir``.
+
+    Part files are packed into output files of about equal bytes: ``tasks``
+    of them, or more where that keeps each under ``_MAX_FILE_BYTES``. Each
+    task gets only the metadata of its own rows.
+    """
+    part_of = dict(zip(meta["source_path"], meta["part"]))
+    used = table["mask_path"].where(table["mask_status"] == "ok")  # implausible masks stay out of the dataset
+    rows = table.assign(mask_path=used, mask_part=used.map(part_of), original_width=table["width"].astype("int32"),
+                        original_height=table["height"].astype("int32"))
+    rows = rows[["part", "mask_part", "mask_path", *(c for c in DATASET_COLUMNS if c not in ("image", "mask"))]]
+    data_dir.mkdir()
+    sizes = table.groupby("part")["png_bytes"].sum()
+    files = max(tasks, math.ceil(sizes.sum() / _MAX_FILE_BYTES))
+    jobs = [(index, str(data_dir), rows[rows["part"].isin(parts)].to_dict("list"))
+            for index, parts in enumerate(_pack(sizes, files))]
+    written = spark.sparkContext.parallelize(jobs, max(len(jobs), 1)).map(_write_dataset_part).sum()
+    if written != len(table):
+        raise AssertionError(f"the dataset has {written} rows, the curated table {len(table)}")
+
+
+def _pack(sizes: pd.Series, bins: int) -> list[list[str]]:
+    """Items (index) into at most ``bins`` bins of about equal total size: largest first, each to the emptiest bin."""
+    loads, contents = [0] * min(bins, len(sizes)), [[] for _ in range(min(bins, len(sizes)))]
+    for item, size in sorted(sizes.items(), key=lambda pair: (-pair[1], pair[0])):
+        emptiest = loads.index(min(loads))
+        loads[emptiest] += size
+        contents[emptiest].append(item)
+    return contents
+
+
+def _write_dataset_part(job) -> int:
+    """One second-pass task: its rows' images (and masks) from their part files, with the curated columns, as one Parquet file.
+
+    The pixels stay in Arrow buffers: read, gathered with ``take``, written.
+    """
+    index, data_dir, rows = job
+    rows = pd.DataFrame(rows).sort_values("source_path", ignore_index=True)
+    columns = {name: pa.array(rows[name], DATASET_SCHEMA.field(name).type, from_pandas=True)
+               for name in DATASET_COLUMNS if name not in ("image", "mask")}
+    columns["image"] = _gather_pixels(rows["part"], rows["source_path"])
+    columns["mask"] = _gather_pixels(rows["mask_part"], rows["mask_path"])
+    table = pa.table([columns[name] for name in DATASET_COLUMNS], schema=DATASET_SCHEMA)
+    # PNG bytes do not compress further and every blob is unique: no codec, and dictionaries only for the small columns.
+    path, partial = f"{data_dir}/part-{index:05d}.parquet", f"{data_dir}/.part-{index:05d}-{uuid.uuid4().hex}"
+    pq.write_table(table, partial, compression="none", use_dictionary=[c for c in DATASET_COLUMNS if c not in ("image", "mask")])
+    os.replace(partial, path)  # a retried or speculative attempt replaces the file whole
+    return table.num_rows
+
+
+def _gather_pixels(parts: pd.Series, paths: pd.Series) -> pa.ChunkedArray | pa.Array:
+    """The PNG bytes of ``paths`` (null where the path is null), in their order, from the first-pass part files that hold them."""
+    known = paths.notna()
+    if not known.any():
+        return pa.nulls(len(paths), pa.binary())
+    pixels = pa.concat_tables([pq.ParquetFile(part).read(columns=["source_path", "png"]) for part in sorted(set(parts[known]))])
+    positions = pd.Index(pixels.column("source_path").to_pylist()).get_indexer(paths.where(known, None))
+    if (positions[known.to_numpy()] < 0).any():
+        raise AssertionError("a curated image is missing from the first pass's part files")
+    return pixels.column("png").take(pa.array(positions, pa.int64(), mask=~known.to_numpy()))

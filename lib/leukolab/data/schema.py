@@ -1,0 +1,27 @@
+"""The ETL's tables: what its first pass returns, and the columns of the dataset Parquet later stages read."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 3
+"""2: Parquet gained ``group_id`` and ``phash``; the manifest ``near_duplicate_pairs``, ``quarantine_reasons``, ``patients``.
+3: the manifest gained ``leakage``; masks are derived and audited (:mod:`leukolab.data.masks`): Parquet gained
+``mask_fraction``, ``mask_raw_fraction``, ``mask_status`` and ``mask_reason`` (``mask`` is null for an implausible mask);
+the manifest a ``masks`` section."""
+PROCESSED_SCHEMA = (
+    "source_path string, role string, class_name string, stem string, patient_id string, status string, "
+    "reason string, message string, content_hash string, phash string, width int, height int, png binary, "
+    "pixel_sum array<double>, pixel_sq_sum array<double>, mask_fraction double, mask_raw_fraction double, bitmap string"
+)
+PROCESSED_COLUMNS = tuple(column.split()[0] for column in PROCESSED_SCHEMA.split(", "))
+META_SCHEMA = PROCESSED_SCHEMA.replace("png binary", "part string, png_bytes int")
+"""What the first pass returns to Spark: the processed row without its PNG, the part file that holds it and its size."""
+DATASET_SCHEMA = pa.schema([
+    ("image", pa.binary()), ("mask", pa.binary()), ("label", pa.int64()), ("class_name", pa.string()),
+    ("split", pa.string()), ("source_path", pa.string()), ("content_hash", pa.string()), ("patient_id", pa.string()),
+    ("original_width", pa.int32()), ("original_height", pa.int32()), ("group_id", pa.int64()), ("phash", pa.string()),
+    ("mask_fraction", pa.float64()), ("mask_raw_fraction", pa.float64()), ("mask_status", pa.string()), ("mask_reason", pa.string()),
+])
+DATASET_COLUMNS = tuple(DATASET_SCHEMA.names)
+"""Columns of the dataset Parquet, in order; later stages read them by name."""
