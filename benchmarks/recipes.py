@@ -127,7 +127,7 @@ def epochs_in_profile(profile: dict) -> dict[str, int | None]:
 def measure(name: str, epochs: int | None, pools: dict, mean, std, args) -> dict:
     """Train ``name`` for warm-up + timed steps with ``fit`` and time its inference; the budget arithmetic."""
     from leukolab import CLASS_NAMES
-    from leukolab.experiments.run import load_experiment
+    from leukolab.config.experiment import load_experiment
     from leukolab.models.factory import build_model
     from leukolab.training.loop import fit
 

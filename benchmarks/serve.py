@@ -104,7 +104,7 @@ def register_scratch_model(image_size: int, tta: bool, examples: list[bytes]) ->
     import mlflow
 
     from leukolab.data.synthetic import CLASS_NAMES
-    from leukolab.experiments.run import load_experiment
+    from leukolab.config.experiment import load_experiment
     from leukolab.models.factory import build_model
     from leukolab.publishing.model import log_smear_model
     from leukolab.publishing.registry import register

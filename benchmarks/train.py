@@ -50,7 +50,7 @@ def main() -> None:
     from leukolab import CLASS_NAMES
     from leukolab.data.dataset import SmearDataset
     from leukolab.data.synthetic import smear_table
-    from leukolab.experiments.run import load_experiment
+    from leukolab.config.experiment import load_experiment
 
     experiment = load_experiment(args.experiment, {"training": {"epochs": args.epochs},
                                                    "early_stopping": {"patience": args.epochs + 1}})

@@ -49,12 +49,13 @@ def registered_model(tmp_path_factory) -> dict:
     from mlflow.tracking import MlflowClient
 
     from leukolab import tracking
+    from leukolab.config.experiment import Experiment
     from leukolab.models.factory import build_model
     from leukolab.publishing.model import log_smear_model
 
     workspace = tmp_path_factory.mktemp("served-workspace")
     tracking_uri = f"sqlite:///{workspace / 'mlflow.db'}"
-    experiment = {"task": "joint", "model": {"architecture": "Unet", "encoder": "resnet18", "encoder_weights": None}}
+    experiment = Experiment.model_validate({"task": "joint", "model": {"architecture": "Unet", "encoder": "resnet18", "encoder_weights": None}})
     class_names = ["Benign", "Early", "Pre", "Pro"]
     meta = {"experiment": experiment, "class_names": class_names, "image_size": 64,
             "mean": [0.5] * 3, "std": [0.25] * 3, "temperature": 1.0}

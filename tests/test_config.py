@@ -3,7 +3,7 @@
 import pytest
 
 from leukolab.config import available, deep_merge, load_named, parse_value
-from leukolab.experiments.run import load_experiment
+from leukolab.config.experiment import load_experiment
 from leukolab.pipeline import plan
 
 

@@ -11,7 +11,7 @@ from leukolab.data.dataset import load_datasets, load_manifest
 from leukolab.data.etl import run_etl
 from leukolab.data.etl_params import EtlParams
 from leukolab.data.synthetic_dataset import generate_dataset
-from leukolab.experiments.run import load_experiment
+from leukolab.config.experiment import load_experiment
 from leukolab.models.factory import build_model
 from leukolab.training.distributed import fit_distributed
 from leukolab.training.loop import evaluate

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from leukolab.config.experiment import Experiment
 from leukolab.data.synthetic import CLASS_NAMES, smear_table
 from leukolab.data.synthetic_dataset import DomainShift
 from leukolab.evaluation.external import (ExternalDataset, class_mapping, compare_domains, domain_shift_table, evaluate_external,
@@ -40,7 +41,7 @@ def smears():
 
 @pytest.fixture(scope="module")
 def model():
-    experiment = {"task": "classification", "model": {"architecture": "SimpleCNN", "width": 8}}
+    experiment = Experiment.model_validate({"task": "classification", "model": {"architecture": "SimpleCNN", "width": 8}})
     meta = {"experiment": experiment, "class_names": list(CLASS_NAMES), "image_size": 32, "mean": [0.5] * 3,
             "std": [0.25] * 3, "temperature": 1.0}
     return SmearModel(build_model(experiment, len(CLASS_NAMES)).eval(), meta)

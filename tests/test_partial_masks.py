@@ -9,7 +9,7 @@ import torch
 from leukolab import CLASS_NAMES
 from leukolab.data.dataset import SmearDataset, load_datasets
 from leukolab.data.synthetic import smear_table
-from leukolab.experiments.run import load_experiment
+from leukolab.config.experiment import Experiment, load_experiment
 from leukolab.models.factory import build_model
 from leukolab.training.loop import evaluate, fit
 from leukolab.training.losses import TaskLoss
@@ -50,7 +50,7 @@ def test_load_datasets_gives_segmentation_only_the_masked_rows(frame, tmp_path):
 
 
 def test_task_loss_uses_only_the_samples_with_a_mask():
-    loss = TaskLoss({"task": "joint", "loss": {"segmentation": {"name": "bce"}}})
+    loss = TaskLoss(Experiment.model_validate({"task": "joint", "model": {"architecture": "Unet"}, "loss": {"segmentation": {"name": "bce"}}}))
     torch.manual_seed(0)
     out = {"logits": torch.randn(4, 4), "mask": torch.randn(4, 1, 8, 8, requires_grad=True)}
     labels, masks = torch.tensor([0, 1, 2, 3]), (torch.rand(4, 1, 8, 8) > 0.5).float()

@@ -8,6 +8,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from leukolab.config.experiment import Experiment
 from leukolab import tracking
 from leukolab.data.dataset import SmearDataset
 from leukolab.data.synthetic import smear_table
@@ -30,8 +31,8 @@ def dataset():
 def logged_runs(model_env):
     """Two runs whose models have identical weights: neither is better than the other."""
     tracking.configure()  # this module's store, whatever an earlier test set as mlflow's tracking URI
-    experiment = {"task": "joint", "model": {"architecture": "Unet", "encoder": "resnet18", "encoder_weights": None}}
-    meta = {"experiment": {**experiment, "name": "gate-test"}, "class_names": model_env["class_names"], "image_size": 64,
+    experiment = Experiment.model_validate({"task": "joint", "model": {"architecture": "Unet", "encoder": "resnet18", "encoder_weights": None}})
+    meta = {"experiment": experiment.model_copy(update={"name": "gate-test"}), "class_names": model_env["class_names"], "image_size": 64,
             "mean": [0.5] * 3, "std": [0.25] * 3, "temperature": 1.0}
     runs = []
     for name in ("first", "second"):

@@ -94,7 +94,8 @@ def test_folds_and_seeds_run_as_child_runs_with_a_summary(dataset_dir, tmp_path,
     from mlflow.tracking import MlflowClient
 
     from leukolab import tracking
-    from leukolab.experiments.run import load_experiment, run_experiment
+    from leukolab.config.experiment import load_experiment
+    from leukolab.experiments.run import run_experiment
 
     monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -10,9 +10,10 @@ from leukolab import CLASS_NAMES
 from leukolab.config import available
 from leukolab.data.dataset import SmearDataset
 from leukolab.data.synthetic import smear_table
-from leukolab.experiments.run import load_experiment
+from leukolab.config.experiment import load_experiment
 from leukolab.models.factory import build_model
-from leukolab.training.augment import AugmentConfig, augment_batch, label_mixer
+from leukolab.config.experiment import AugmentationSpec, Experiment, InferenceSpec
+from leukolab.training.augment import augment_batch, label_mixer
 from leukolab.training.loop import evaluate, fit
 
 
@@ -32,14 +33,14 @@ MEAN, STD = [0.75, 0.65, 0.68], [0.15, 0.17, 0.15]
 
 @pytest.mark.parametrize("architecture", ["Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "MAnet"])
 def test_factory_builds_smp_architectures(architecture):
-    model = build_model({"task": "joint", "model": {"architecture": architecture, "encoder": "resnet18"}}, 4)
+    model = build_model(Experiment.model_validate({"task": "joint", "model": {"architecture": architecture, "encoder": "resnet18"}}), 4)
     out = model(torch.zeros(2, 3, 64, 64))
     assert out["mask"].shape == (2, 1, 64, 64) and out["logits"].shape == (2, 4)
 
 
 @pytest.mark.parametrize("encoder", ["resnet34", "densenet121", "efficientnet-b0", "mobilenet_v2"])
 def test_factory_builds_encoder_classifiers(encoder):
-    model = build_model({"task": "classification", "model": {"architecture": "EncoderClassifier", "encoder": encoder}}, 4)
+    model = build_model(Experiment.model_validate({"task": "classification", "model": {"architecture": "EncoderClassifier", "encoder": encoder}}), 4)
     assert model(torch.zeros(2, 3, 64, 64))["logits"].shape == (2, 4)
 
 
@@ -53,8 +54,8 @@ def test_every_experiment_builds_and_trains_an_epoch(name, tiny):
 def test_mixup_and_cutmix_mix_pairs_into_soft_targets():
     np.random.seed(0)
     images, labels = torch.rand(8, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
-    assert label_mixer(AugmentConfig(), 4) is None
-    for config in (AugmentConfig(mixup=0.4), AugmentConfig(cutmix=1.0)):
+    assert label_mixer(AugmentationSpec(), 4) is None
+    for config in (AugmentationSpec(mixup=0.4), AugmentationSpec(cutmix=1.0)):
         mixed, targets = label_mixer(config, 4)(images.clone(), labels)
         assert targets.shape == (8, 4) and torch.allclose(targets.sum(1), torch.ones(8))
         assert (targets.max(1).values < 1).any() and not torch.equal(mixed, images)
@@ -69,15 +70,15 @@ def test_label_mixing_is_refused_where_labels_cannot_be_mixed(tiny):
 def test_imagenet_weights_offline_fail_with_a_clear_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="encoder_weights: null"):
-        build_model({"task": "segmentation", "model": {"architecture": "Unet", "encoder": "resnet18",
-                                                        "encoder_weights": "imagenet"}}, 4)
+        build_model(Experiment.model_validate({"task": "segmentation", "model": {"architecture": "Unet", "encoder": "resnet18",
+                                                        "encoder_weights": "imagenet"}}), 4)
 
 
 def test_augmentation_moves_image_and_mask_together():
     images = torch.zeros(8, 3, 16, 16, dtype=torch.uint8)
     images[:, :, :4, :4] = 255
     masks = (images[:, :1] > 0).to(torch.uint8)
-    config = AugmentConfig(brightness=0, contrast=0, saturation=0, stain=0)
+    config = AugmentationSpec(brightness=0, contrast=0, saturation=0, stain=0)
     out_images, out_masks = augment_batch(images, masks, config, torch.Generator().manual_seed(0))
     assert torch.equal(out_images[:, :1] > 0.5, out_masks.bool())
     assert not torch.equal(out_masks, masks)  # something moved
@@ -128,13 +129,13 @@ def test_segmentation_learns_the_white_cells(splits):
 
 
 def test_test_time_augmentation_is_invariant_to_rotation_and_maps_masks_back():
-    experiment = {"task": "joint", "model": {"architecture": "Unet", "encoder": "mobilenet_v2", "encoder_weights": None},
-                  "inference": {"tta": True}}
+    experiment = Experiment.model_validate({"task": "joint", "model": {"architecture": "Unet", "encoder": "mobilenet_v2",
+                                            "encoder_weights": None}, "inference": {"tta": True}})
     model = build_model(experiment, 4).eval()
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         out, turned = model(images), model(torch.rot90(images, 1, (-2, -1)))
-        plain = build_model({**experiment, "inference": {}}, 4).eval()(images)
+        plain = build_model(experiment.model_copy(update={"inference": InferenceSpec()}), 4).eval()(images)
     assert torch.allclose(out["logits"], turned["logits"], atol=1e-4)
     assert torch.allclose(torch.rot90(out["mask"], 1, (-2, -1)), turned["mask"], atol=1e-4)
     assert not torch.allclose(out["mask"], plain["mask"], atol=1e-4)

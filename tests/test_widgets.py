@@ -9,6 +9,7 @@ import ipywidgets as widgets
 import pytest
 from fastapi.testclient import TestClient
 
+from leukolab.config.experiment import Experiment
 from leukolab import widgets as demo
 from leukolab.serving.app import ServingSettings, create_app
 from leukolab.serving.model import load_model
@@ -135,7 +136,7 @@ def classifier_uri(model_env):
     from leukolab.publishing.model import log_smear_model
 
     tracking.configure()
-    experiment = {"task": "classification", "model": {"architecture": "SimpleCNN", "width": 8}}
+    experiment = Experiment.model_validate({"task": "classification", "model": {"architecture": "SimpleCNN", "width": 8}})
     meta = {"experiment": experiment, "class_names": model_env["class_names"], "image_size": 64,
             "mean": [0.5] * 3, "std": [0.25] * 3, "temperature": 1.0}
     with mlflow.start_run():

@@ -27,6 +27,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.model_selection import StratifiedGroupKFold
 
+from leukolab.config.experiment import Experiment
 from leukolab.data.dataset import SmearDataset, load_datasets, load_manifest, load_split
 from leukolab.models.factory import build_model
 from leukolab.tracking import flatten
@@ -70,14 +71,14 @@ def summarize_runs(metrics: list[dict[str, float]]) -> dict[str, dict[str, float
             if all(name in m and np.isfinite(m[name]) for m in metrics)}
 
 
-def run_resampling(experiment: dict, dataset_dir: str | Path) -> dict | None:
+def run_resampling(experiment: Experiment, dataset_dir: str | Path) -> dict | None:
     """Run the experiment's ``cv_folds`` and ``seeds`` as child runs of the active MLflow run.
 
     Returns ``{"folds": {...}, "seeds": {...}}`` (only the keys the experiment set), each with ``interval``
     (``"t"``), ``level``, per-run ``runs`` and ``summary`` (per metric ``mean``, ``std``, ``ci_low``,
     ``ci_high``, ``n``; seeds summarize ``val`` and ``test`` separately); ``None`` when neither key is set.
     """
-    folds, seeds = experiment.get("cv_folds"), experiment.get("seeds")
+    folds, seeds = experiment.cv_folds, experiment.seeds
     if not folds and not seeds:
         return None
     manifest = load_manifest(dataset_dir)
@@ -90,36 +91,36 @@ def run_resampling(experiment: dict, dataset_dir: str | Path) -> dict | None:
     return out
 
 
-def _cross_validate(experiment: dict, dataset_dir, folds: int, context: dict) -> dict:
+def _cross_validate(experiment: Experiment, dataset_dir, folds: int, context: dict) -> dict:
     pooled = pd.concat([load_split(dataset_dir, "train"), load_split(dataset_dir, "val")], ignore_index=True)
-    if experiment["task"] == "segmentation":  # as load_datasets: segmenters see plausible masks only
+    if experiment.task == "segmentation":  # as load_datasets: segmenters see plausible masks only
         pooled = pooled[pooled["mask"].notna()].reset_index(drop=True)
-    seed = int(experiment.get("seed", 42))
+    seed = experiment.seed
     assignment = fold_assignment(pooled, folds, seed)
-    data = SmearDataset(pooled, with_masks=experiment["task"] in ("segmentation", "joint"))
+    data = SmearDataset(pooled, with_masks=experiment.task in ("segmentation", "joint"))
     runs = []
     for fold in range(folds):
         train, held_out = data.subset(np.flatnonzero(assignment != fold)), data.subset(np.flatnonzero(assignment == fold))
         fold_context = {**context, **_colour_statistics(train)}
         with _child_run(experiment, f"fold {fold + 1}/{folds}", {"resample": "fold", "fold": fold + 1, "cv_folds": folds}):
             model = _train(experiment, train, None, fold_context)
-            metrics = _score(model, held_out, experiment["task"], fold_context)
+            metrics = _score(model, held_out, experiment.task, fold_context)
             mlflow.log_metrics({f"heldout_{k}": v for k, v in metrics.items()})
         runs.append({"fold": fold + 1, "train_images": len(train), "heldout_images": len(held_out), "heldout": metrics})
     return {"k": folds, "seed": seed, "interval": "t", "level": 0.95, "runs": runs,
             "summary": summarize_runs([r["heldout"] for r in runs])}
 
 
-def _repeat_seeds(experiment: dict, dataset_dir, seeds: list[int], context: dict) -> dict:
+def _repeat_seeds(experiment: Experiment, dataset_dir, seeds: list[int], context: dict) -> dict:
     if len(set(seeds)) < 2:
         raise ValueError(f"seeds needs at least two different seeds, got {seeds}")
-    splits = load_datasets(dataset_dir, ("train", "val", "test"), experiment["task"])
+    splits = load_datasets(dataset_dir, ("train", "val", "test"), experiment.task)
     runs = []
     for seed in seeds:
-        seeded = {**experiment, "seed": seed}
+        seeded = experiment.model_copy(update={"seed": seed})
         with _child_run(seeded, f"seed {seed}", {"resample": "seed"}):
             model = _train(seeded, splits["train"], splits["val"], context)
-            scores = {split: _score(model, splits[split], experiment["task"], context) for split in ("val", "test")}
+            scores = {split: _score(model, splits[split], experiment.task, context) for split in ("val", "test")}
             mlflow.log_metrics({f"{split}_{k}": v for split, metrics in scores.items() for k, v in metrics.items()})
         runs.append({"seed": seed, **scores})
     return {"seeds": seeds, "interval": "t", "level": 0.95, "runs": runs,
@@ -133,17 +134,17 @@ def _colour_statistics(dataset: SmearDataset) -> dict[str, list[float]]:
 
 
 @contextlib.contextmanager
-def _child_run(experiment: dict, label: str, params: dict):
+def _child_run(experiment: Experiment, label: str, params: dict):
     """A run nested in the active one (tag ``mlflow.parentRunId``), named ``<experiment> <label>``, with the
     experiment's params."""
-    with mlflow.start_run(run_name=f"{experiment['name']} {label}", nested=True,
-                          tags={"leukolab.resample": params["resample"], "experiment": experiment["name"]}) as run:
-        mlflow.log_params({**flatten({k: v for k, v in experiment.items() if k not in ("cv_folds", "seeds")}),
+    with mlflow.start_run(run_name=f"{experiment.name} {label}", nested=True,
+                          tags={"leukolab.resample": params["resample"], "experiment": experiment.name}) as run:
+        mlflow.log_params({**flatten(experiment.model_dump(exclude={"cv_folds", "seeds"})),
                            **{f"resample.{k}": v for k, v in params.items()}})
         yield run
 
 
-def _train(experiment: dict, train: SmearDataset, val: SmearDataset | None, context: dict):
+def _train(experiment: Experiment, train: SmearDataset, val: SmearDataset | None, context: dict):
     model = build_model(experiment, len(context["class_names"]))
     fit(model, train, val, experiment, context["mean"], context["std"], context["class_names"],
         on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))

@@ -14,7 +14,8 @@ from PIL import Image
 from scipy.special import softmax
 
 from leukolab import plots
-from leukolab.config import deep_merge, load_named, workspace
+from leukolab.config import workspace
+from leukolab.config.experiment import Experiment
 from leukolab.data.dataset import SmearDataset, load_datasets, load_manifest
 from leukolab.models.factory import build_model
 from leukolab.publishing.model import log_smear_model
@@ -27,18 +28,11 @@ from leukolab.training.loop import FitResult, evaluate, fit, predict
 log = logging.getLogger(__name__)
 
 
-def load_experiment(name: str, overrides: dict | None = None) -> dict:
-    """``params/experiments/<name>.yaml`` with ``overrides`` merged in (``None`` values are ignored)."""
-    experiment = deep_merge(load_named("experiments", name), overrides or {})
-    experiment["name"] = name
-    return experiment
-
-
 @dataclass
 class ExperimentResult:
     """What a trained experiment hands on to the notebook and the next stage."""
 
-    experiment: dict
+    experiment: Experiment
     model: torch.nn.Module
     fit: FitResult
     val_metrics: dict
@@ -51,24 +45,24 @@ class ExperimentResult:
     resampling: dict | None = None  # folds/seeds summary (leukolab.experiments.resampling); None when the experiment sets neither
 
 
-def run_experiment(experiment: dict, dataset_dir: str | Path) -> ExperimentResult:
+def run_experiment(experiment: Experiment, dataset_dir: str | Path) -> ExperimentResult:
     """Train ``experiment`` on the dataset inside the active MLflow run and log params, metrics, plots and model;
     then its ``cv_folds``/``seeds`` as child runs (:func:`leukolab.resampling.run_resampling`), when it sets them."""
     manifest = load_manifest(dataset_dir)
     class_names = manifest["classes"]
-    splits = load_datasets(dataset_dir, ("train", "val", "test"), experiment["task"])
-    log.info("experiment %s: images %s, with masks %s", experiment["name"], {k: len(v) for k, v in splits.items()},
+    splits = load_datasets(dataset_dir, ("train", "val", "test"), experiment.task)
+    log.info("experiment %s: images %s, with masks %s", experiment.name, {k: len(v) for k, v in splits.items()},
              {k: v.mask_images for k, v in splits.items()})
 
-    mlflow.log_params(flatten(experiment))
+    mlflow.log_params(flatten(experiment.model_dump()))
     mlflow.set_tags({"dataset_fingerprint": manifest["fingerprint"], "dataset": manifest["dataset"],
-                     "task": experiment["task"], "experiment": experiment["name"]})
+                     "task": experiment.task, "experiment": experiment.name})
     mlflow.log_metrics({f"{what}_{name}": count for name, split in splits.items()
                         for what, count in (("images", len(split)), ("mask_images", split.mask_images))})
     model = build_model(experiment, len(class_names))
     mean, std = manifest["train_mean"], manifest["train_std"]
     checkpoints = workspace() / "data" / "checkpoints" / mlflow.active_run().info.run_id
-    processes = int(experiment.get("distributed", {}).get("num_processes", 1))
+    processes = experiment.distributed.num_processes
     if processes > 1:
         result = fit_distributed(model, experiment, dataset_dir, processes, checkpoints)
     else:
@@ -77,11 +71,11 @@ def run_experiment(experiment: dict, dataset_dir: str | Path) -> ExperimentResul
     model.eval()
 
     temperature = 1.0
-    if experiment["task"] in ("classification", "joint"):
+    if experiment.task in ("classification", "joint"):
         logits = predict(model, splits["val"].images, mean, std)["logits"]
         temperature = fit_temperature(logits, splits["val"].labels.numpy())
-    val_metrics = evaluate(model, splits["val"], mean, std, class_names, experiment["task"])
-    test_metrics = evaluate(model, splits["test"], mean, std, class_names, experiment["task"])
+    val_metrics = evaluate(model, splits["val"], mean, std, class_names, experiment.task)
+    test_metrics = evaluate(model, splits["test"], mean, std, class_names, experiment.task)
     mlflow.log_metrics({"best_epoch": result.best_epoch, "temperature": temperature,
                         **{f"test_{k}": v for k, v in test_metrics.items()}})
 
@@ -89,7 +83,7 @@ def run_experiment(experiment: dict, dataset_dir: str | Path) -> ExperimentResul
     for name, figure in figures.items():
         mlflow.log_figure(figure, f"plots/{name}.png")
 
-    meta = {"experiment": experiment, "class_names": class_names, "image_size": manifest["image_size"],
+    meta = {"experiment": experiment.model_dump(mode="json"), "class_names": class_names, "image_size": manifest["image_size"],
             "mean": mean, "std": std, "temperature": temperature, "dataset_fingerprint": manifest["fingerprint"]}
     examples = [_jpeg(splits["test"].images[i]) for i in range(min(2, len(splits["test"])))]
     info = log_smear_model(model, meta, examples)

@@ -11,9 +11,8 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from leukolab.config.experiment import Experiment
 from leukolab.models.simple_cnn import SimpleCNN
-
-TASKS = ("classification", "segmentation", "joint")
 
 
 class SmearNet(nn.Module):
@@ -67,43 +66,38 @@ class EncoderClassifier(nn.Module):
         return self.head(self.encoder(x)[-1])
 
 
-def build_model(experiment: dict, num_classes: int) -> SmearNet:
+def build_model(experiment: Experiment, num_classes: int) -> SmearNet:
     """The network of an experiment config (see ``params/experiments/*.yaml``).
 
     Initial weights are drawn after seeding torch with the experiment's seed, so
     the same config always starts from the same network.
     """
-    task = experiment["task"]
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
-    spec = experiment["model"]
-    architecture = spec["architecture"]
-    weights = spec.get("encoder_weights")
-    dropout = spec.get("dropout", 0.2)
-    torch.manual_seed(int(experiment.get("seed", 0)))
+    task, spec = experiment.task, experiment.model
+    architecture, weights, dropout = spec.architecture, spec.encoder_weights, spec.dropout
+    torch.manual_seed(experiment.seed)
     try:
         if architecture == "SimpleCNN":
-            network = SimpleCNN(num_classes, width=spec.get("width", 32), dropout=dropout)
+            network = SimpleCNN(num_classes, width=spec.width, dropout=dropout)
         elif architecture == "EncoderClassifier":
-            network = EncoderClassifier(spec["encoder"], weights, num_classes, dropout)
+            network = EncoderClassifier(spec.encoder, weights, num_classes, dropout)
         else:
             aux = {"classes": num_classes, "dropout": dropout} if task == "joint" else None
-            decoder = {"decoder_channels": tuple(spec["decoder_channels"])} if spec.get("decoder_channels") else {}
-            network = smp.create_model(architecture, encoder_name=spec["encoder"], encoder_weights=weights,
+            decoder = {"decoder_channels": tuple(spec.decoder_channels)} if spec.decoder_channels else {}
+            network = smp.create_model(architecture, encoder_name=spec.encoder, encoder_weights=weights,
                                        in_channels=3, classes=1, aux_params=aux, **decoder)
     except KeyError as error:
         raise ValueError(f"unknown architecture or encoder in {spec}: {error}") from None
     except Exception as error:
         if weights and _is_download_error(error):
             raise RuntimeError(
-                f"could not download {weights!r} weights for encoder {spec.get('encoder')!r}: this machine cannot reach "
+                f"could not download {weights!r} weights for encoder {spec.encoder!r}: this machine cannot reach "
                 "the model hub. Set model.encoder_weights: null to train from scratch, or run where the hub is reachable "
                 "(or with the weights already in the Hugging Face / torch cache)."
             ) from error
         raise
     if architecture in ("SimpleCNN", "EncoderClassifier") and task != "classification":
         raise ValueError(f"{architecture} only classifies; task {task!r} needs an smp segmentation architecture")
-    return SmearNet(network, task, tta=bool(experiment.get("inference", {}).get("tta", False)))
+    return SmearNet(network, task, tta=experiment.inference.tta)
 
 
 def _is_download_error(error: Exception) -> bool:

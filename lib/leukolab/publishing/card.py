@@ -13,6 +13,8 @@ import datetime as dt
 
 import numpy as np
 
+from leukolab.config.experiment import Experiment
+
 INTENDED_USE = (
     "Research on automated detection and subtyping of Acute Lymphoblastic Leukemia in peripheral blood smear "
     "images: comparing methods, studying failure modes, teaching. **Not a medical device.** It has not been "
@@ -21,17 +23,17 @@ INTENDED_USE = (
 )
 
 
-def render_model_card(*, model_name: str, version: str, alias: str, candidate: dict, experiment: dict, manifest: dict,
+def render_model_card(*, model_name: str, version: str, alias: str, candidate: dict, experiment: Experiment, manifest: dict,
                       gate: dict, temperature: float | None, lineage: dict, figures: dict[str, str],
                       external: list[dict] | None = None) -> str:
     """The card as Markdown; ``figures`` maps a caption to an image path relative to the card, ``external`` are the
     domain-shift rows (in-domain first) of :mod:`leukolab.evaluation.external`."""
-    model = experiment.get("model", {})
+    model = experiment.model
     selection, report = candidate["selection_split"], candidate["report_split"]
     lines = [
         f"# Model card: {model_name} version {version} (@{alias})",
         "",
-        f"*{experiment.get('name', candidate['experiment'])}*: {experiment.get('description', '')}  ",
+        f"*{experiment.name or candidate['experiment']}*: {experiment.description}  ",
         f"Published {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}.",
         "",
         "## Intended use",
@@ -41,12 +43,12 @@ def render_model_card(*, model_name: str, version: str, alias: str, candidate: d
         "## Model",
         "",
         _table(["", ""], [
-            ["task", experiment.get("task", "")],
-            ["architecture", " / ".join(str(v) for v in (model.get("architecture"), model.get("encoder")) if v)],
-            ["encoder weights", str(model.get("encoder_weights") or "none (trained from scratch)")],
+            ["task", experiment.task],
+            ["architecture", " / ".join(str(v) for v in (model.architecture, model.encoder) if v)],
+            ["encoder weights", str(model.encoder_weights or "none (trained from scratch)")],
             ["input", f"RGB, resized to {manifest.get('image_size')} px, normalised with the training split's mean/std"],
-            ["outputs", ", ".join(["class probabilities"] * (experiment.get("task") != "segmentation")
-                                  + ["white-cell mask"] * (experiment.get("task") != "classification"))],
+            ["outputs", ", ".join(["class probabilities"] * (experiment.task != "segmentation")
+                                  + ["white-cell mask"] * (experiment.task != "classification"))],
             ["temperature (calibration)", "" if temperature is None else f"{temperature:.3f}"],
             *[[key.replace("_", " "), f"`{value}`"] for key, value in lineage.items()],
         ]),

@@ -24,6 +24,7 @@ from mlflow.models import infer_signature
 from PIL import Image
 
 from leukolab.config import PROJECT_ROOT
+from leukolab.config.experiment import Experiment, parse_experiment
 from leukolab.images import decode_image, encode_png, resize_square
 from leukolab.models.factory import build_model
 from leukolab.models.inputs import normalize
@@ -35,11 +36,11 @@ class SmearModel(mlflow.pyfunc.PythonModel):
     """Preprocessing, the network and postprocessing in one object."""
 
     def __init__(self, network: torch.nn.Module | None = None, meta: dict | None = None):
-        self.network, self.meta = network, meta
+        self.network, self.meta = network, meta and {**meta, "experiment": _experiment(meta).model_dump(mode="json")}
 
     def load_context(self, context) -> None:
         self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
-        network = build_model(self.meta["experiment"], len(self.meta["class_names"]))
+        network = build_model(_experiment(self.meta), len(self.meta["class_names"]))
         network.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
         self.network = network.eval()
 
@@ -51,8 +52,12 @@ class SmearModel(mlflow.pyfunc.PythonModel):
         return list(self.meta["class_names"])
 
     @property
+    def experiment(self) -> Experiment:
+        return _experiment(self.meta)
+
+    @property
     def task(self) -> str:
-        return self.meta["experiment"]["task"]
+        return self.experiment.task
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """One RGB image resized to the network's input: an HxWx3 uint8 array (what :meth:`predict_prepared` stacks)."""
@@ -116,9 +121,9 @@ def log_smear_model(network: torch.nn.Module, meta: dict, example_images: list[b
     """Log the network as a pyfunc model of the active run, with signature and input example."""
     scratch = Path(tempfile.mkdtemp(prefix="leukolab-model-"))
     torch.save(network.state_dict(), scratch / "weights.pt")
-    (scratch / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-    example = pd.DataFrame({"image": example_images})
     model = SmearModel(network.eval(), meta)
+    (scratch / "meta.json").write_text(json.dumps(model.meta, indent=2, default=str))
+    example = pd.DataFrame({"image": example_images})
     signature = infer_signature(example, model.predict(None, example))
     return mlflow.pyfunc.log_model(
         name=name,
@@ -137,3 +142,9 @@ def load_smear_model(model_uri: str) -> SmearModel:
 
     configure()
     return mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+
+
+def _experiment(meta: dict) -> Experiment:
+    """The experiment a model was trained with, from its metadata (a mapping, as ``meta.json`` holds it)."""
+    experiment = meta["experiment"]
+    return experiment if isinstance(experiment, Experiment) else parse_experiment(experiment, "the model's meta.json")

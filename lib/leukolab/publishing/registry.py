@@ -66,12 +66,12 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
     }
     alias = gate["alias"]
     version = register(candidate["model_uri"], name, alias, tags)
-    meta = load_smear_model(candidate["model_uri"]).meta
+    model = load_smear_model(candidate["model_uri"])
     lineage = {"source run": candidate["run_id"], "pipeline run": tags["pipeline_run_id"], "git commit": tags["git_commit"],
                "tracking URI": tracking_uri()}
     card = _log_card(client, candidate["run_id"], render_model_card(
-        model_name=name, version=version.version, alias=alias, candidate=candidate, experiment=meta["experiment"],
-        manifest=manifest, gate=gate, temperature=meta.get("temperature"), lineage=lineage,
+        model_name=name, version=version.version, alias=alias, candidate=candidate, experiment=model.experiment,
+        manifest=manifest, gate=gate, temperature=model.meta.get("temperature"), lineage=lineage,
         figures={caption: Path(path).name for caption, path in (figures or {}).items()}, external=external), figures or {})
     description = card["text"] if len(card["text"]) <= DESCRIPTION_LIMIT else (
         card["text"][:DESCRIPTION_LIMIT - 200].rsplit("\n## ", 1)[0] + f"\n\n(The full card: {card['uri']}.)")

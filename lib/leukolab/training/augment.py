@@ -11,26 +11,12 @@ are for classifiers only, off unless an experiment asks for them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class AugmentConfig:
-    """Strengths of each transform; 0 or False turns it off."""
-
-    flip: bool = True
-    rotate90: bool = True
-    brightness: float = 0.15
-    contrast: float = 0.15
-    saturation: float = 0.15
-    stain: float = 0.05
-    mixup: float = 0.0  # Beta(alpha, alpha) of mixup; 0 is off
-    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; with mixup too, each batch takes one of the two
+from leukolab.config.experiment import AugmentationSpec
 
 
-def label_mixer(config: AugmentConfig, num_classes: int):
+def label_mixer(config: AugmentationSpec, num_classes: int):
     """timm's ``Mixup`` (mixup and/or CutMix, soft targets, no smoothing of its own), or None when both are off."""
     if not (config.mixup or config.cutmix):
         return None
@@ -39,7 +25,7 @@ def label_mixer(config: AugmentConfig, num_classes: int):
     return Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=0.0, num_classes=num_classes)
 
 
-def augment_batch(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, generator: torch.Generator):
+def augment_batch(images: torch.Tensor, masks: torch.Tensor, config: AugmentationSpec, generator: torch.Generator):
     """Augment uint8 NCHW images and N1HW masks; returns float images in [0, 1] and masks."""
     images = images.float() / 255.0
     n = images.shape[0]
@@ -67,7 +53,7 @@ def _uniform(n: int, strength: float, generator: torch.Generator) -> torch.Tenso
     return 1.0 + (torch.rand(n, generator=generator) * 2 - 1) * strength
 
 
-def _jitter_colour(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+def _jitter_colour(images: torch.Tensor, config: AugmentationSpec, generator: torch.Generator) -> torch.Tensor:
     n = images.shape[0]
     if config.brightness:
         images = images * _uniform(n, config.brightness, generator).view(-1, 1, 1, 1)

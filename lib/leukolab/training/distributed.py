@@ -19,6 +19,7 @@ from pathlib import Path
 import mlflow
 import torch
 
+from leukolab.config.experiment import Experiment
 from leukolab.data.dataset import load_datasets, load_manifest
 from leukolab.models.factory import build_model
 from leukolab.training.loop import FitResult, fit
@@ -26,19 +27,19 @@ from leukolab.training.loop import FitResult, fit
 log = logging.getLogger(__name__)
 
 
-def fit_distributed(model: torch.nn.Module, experiment: dict, dataset_dir: str | Path, num_processes: int,
+def fit_distributed(model: torch.nn.Module, experiment: Experiment, dataset_dir: str | Path, num_processes: int,
                     checkpoint_dir: str | Path, spark=None) -> FitResult:
     """Train ``model`` in ``num_processes`` processes inside the active MLflow run; load the best weights into it."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
     from leukolab.data.spark import spark_session
 
-    settings = experiment.get("distributed", {})
-    spark = spark or spark_session(settings.get("master", f"local[{num_processes}]"), app_name="leukolab-train")
+    settings = experiment.distributed
+    spark = spark or spark_session(settings.master or f"local[{num_processes}]", app_name="leukolab-train")
     run = mlflow.active_run()
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    distributor = TorchDistributor(num_processes=num_processes, local_mode=bool(settings.get("local_mode", False)),
+    distributor = TorchDistributor(num_processes=num_processes, local_mode=settings.local_mode,
                                    use_gpu=torch.cuda.is_available())
     log.info("distributed training: %d processes on %s", num_processes, spark.sparkContext.master)
     state, result = distributor.run(_train_rank, experiment, str(dataset_dir), mlflow.get_tracking_uri(),
@@ -54,7 +55,7 @@ def _backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def _train_rank(experiment: dict, dataset_dir: str, tracking_uri: str, run_id: str, checkpoint_dir: str):
+def _train_rank(experiment: Experiment, dataset_dir: str, tracking_uri: str, run_id: str, checkpoint_dir: str):
     """One training process (runs under torchrun, started by TorchDistributor)."""
     import torch.distributed as dist
 
@@ -68,7 +69,7 @@ def _train_rank(experiment: dict, dataset_dir: str, tracking_uri: str, run_id: s
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     try:
         manifest = load_manifest(dataset_dir)
-        splits = load_datasets(dataset_dir, ("train", "val"), experiment["task"])
+        splits = load_datasets(dataset_dir, ("train", "val"), experiment.task)
         model = build_model(experiment, len(manifest["classes"]))
         report = None
         if rank == 0:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import json
 import logging
 import random
 import time
@@ -28,10 +27,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
+from leukolab.config.experiment import Experiment
 from leukolab.data.dataset import SmearDataset
 from leukolab.metrics.scores import classification_metrics, segmentation_metrics
 from leukolab.models.inputs import normalize
-from leukolab.training.augment import AugmentConfig, augment_batch, label_mixer
+from leukolab.training.augment import augment_batch, label_mixer
 from leukolab.training.losses import TaskLoss, class_weights
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def default_monitor(task: str) -> str:
-    return {"classification": "val_macro_f1", "segmentation": "val_dice", "joint": "val_macro_f1"}[task]
 
 
 @torch.no_grad()
@@ -93,7 +89,7 @@ def fit(
     model: torch.nn.Module,
     train_set: SmearDataset,
     val_set: SmearDataset | None,
-    experiment: dict,
+    experiment: Experiment,
     mean, std, class_names,
     checkpoint_dir: str | Path | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
@@ -109,40 +105,33 @@ def fit(
     validates, decides early stopping for all, calls ``on_epoch_end`` and
     writes the checkpoint.
     """
-    task = experiment["task"]
-    train_cfg = experiment.get("training", {})
-    seed = int(experiment.get("seed", 42))
+    task, train_cfg, seed = experiment.task, experiment.training, experiment.seed
     seed_everything(seed)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     device_type = device.split(":")[0]
     model.to(device)
-    epochs = int(train_cfg.get("epochs", 10))
-    batch_size = int(train_cfg.get("batch_size", 16))
+    epochs, batch_size = train_cfg.epochs, train_cfg.batch_size
     generator = torch.Generator().manual_seed(seed + rank)
     sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=seed, drop_last=True) if distributed else None
     loader = DataLoader(train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                         generator=None if sampler else generator, drop_last=len(train_set) > batch_size * world)
     trained = DistributedDataParallel(model) if distributed else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(train_cfg.get("lr", 1e-3)),
-                                  weight_decay=float(train_cfg.get("weight_decay", 1e-4)))
-    scheduler = _scheduler(optimizer, train_cfg.get("schedule", "cosine"), epochs, len(loader), float(train_cfg.get("lr", 1e-3)))
-    balanced = experiment.get("loss", {}).get("class_weights") == "balanced"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    scheduler = _scheduler(optimizer, train_cfg.schedule, epochs, len(loader), train_cfg.lr)
+    balanced = experiment.loss.class_weights == "balanced"
     weights = class_weights(train_set.labels.numpy(), len(class_names)) if balanced else None
     task_loss = TaskLoss(experiment, weights).to(device)
-    augment = AugmentConfig(**experiment.get("augmentation", {}))
+    augment = experiment.augmentation
     mixer = label_mixer(augment, len(class_names))
-    if mixer and (task != "classification" or experiment.get("loss", {}).get("name", "cross_entropy") != "cross_entropy"):
+    if mixer and (task != "classification" or (experiment.loss.name or "cross_entropy") != "cross_entropy"):
         raise ValueError("mixup and cutmix mix labels: they need task classification with loss cross_entropy")
-    stopping = experiment.get("early_stopping", {})
-    monitor = stopping.get("monitor", default_monitor(task))
-    patience = int(stopping.get("patience", 5))
-    clip = float(train_cfg.get("grad_clip", 1.0))
+    monitor, patience, clip = experiment.monitor, experiment.early_stopping.patience, train_cfg.grad_clip
     scaler = torch.amp.GradScaler("cuda", enabled=device_type == "cuda")
     # An exponential moving average of the weights (and BN statistics) is what gets validated and kept:
     # it evens out the step-to-step noise of small-batch training.
-    ema_decay = float(train_cfg.get("ema_decay", 0.0))
+    ema_decay = train_cfg.ema_decay
     # Warm-up ramps the decay from 0, so early epochs are not dominated by the random initial weights.
     ema = ModelEmaV3(model, decay=ema_decay, use_warmup=True) if ema_decay else None
     kept = ema.module if ema else model
@@ -258,5 +247,5 @@ def _scheduler(optimizer, name: str, epochs: int, steps_per_epoch: int, lr: floa
     raise ValueError(f"unknown schedule {name!r}; choose cosine, onecycle or constant")
 
 
-def _config_hash(experiment: dict) -> str:
-    return hashlib.sha256(json.dumps(experiment, sort_keys=True, default=str).encode()).hexdigest()
+def _config_hash(experiment: Experiment) -> str:
+    return hashlib.sha256(experiment.model_dump_json().encode()).hexdigest()

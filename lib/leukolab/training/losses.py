@@ -7,6 +7,8 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from leukolab.config.experiment import Experiment, LossSpec
+
 CLASSIFICATION_LOSSES = ("cross_entropy", "focal")
 SEGMENTATION_LOSSES = ("bce", "dice", "bce_dice", "focal")
 
@@ -18,17 +20,17 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
-def classification_loss(spec: dict, weights: torch.Tensor | None) -> nn.Module:
-    name = spec.get("name", "cross_entropy")
+def classification_loss(spec: LossSpec, weights: torch.Tensor | None) -> nn.Module:
+    name = spec.name or "cross_entropy"
     if name == "cross_entropy":
-        return nn.CrossEntropyLoss(weight=weights, label_smoothing=spec.get("label_smoothing", 0.0))
+        return nn.CrossEntropyLoss(weight=weights, label_smoothing=spec.label_smoothing)
     if name == "focal":
-        return smp.losses.FocalLoss("multiclass", gamma=spec.get("gamma", 2.0))
+        return smp.losses.FocalLoss("multiclass", gamma=spec.gamma)
     raise ValueError(f"unknown classification loss {name!r}; choose one of {CLASSIFICATION_LOSSES}")
 
 
-def segmentation_loss(spec: dict) -> nn.Module:
-    name = spec.get("name", "bce_dice")
+def segmentation_loss(spec: LossSpec) -> nn.Module:
+    name = spec.name or "bce_dice"
     if name == "bce":
         return nn.BCEWithLogitsLoss()
     if name == "dice":
@@ -36,7 +38,7 @@ def segmentation_loss(spec: dict) -> nn.Module:
     if name == "bce_dice":
         return _Sum(nn.BCEWithLogitsLoss(), smp.losses.DiceLoss("binary", from_logits=True))
     if name == "focal":
-        return smp.losses.FocalLoss("binary", gamma=spec.get("gamma", 2.0))
+        return smp.losses.FocalLoss("binary", gamma=spec.gamma)
     raise ValueError(f"unknown segmentation loss {name!r}; choose one of {SEGMENTATION_LOSSES}")
 
 
@@ -47,11 +49,11 @@ class TaskLoss(nn.Module):
     counts only the samples whose ``has_mask`` is True (all when it is ``None``).
     """
 
-    def __init__(self, experiment: dict, weights: torch.Tensor | None = None):
+    def __init__(self, experiment: Experiment, weights: torch.Tensor | None = None):
         super().__init__()
-        task, spec = experiment["task"], experiment.get("loss", {})
+        task, spec = experiment.task, experiment.loss
         self.classification = classification_loss(spec, weights) if task in ("classification", "joint") else None
-        self.segmentation = segmentation_loss(spec.get("segmentation", spec) if task == "joint" else spec) \
+        self.segmentation = segmentation_loss(spec.segmentation or spec if task == "joint" else spec) \
             if task in ("segmentation", "joint") else None
 
     def forward(self, out: dict[str, torch.Tensor], labels: torch.Tensor, masks: torch.Tensor,

@@ -1,0 +1,112 @@
+"""The experiment schema: what ``params/experiments/<name>.yaml`` may say, with every default in one place."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from leukolab.config import deep_merge, load_named
+from leukolab.config.errors import ConfigError, validation_message
+
+Task = Literal["classification", "segmentation", "joint"]
+DEFAULT_MONITOR = {"classification": "val_macro_f1", "segmentation": "val_dice", "joint": "val_macro_f1"}
+
+
+class Section(BaseModel):
+    """A part of a configuration file: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(Section):
+    architecture: str = Field(description="SimpleCNN, EncoderClassifier, or an smp architecture (Unet, FPN, ...)")
+    encoder: str | None = Field(None, description="smp/timm encoder name (`tu-` prefix for timm's)")
+    encoder_weights: str | None = Field(None, description='None: from scratch; "imagenet" where the hub is reachable')
+    dropout: float = Field(0.2, ge=0, lt=1)
+    width: int = Field(32, ge=1, description="SimpleCNN: channels of its first block")
+    decoder_channels: list[int] | None = Field(None, description="smp decoders: channels per stage; None: smp's")
+
+
+class LossSpec(Section):
+    name: Literal["cross_entropy", "focal", "bce", "dice", "bce_dice"] | None = Field(
+        None, description="None: cross_entropy for classes, bce_dice for masks")
+    class_weights: Literal["balanced"] | None = Field(None, description="balanced: inverse class frequency")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    gamma: float = Field(2.0, ge=0, description="focal losses' focusing exponent")
+    segmentation: LossSpec | None = Field(None, description="joint models: the mask loss (default: this one)")
+
+
+class TrainingSpec(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1, description="per process when data-parallel")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    grad_clip: float = Field(1.0, ge=0, description="0: no clipping")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="weight EMA that is validated and kept; 0: off")
+
+
+class AugmentationSpec(Section):
+    """Strengths of each transform; 0 or False turns it off."""
+
+    flip: bool = True
+    rotate90: bool = True
+    brightness: float = Field(0.15, ge=0)
+    contrast: float = Field(0.15, ge=0)
+    saturation: float = Field(0.15, ge=0)
+    stain: float = Field(0.05, ge=0, description="per-channel stain gain")
+    mixup: float = Field(0.0, ge=0, description="Beta(alpha, alpha) of mixup; 0: off (classifiers only)")
+    cutmix: float = Field(0.0, ge=0, description="Beta(alpha, alpha) of CutMix; with mixup, each batch takes one")
+
+
+class EarlyStoppingSpec(Section):
+    monitor: str | None = Field(None, description="a validation metric, higher is better; None: the task's own")
+    patience: int = Field(5, ge=1)
+
+
+class InferenceSpec(Section):
+    tta: bool = Field(False, description="mean over the 8 rotations/mirrors of each image")
+
+
+class DistributedSpec(Section):
+    num_processes: int = Field(1, ge=1, description="above 1: data-parallel through Spark's TorchDistributor")
+    master: str | None = Field(None, description="Spark master of the training job; None: local[num_processes]")
+    local_mode: bool = Field(False, description="TorchDistributor local_mode (processes on the driver)")
+
+
+class Experiment(Section):
+    """One training recipe; the pipeline's ``STAGE.section.key`` overrides reach these fields."""
+
+    name: str = Field("", description="the file's name, set when it is loaded")
+    description: str = ""
+    task: Task
+    model: ModelSpec
+    loss: LossSpec = LossSpec()
+    training: TrainingSpec = TrainingSpec()
+    augmentation: AugmentationSpec = AugmentationSpec()
+    early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
+    inference: InferenceSpec = InferenceSpec()
+    distributed: DistributedSpec = DistributedSpec()
+    seed: int = 42
+    cv_folds: int | None = Field(None, ge=2, description="also k grouped folds of train+val, as child runs")
+    seeds: list[int] | None = Field(None, description="also retrain once per seed, as child runs")
+
+    @property
+    def monitor(self) -> str:
+        """The validation metric that picks the best epoch."""
+        return self.early_stopping.monitor or DEFAULT_MONITOR[self.task]
+
+
+def load_experiment(name: str, overrides: dict | None = None) -> Experiment:
+    """``params/experiments/<name>.yaml`` with ``overrides`` merged in (``None`` values are ignored), validated."""
+    return parse_experiment(deep_merge(load_named("experiments", name), overrides or {}) | {"name": name},
+                            f"params/experiments/{name}.yaml" + (" with overrides" if overrides else ""))
+
+
+def parse_experiment(values: dict, where: str = "experiment") -> Experiment:
+    """An experiment from a mapping (e.g. a published model's metadata); errors name ``where`` and the key."""
+    try:
+        return Experiment.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(validation_message(where, error, Experiment)) from None
