@@ -18,6 +18,8 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "bin" / "leukolab"
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+BASE_PYTHON = str(Path(sys.base_prefix) / "bin" / "python3")
+"""The interpreter this environment was made from, which `make env` makes environments with."""
 DEV_TOOLS = {"pytest", "pytest-timeout", "nbval", "selenium", "import-linter", "jupyterlab", "voila"}
 
 
@@ -55,8 +57,18 @@ def test_runtime_dependencies_leave_test_and_notebook_server_tools_to_extras():
     assert {"pydantic", "ipykernel", "papermill"} <= runtime
 
 
+def test_no_file_writes_a_package_index_address():
+    """Package indexes come from pip's configuration or a build argument, never from a file of the project."""
+    index_setting = re.compile(r"(index[-_]url|find[-_]links)[\s=:\"']+https?://", re.IGNORECASE)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    hits = [f"{name}:{number}" for name in files if (ROOT / name).is_file()
+            for number, line in enumerate((ROOT / name).read_text(errors="replace").splitlines(), 1)
+            if index_setting.search(line)]
+    assert not hits, f"package index addresses written out: {hits}"
+
 def clone(folder: Path) -> Path:
-    """A clone-like folder: a copy of this checkout's library and launcher."""
+    """A clone-like folder: a copy of this checkout's library, and a notebooks/ folder to start in."""
     shutil.copytree(ROOT / "lib", folder / "lib", ignore=shutil.ignore_patterns("__pycache__"))
     (folder / "notebooks").mkdir()
     return folder
@@ -112,7 +124,7 @@ def make(folder: Path, venv: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTHONPATH")}
     env |= {"PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     return subprocess.run(["make", "--no-print-directory", "-C", str(folder), f"VENV={venv}",
-                           f"PYTHON={sys._base_executable}", *args], env=env, capture_output=True, text=True,
+                           f"PYTHON={BASE_PYTHON}", *args], env=env, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -126,7 +138,7 @@ def checkout_with_small_pins(tmp_path):
     shutil.copy(LAUNCHER, folder / "bin")
     (folder / "requirements.txt").write_text(f"ipykernel=={pins()['ipykernel']}\n")
     venv = tmp_path / "venv"
-    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    subprocess.run([BASE_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     (site / "shared.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return folder, venv
