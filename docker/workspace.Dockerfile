@@ -4,9 +4,10 @@
 # Used by the jupyter, mlflow, voila, spark-master and spark-worker services.
 FROM python:3.11-slim-bookworm
 
-# torch and torchvision at the versions requirements.txt pins, as CPU wheels (no CUDA libraries) instead of
-# PyPI's CUDA build (about 5 GB). For a GPU image: --build-arg TORCH_INDEX_URL=https://pypi.org/simple
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# torch and torchvision at the versions requirements.txt pins, from the package index TORCH_INDEX_URL names, or
+# pip's default index when it is empty (the CUDA build, about 5 GB). A CPU-only wheel index (no CUDA libraries,
+# a fraction of the size): --build-arg TORCH_INDEX_URL=<that index's address> (see README.md, "The images").
+ARG TORCH_INDEX_URL=
 ARG UID=1000
 ARG GID=1000
 
@@ -27,12 +28,12 @@ RUN mkdir -p /usr/share/man/man1 \
  && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps git \
  && rm -rf /var/lib/apt/lists/*
 
-# Everything but torch/torchvision comes from PyPI at requirements.txt's pins; the CPU torch (2.x.y+cpu)
-# satisfies requirements.txt's torch==2.x.y, so the second install keeps it.
+# Everything but torch/torchvision comes from pip's default index at requirements.txt's pins; a CPU torch
+# (2.x.y+cpu) satisfies requirements.txt's torch==2.x.y, so the second install keeps it.
 COPY requirements.txt /tmp/requirements.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -m venv /opt/venv \
- && pip install --index-url "$TORCH_INDEX_URL" \
+ && pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
       "$(grep -E '^torch==' /tmp/requirements.txt)" "$(grep -E '^torchvision==' /tmp/requirements.txt)" \
  && pip install -r /tmp/requirements.txt \
  && pip check

@@ -43,8 +43,7 @@ def voila(model_env, tmp_path_factory):
     """The demo notebook served by Voila on 127.0.0.1, with the registered test model; its URL."""
     log_path = tmp_path_factory.mktemp("voila") / "voila.log"
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "lib"), os.environ.get("PYTHONPATH")])),
-           "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("LEUKOLAB_API_URL", None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

@@ -1,0 +1,165 @@
+"""Packaging: pyproject.toml and requirements.txt in step, the clone-neutral `leukolab` launcher, the shared env."""
+
+import os
+import re
+import runpy
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCHER = ROOT / "bin" / "leukolab"
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+BASE_PYTHON = str(Path(sys.base_prefix) / "bin" / "python3")
+"""The interpreter this environment was made from, which `make env` makes environments with."""
+DEV_TOOLS = {"pytest", "pytest-timeout", "nbval", "selenium", "import-linter", "jupyterlab", "voila"}
+
+
+def pins() -> dict[str, str]:
+    """requirements.txt as {distribution: version}; every line must be an exact pin."""
+    found = {}
+    for number, line in enumerate((ROOT / "requirements.txt").read_text().splitlines(), 1):
+        line = line.split("#")[0].strip()
+        if line:
+            match = re.fullmatch(r"([A-Za-z0-9._-]+)==([A-Za-z0-9.+!-]+)", line)
+            assert match, f"requirements.txt:{number}: {line!r} is not an exact pin NAME==VERSION"
+            found[canonicalize_name(match[1])] = match[2]
+    return found
+
+
+def declared() -> dict[str, Requirement]:
+    """pyproject.toml's runtime dependencies and every extra's, by distribution name."""
+    lists = [PROJECT["dependencies"], *PROJECT["optional-dependencies"].values()]
+    return {canonicalize_name(r.name): r for r in (Requirement(line) for group in lists for line in group)}
+
+
+def test_pyproject_names_exactly_what_requirements_pins_and_each_pin_fits_its_range():
+    assert "dynamic" not in PROJECT, "dependencies are listed in pyproject.toml, not read from requirements.txt"
+    locked, wanted = pins(), declared()
+    assert not sorted(set(wanted) - set(locked)), f"pin these in requirements.txt: {sorted(set(wanted) - set(locked))}"
+    assert not sorted(set(locked) - set(wanted)), f"name these in pyproject.toml: {sorted(set(locked) - set(wanted))}"
+    misfits = {name: (locked[name], str(r.specifier)) for name, r in wanted.items() if locked[name] not in r.specifier}
+    assert not misfits, f"requirements.txt's pins outside pyproject.toml's ranges: {misfits}"
+
+
+def test_runtime_dependencies_leave_test_and_notebook_server_tools_to_extras():
+    runtime = {canonicalize_name(Requirement(line).name) for line in PROJECT["dependencies"]}
+    assert not runtime & DEV_TOOLS, sorted(runtime & DEV_TOOLS)
+    assert {"test", "lab"} <= set(PROJECT["optional-dependencies"])
+    assert {"pydantic", "ipykernel", "papermill"} <= runtime
+
+
+def test_no_file_writes_a_package_index_address():
+    """Package indexes come from pip's configuration or a build argument, never from a file of the project."""
+    index_setting = re.compile(r"(index[-_]url|find[-_]links)[\s=:\"']+https?://", re.IGNORECASE)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    hits = [f"{name}:{number}" for name in files if (ROOT / name).is_file()
+            for number, line in enumerate((ROOT / name).read_text(errors="replace").splitlines(), 1)
+            if index_setting.search(line)]
+    assert not hits, f"package index addresses written out: {hits}"
+
+def clone(folder: Path) -> Path:
+    """A clone-like folder: a copy of this checkout's library, and a notebooks/ folder to start in."""
+    shutil.copytree(ROOT / "lib", folder / "lib", ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "notebooks").mkdir()
+    return folder
+
+
+LAUNCH = """
+import runpy, sys
+launcher, sys.argv = sys.argv[1], ["leukolab", "--help"]
+try:
+    runpy.run_path(launcher, run_name="__main__")
+except SystemExit as done:
+    status = done.code
+print(sys.modules["leukolab"].__file__)
+sys.exit(status)
+"""
+
+
+def launch(cwd: Path, pythonpath: str | None) -> subprocess.CompletedProcess:
+    """`leukolab --help` through the launcher, from ``cwd``; prints the imported leukolab's file last."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    return subprocess.run([sys.executable, "-c", LAUNCH, str(LAUNCHER)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_the_launcher_runs_the_library_of_the_clone_it_starts_in(tmp_path):
+    here = clone(tmp_path / "clone")
+    result = launch(here / "notebooks", pythonpath=None)
+    assert result.returncode == 0 and "usage: leukolab" in result.stdout, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == str(here / "lib" / "leukolab" / "__init__.py")
+
+
+def test_pythonpath_chooses_the_library_before_the_current_folder(tmp_path):
+    here, there = clone(tmp_path / "here"), clone(tmp_path / "there")
+    result = launch(here / "notebooks", pythonpath=str(there / "lib"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == str(there / "lib" / "leukolab" / "__init__.py")
+
+
+def test_outside_any_clone_the_launcher_says_what_to_do(tmp_path):
+    result = subprocess.run([sys.executable, str(LAUNCHER), "runs", "list"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert result.returncode == 2
+    assert "no leukolab library on PYTHONPATH (unset)" in result.stderr and "inside a clone" in result.stderr
+    clone_library = runpy.run_path(str(LAUNCHER))["clone_library"]
+    with pytest.raises(LookupError, match="no leukolab clone at or above"):
+        clone_library(str(tmp_path / "elsewhere"), tmp_path)
+
+
+def make(folder: Path, venv: Path, *args: str) -> subprocess.CompletedProcess:
+    """The Makefile of ``folder`` with VENV=``venv``, offline, outside any make that runs this test."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTHONPATH")}
+    env |= {"PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    return subprocess.run(["make", "--no-print-directory", "-C", str(folder), f"VENV={venv}",
+                           f"PYTHON={BASE_PYTHON}", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture
+def checkout_with_small_pins(tmp_path):
+    """A clone whose requirements.txt pins only ipykernel (as the real one does), and an unbuilt venv that sees
+    this environment's packages, so that building it installs nothing and needs no network."""
+    folder = clone(tmp_path / "clone")
+    shutil.copy(ROOT / "Makefile", folder)
+    (folder / "bin").mkdir()
+    shutil.copy(LAUNCHER, folder / "bin")
+    (folder / "requirements.txt").write_text(f"ipykernel=={pins()['ipykernel']}\n")
+    venv = tmp_path / "venv"
+    subprocess.run([BASE_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    (site / "shared.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return folder, venv
+
+
+def test_two_makes_started_together_build_the_shared_env_once_and_name_no_clone(checkout_with_small_pins, tmp_path):
+    folder, venv = checkout_with_small_pins
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: make(folder, venv, "env"), range(2)))
+    assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
+    output = "".join(r.stdout for r in results)
+    assert output.count("==> building the environment") == 1, output
+    assert (venv / ".built").exists()
+    launcher = (venv / "bin" / "leukolab").read_text()
+    assert launcher.splitlines()[0] == f"#!{venv}/bin/python"
+    assert launcher.split("\n", 1)[1] == LAUNCHER.read_text().split("\n", 1)[1]
+    kernel = (venv / "share" / "jupyter" / "kernels" / "leukolab" / "kernel.json").read_text()
+    assert f"{venv}/bin/python" in kernel and "Python (leukolab)" in kernel
+    assert str(folder) not in launcher + kernel, "the shared environment must not name a clone"
+
+    other = shutil.copytree(folder, tmp_path / "other-clone")
+    plan = make(other, venv, "-n", "run")
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.splitlines() == [f"{venv}/bin/leukolab run --profile default"], "another clone reinstalls"
