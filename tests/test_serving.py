@@ -20,8 +20,9 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from leukolab.publishing.model import SmearModel
-from leukolab.serving import app as app_module
+from leukolab.serving import uploads as uploads_module
 from leukolab.serving.app import ServingSettings, create_app
+from leukolab.serving.dependencies import get_settings
 from leukolab.serving.launch import start_server
 from leukolab.serving.metrics import ServingMetrics
 
@@ -147,6 +148,16 @@ def test_bad_input_is_refused_with_json_and_the_next_request_succeeds(client, ca
     assert predict(client, SMEAR).status_code == 200
 
 
+def test_routes_take_their_limits_from_the_settings_dependency(client):
+    client.app.dependency_overrides[get_settings] = lambda: replace(LIMITS, max_upload_bytes=len(SMEAR) - 1)
+    try:
+        response = predict(client, SMEAR)
+    finally:
+        client.app.dependency_overrides.clear()
+    assert (response.status_code, response.json()["reason"]) == (413, "file_too_large")
+    assert predict(client, SMEAR).status_code == 200
+
+
 def test_missing_file_message_names_the_field(client):
     assert "field named 'file'" in client.post("/predict", files={"image": ("a.jpg", SMEAR)}).json()["detail"]
 
@@ -180,7 +191,7 @@ def test_image_modes_are_converted(client, mode):
 
 
 def test_decoding_and_inference_run_off_the_event_loop(client, monkeypatch):
-    decode, forward = app_module.decode_image, SmearModel.predict_prepared
+    decode, forward = uploads_module.decode_image, SmearModel.predict_prepared
     threads = {}
 
     def outside_the_loop(step, function):
@@ -191,7 +202,7 @@ def test_decoding_and_inference_run_off_the_event_loop(client, monkeypatch):
             return function(*args, **kwargs)
         return checked
 
-    monkeypatch.setattr(app_module, "decode_image", outside_the_loop("decode", decode))
+    monkeypatch.setattr(uploads_module, "decode_image", outside_the_loop("decode", decode))
     monkeypatch.setattr(SmearModel, "predict_prepared", outside_the_loop("forward", forward))
     assert predict(client, SMEAR).status_code == 200
     assert threads["forward"].startswith("leukolab-inference") and threads["decode"] != threads["forward"]

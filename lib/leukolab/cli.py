@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import subprocess
 import sys
 
 from leukolab.config import available, parse_value
+from leukolab.serving.options import add_serve_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,10 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     show = runs_commands.add_parser("show", help="one run's stages: status, time, key, MLflow run")
     show.add_argument("run_id")
 
-    serve = commands.add_parser("serve", help="serve a registered model over HTTP (foreground)")
-    serve.add_argument("--model-uri", default=os.environ.get("LEUKOLAB_MODEL_URI", "models:/leukolab@champion"))
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    add_serve_arguments(commands.add_parser("serve", help="serve a registered model over HTTP (foreground)"))
 
     ui = commands.add_parser("mlflow-ui", help="the MLflow UI on the workspace's tracking store")
     ui.add_argument("--port", type=int, default=5000)

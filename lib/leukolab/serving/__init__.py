@@ -1,7 +1,8 @@
 """The prediction API: a FastAPI app over the registered model, its Prometheus metrics and launchers.
 
-``app.create_app`` builds the app (``model`` resolves and loads the model,
-``schemas`` holds the response bodies, ``metrics`` the Prometheus metrics);
-``launch.start_server`` runs it in the background, ``launch.serve_forever`` in
-the foreground, as ``python -m leukolab.serving`` does.
+``app.create_app`` builds the app from ``settings`` (the limits), ``dependencies`` (what routes take: settings,
+metrics, the model loaded at start-up, which ``model`` resolves and loads), ``errors`` (refusals as exceptions,
+answered as ``schemas.ErrorBody``), ``uploads`` (reading and decoding images), ``routes`` and ``metrics``;
+``launch.start_server`` runs it in the background, ``launch.serve_forever`` in the foreground, as
+``python -m leukolab.serving`` and ``leukolab serve`` do with the options of ``options.add_serve_arguments``.
 """

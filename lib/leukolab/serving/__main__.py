@@ -1,15 +1,14 @@
-"""``python -m leukolab.serving``: serve the prediction API in the foreground."""
+"""``python -m leukolab.serving``: serve the prediction API in the foreground (as ``leukolab serve`` does)."""
 
 import argparse
 
 from leukolab.serving.launch import serve_forever
+from leukolab.serving.options import add_serve_arguments
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m leukolab.serving", description="Serve the leukolab prediction API.")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
-    parser.add_argument("--model-uri", help="MLflow model URI (default: $LEUKOLAB_MODEL_URI or models:/leukolab@champion)")
+    add_serve_arguments(parser)
     args = parser.parse_args(argv)
     serve_forever(model_uri=args.model_uri, host=args.host, port=args.port)
 

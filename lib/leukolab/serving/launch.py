@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 import leukolab
+from leukolab.serving.options import DEFAULT_HOST, DEFAULT_PORT
 
 
 @dataclass
@@ -49,7 +50,7 @@ class ServerHandle:
         self.stop()
 
 
-def start_server(model_uri: str | None = None, port: int = 0, host: str = "127.0.0.1",
+def start_server(model_uri: str | None = None, port: int = 0, host: str = DEFAULT_HOST,
                  log_path: str | os.PathLike | None = None, timeout: float = 120.0) -> ServerHandle:
     """Start ``python -m leukolab.serving`` in the background and return once ``/ready`` answers 200.
 
@@ -76,7 +77,7 @@ def start_server(model_uri: str | None = None, port: int = 0, host: str = "127.0
     return server
 
 
-def serve_forever(model_uri: str | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve_forever(model_uri: str | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     """Serve the API in the foreground until interrupted (``leukolab serve``).
 
     Unless ``LEUKOLAB_TORCH_THREADS`` says otherwise, each inference worker gets an equal share of the cores for
@@ -85,7 +86,8 @@ def serve_forever(model_uri: str | None = None, host: str = "127.0.0.1", port: i
     """
     import uvicorn
 
-    from leukolab.serving.app import ServingSettings, create_app
+    from leukolab.serving.app import create_app
+    from leukolab.serving.settings import ServingSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ServingSettings.from_env()
@@ -117,7 +119,7 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = DEFAULT_HOST) -> int:
     """A port that nothing listens on at ``host`` right now."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:

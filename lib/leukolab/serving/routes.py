@@ -1,0 +1,115 @@
+"""The API's routes: liveness, readiness, the served model's version, predictions and Prometheus metrics.
+
+Each route takes what it needs as dependencies (:mod:`leukolab.serving.dependencies`): a prediction waits for the
+model, reads its uploads within the limits (:mod:`leukolab.serving.uploads`), decodes them one by one in the thread
+pool (so a bad image is refused on its own), and has the :class:`~leukolab.serving.batching.MicroBatcher` answer
+them, which groups the images of concurrent requests into one forward pass. Kept free of
+``from __future__ import annotations``: FastAPI reads the routes' annotations at run time.
+"""
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+import leukolab
+from leukolab.serving.dependencies import LoadedModel, LoadedNow, Metrics, ReadyModel, Settings, Slot
+from leukolab.serving.metrics import ServingMetrics
+from leukolab.serving.schemas import BatchPrediction, ErrorBody, Health, Prediction, Readiness, VersionInfo
+from leukolab.serving.uploads import Upload, prepare_all, uploads_in
+
+router = APIRouter()
+NOT_READY = {503: {"model": ErrorBody, "description": "The model is loading or failed to load"}}
+IMAGE_FORMATS = "JPEG, PNG, TIFF, BMP, GIF (first frame) or WebP"
+
+
+async def request_started() -> float:
+    """When the route began handling the request (``time.perf_counter``), for the answers' ``latency_ms``."""
+    return time.perf_counter()
+
+
+Started = Annotated[float, Depends(request_started)]
+
+
+def upload_body(field: str, many: bool) -> dict:
+    """The OpenAPI request body of a multipart upload in ``field`` (one file, or an array of them)."""
+    file = {"type": "string", "format": "binary"}
+    schema = {"type": "array", "items": file, "description": f"The images ({IMAGE_FORMATS}), one part each"} if many \
+        else {**file, "description": f"The image: {IMAGE_FORMATS}"}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": [field], "properties": {field: schema}}}}}}
+
+
+def refusals(many: bool) -> dict:
+    """The 4xx/503 answers of a prediction route, for OpenAPI."""
+    files = "a file" if many else "the file"
+    return {
+        400: {"model": ErrorBody, "description": f"Empty, truncated or corrupt image ({files}), or a malformed body"},
+        413: {"model": ErrorBody, "description": "A file over max_upload_bytes, an image over max_pixels"
+                                                 + (", or more files than max_batch_files" if many else "")},
+        415: {"model": ErrorBody, "description": f"{files.capitalize()} is not an image"},
+        422: {"model": ErrorBody, "description": f"No file in the multipart field '{'files' if many else 'file'}'"},
+        **NOT_READY,
+    }
+
+
+@router.get("/", response_model=Health, summary="Liveness")
+async def health(slot: Slot) -> Health:
+    return Health(status="ok", model_uri=slot.uri, model_ready=slot.ready, leukolab_version=leukolab.__version__)
+
+
+@router.get("/ready", response_model=Readiness, responses=NOT_READY, summary="Readiness: 200 once the model is loaded")
+async def ready(_: LoadedNow) -> Readiness:
+    return Readiness(status="ready")
+
+
+@router.get("/version", response_model=VersionInfo, responses=NOT_READY, summary="The served model")
+async def version(served: ReadyModel) -> VersionInfo:
+    model, info = served.model, served.info
+    return VersionInfo(model_uri=info.uri, name=info.name, version=info.version, run_id=info.run_id,
+                       dataset_fingerprint=info.dataset_fingerprint, task=model.task, class_names=model.class_names,
+                       image_size=int(model.meta["image_size"]), leukolab_version=leukolab.__version__)
+
+
+@router.post("/predict", response_model=Prediction, summary="Classify (and segment) one smear image",
+             openapi_extra=upload_body("file", many=False), responses=refusals(many=False))
+async def predict(started: Started, served: ReadyModel,
+                  uploads: Annotated[list[Upload], Depends(uploads_in("file", many=False))],
+                  settings: Settings, metrics: Metrics) -> Prediction:
+    answers = await predict_uploads(served, uploads, settings.max_pixels, metrics)
+    return prediction(answers[0], served, started)
+
+
+@router.post("/predict/batch", response_model=BatchPrediction, summary="Classify (and segment) several smear images",
+             openapi_extra=upload_body("files", many=True), responses=refusals(many=True))
+async def predict_batch(started: Started, served: ReadyModel,
+                        uploads: Annotated[list[Upload], Depends(uploads_in("files", many=True))],
+                        settings: Settings, metrics: Metrics) -> BatchPrediction:
+    answers = await predict_uploads(served, uploads, settings.max_pixels, metrics)
+    return BatchPrediction(predictions=[prediction(answer, served, started) for answer in answers],
+                           model_version=served.info.label, latency_ms=(time.perf_counter() - started) * 1000)
+
+
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics",
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+async def prometheus_metrics(metrics: Metrics) -> Response:
+    return Response(metrics.exposition(), media_type=metrics.content_type)
+
+
+async def predict_uploads(served: LoadedModel, uploads: list[Upload], max_pixels: int,
+                          metrics: ServingMetrics) -> list[tuple[dict, float]]:
+    """Decode the uploads in a worker thread (refusing the request at the first bad one), then predict them in batches."""
+    arrays = await run_in_threadpool(prepare_all, served.model, uploads, max_pixels)
+    answers = await asyncio.gather(*(served.batcher.submit(array) for array in arrays))
+    for answer, seconds in answers:
+        metrics.observe_prediction(answer.get("predicted_class"), answer.get("confidence"), seconds)
+    return answers
+
+
+def prediction(answer: tuple[dict, float], served: LoadedModel, started: float) -> Prediction:
+    """The :class:`Prediction` of one (answer, seconds) of the batcher, timed from ``started``."""
+    return Prediction.from_answer(answer[0], served.model.class_names, served.info.label,
+                                  (time.perf_counter() - started) * 1000)
