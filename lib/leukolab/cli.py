@@ -1,21 +1,25 @@
-"""The ``leukolab`` command: run the pipeline, show its graph and its runs, serve the champion, open the MLflow UI."""
+"""The ``leukolab`` command: run the pipeline, show its graph, its runs and each stage's parameters, serve the
+champion, open the MLflow UI."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import subprocess
 import sys
 
 from leukolab.config import available, parse_value
+from leukolab.logs import configure_logging
 from leukolab.serving.options import add_serve_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="leukolab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the pipeline on a profile, reusing every stage that is up to date")
+    run = commands.add_parser("run", help="run the pipeline on a profile, reusing every stage that is up to date",
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=_stage_parameters() if argv[:1] == ["run"] and {"-h", "--help"} & set(argv) else None)
     _plan_arguments(run)
     run.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
     run.add_argument("--force", action="append", default=[], metavar="STAGE",
@@ -36,19 +40,25 @@ def main(argv: list[str] | None = None) -> int:
     show = runs_commands.add_parser("show", help="one run's stages: status, time, key, MLflow run")
     show.add_argument("run_id")
 
+    params = commands.add_parser("params", help="what a stage accepts: its parameters with types and defaults")
+    params.add_argument("stage", help="a stage of the pipeline file (etl, segment, classify, evaluate, publish, serve)")
+    params.add_argument("--pipeline", help="a stage graph YAML (default: params/pipeline.yaml)")
+
     add_serve_arguments(commands.add_parser("serve", help="serve a registered model over HTTP (foreground)"))
 
     ui = commands.add_parser("mlflow-ui", help="the MLflow UI on the workspace's tracking store")
     ui.add_argument("--port", type=int, default=5000)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     if args.command == "run":
         return _run(args)
     if args.command == "dag":
         return _dag(args)
     if args.command == "runs":
         return _runs(args)
+    if args.command == "params":
+        return _params(args)
     if args.command == "serve":
         from leukolab.serving.launch import serve_forever
 
@@ -126,6 +136,30 @@ def _dag(args) -> int:
     print(dag_text(the_plan))
     png = draw_dag(the_plan, Path(args.png) if args.png else workspace() / "runs" / f"dag-{Path(args.profile).stem}.png")
     print(f"picture: {png}")
+    return 0
+
+
+def _stage_parameters() -> str:
+    from leukolab.pipeline.stage_help import stages_summary
+
+    try:
+        summary = stages_summary()
+    except (ValueError, FileNotFoundError) as error:
+        summary = f"  (params/pipeline.yaml cannot be read: {error})"
+    return ("parameters each stage of params/pipeline.yaml accepts (KEY for every stage that declares it, STAGE.KEY "
+            "for one; an unknown key stops the run before it starts); `leukolab params STAGE` gives their types and "
+            "defaults:\n" + summary)
+
+
+def _params(args) -> int:
+    from leukolab.config.errors import ConfigError
+    from leukolab.pipeline.stage_help import stage_table
+
+    try:
+        print(stage_table(args.stage, args.pipeline))
+    except ConfigError as error:
+        print(f"leukolab params: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -63,19 +63,33 @@ def _probe_server(uri: str, timeout: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def stage_run(stage: str, run_name: str | None = None, parent_run_id: str | None = None, tags: dict | None = None):
-    """An MLflow run for one stage notebook, a child of the pipeline run when ``parent_run_id`` is given.
+    """:func:`open_stage_run` as a context manager: the run ends with the block (FAILED when it raises)."""
+    with open_stage_run(stage, run_name, parent_run_id, tags) as run:
+        yield run
 
-    Under the pipeline runner it is tagged ``leukolab.task`` with the task's name (``LEUKOLAB_TASK``), so the
-    runner can find the run of a task that failed.
+
+def open_stage_run(stage: str, run_name: str | None = None, parent_run_id: str | None = None, tags: dict | None = None,
+                   params: dict | None = None):
+    """Start the MLflow run of one stage notebook, a child of the pipeline run when ``parent_run_id`` is given,
+    and log the stage's ``params`` (flattened) at once.
+
+    A notebook opens it before its work, so a stage that fails still has its run (the runner marks it FAILED
+    and tags the error), and ends it in its last cell (``mlflow.end_run()``). A run still open from an earlier,
+    interrupted pass through the notebook is ended as FAILED first. Under the pipeline runner the run is tagged
+    ``leukolab.task`` with the task's name (``LEUKOLAB_TASK``), so the runner can find the run of a task that failed.
     """
     configure()
+    if mlflow.active_run():
+        mlflow.end_run("FAILED")
     all_tags = {"leukolab.stage": stage, **git_tags(), **(tags or {})}
     if os.environ.get("LEUKOLAB_TASK"):
         all_tags["leukolab.task"] = os.environ["LEUKOLAB_TASK"]
     if parent_run_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    with mlflow.start_run(run_name=run_name or stage, tags=all_tags) as run:
-        yield run
+    run = mlflow.start_run(run_name=run_name or stage, tags=all_tags)
+    if params:
+        mlflow.log_params(flatten(params))
+    return run
 
 
 def git_tags() -> dict[str, str]:

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from leukolab.config.errors import ConfigError, unknown_key
+
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 PARAMS_DIR = PROJECT_ROOT / "params"
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
@@ -64,7 +66,7 @@ def load_named(kind: str, name: str) -> dict[str, Any]:
     """Load ``params/<kind>/<name>.yaml``, naming the choices when it does not exist."""
     path = PARAMS_DIR / kind / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"unknown {kind[:-1]} {name!r}; choose one of {available(kind)}")
+        raise ConfigError(unknown_key(f"params/{kind}", name, available(kind), what=kind[:-1]))
     return read_yaml(path)
 
 

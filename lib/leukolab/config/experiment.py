@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from leukolab.config import deep_merge, load_named
-from leukolab.config.errors import ConfigError, validation_message
+from leukolab.config.errors import ConfigError
+from leukolab.config.files import parse_typed
 
 Task = Literal["classification", "segmentation", "joint"]
 DEFAULT_MONITOR = {"classification": "val_macro_f1", "segmentation": "val_dice", "joint": "val_macro_f1"}
@@ -106,7 +107,28 @@ def load_experiment(name: str, overrides: dict | None = None) -> Experiment:
 
 def parse_experiment(values: dict, where: str = "experiment") -> Experiment:
     """An experiment from a mapping (e.g. a published model's metadata); errors name ``where`` and the key."""
-    try:
-        return Experiment.model_validate(values)
-    except ValidationError as error:
-        raise ConfigError(validation_message(where, error, Experiment)) from None
+    return parse_typed(Experiment, values, where)
+
+
+SHORTCUTS = {"seed": ("seed",), "epochs": ("training", "epochs"), "num_processes": ("distributed", "num_processes"),
+             "cv_folds": ("cv_folds",), "seeds": ("seeds",)}
+"""Parameters of the experiment stages that set one experiment key (``epochs`` is ``training.epochs``)."""
+
+
+def stage_experiment(name: str, overrides: dict | None = None, **shortcuts) -> Experiment:
+    """The experiment a stage notebook trains: ``name`` with its ``overrides`` and the :data:`SHORTCUTS` that are
+    not ``None``, which win over ``overrides``."""
+    unknown = set(shortcuts) - set(SHORTCUTS)
+    if unknown:
+        raise ConfigError(f"not experiment shortcuts: {sorted(unknown)}; choose from {sorted(SHORTCUTS)}")
+    merged = dict(overrides or {})
+    for key, value in shortcuts.items():
+        *sections, field = SHORTCUTS[key]
+        merged = deep_merge(merged, _nested(sections, {field: value}))
+    return load_experiment(name, merged)
+
+
+def _nested(sections: list[str], leaf: dict) -> dict:
+    for section in reversed(sections):
+        leaf = {section: leaf}
+    return leaf

@@ -66,7 +66,7 @@ def curate(meta: pd.DataFrame, params: EtlParams) -> tuple[pd.DataFrame, list[di
             quarantine.append({"source_path": r.mask_path, "reason": "conflicting_labels", "message": "its original was quarantined"})
     originals = audit_masks(originals[~conflicting].sort_values("source_path").reset_index(drop=True), masks, params)
 
-    near = [] if params.near_duplicate_distance is None else near_duplicate_pairs(
+    near = [] if not params.near_duplicates else near_duplicate_pairs(
         list(originals["phash"]), params.near_duplicate_distance)
     duplicate_group = group_rows(originals.assign(patient_id=None), near)
     originals["group_id"] = group_rows(originals, near)  # duplicates and patients together

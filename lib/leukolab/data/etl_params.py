@@ -21,7 +21,7 @@ class EtlParams(BaseModel):
     ``patient_pattern`` by every layout (``None``: the layout's default, C-NMC
     ids for ``cnmc``). ``near_duplicate_distance`` is the largest Hamming
     distance between two 64-bit perceptual hashes that makes two images near
-    duplicates (``None`` turns near-duplicate detection off). ``labels_files`` and the
+    duplicates (``near_duplicates=False`` turns their detection off). ``labels_files`` and the
     ``*_column`` options (``None``: detect) are read by ``labels_csv``; ``label_map``: class -> shared label.
 
     Masks (:mod:`leukolab.data.masks`): segmented images are thresholded at brightness ``mask_threshold`` (above
@@ -48,7 +48,8 @@ class EtlParams(BaseModel):
     label_names: dict[str, str] = Field(default_factory=lambda: dict(ALL_IDB2_LABEL_NAMES),
                                         description="label_in_name, labels_csv: label -> class name")
     patient_pattern: str | None = Field(None, description="regex with a `patient` group; None: the layout's default")
-    near_duplicate_distance: int | None = Field(4, ge=0, lt=64, description="perceptual-hash bits; None: off")
+    near_duplicates: bool = Field(True, description="group near-duplicate images (perceptual hashes) like copies")
+    near_duplicate_distance: int = Field(4, ge=0, lt=64, description="perceptual-hash bits apart that are near duplicates")
     png_compress_level: int = Field(1, ge=0, le=9)
     labels_files: list[str] | None = Field(None, description="labels_csv: CSV path(s) in the raw folder; None: detect")
     file_column: str | None = Field(None, description="labels_csv: column of file names; None: detect")

@@ -7,7 +7,6 @@ import os
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq

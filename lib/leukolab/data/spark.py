@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 from leukolab.config import workspace
 
@@ -20,10 +19,6 @@ def spark_session(master: str = "local[*]", app_name: str = "leukolab-etl", arro
     ``arrow_batch_size`` bounds the rows (images) per Arrow batch sent to workers.
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    # Local workers import the same leukolab as the driver, whichever checkout that is.
-    library = str(Path(__file__).resolve().parents[2])
-    if library not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [library, os.environ.get("PYTHONPATH")]))
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # stay on loopback; a cluster needs a routable address

@@ -12,11 +12,12 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from leukolab.config import PARAMS_DIR, deep_merge, load_named, read_yaml, workspace_path
-
-PIPELINE_FILE = PARAMS_DIR / "pipeline.yaml"
-RUNNER_PARAMETERS = ("run_dir", "parent_run_id")
-"""Parameters the runner injects into every stage; they differ per run, so they are not part of a stage's key."""
+from leukolab.config import deep_merge, workspace_path
+from leukolab.config.errors import ConfigError, unknown_key
+from leukolab.config.experiment import SHORTCUTS, stage_experiment
+from leukolab.config.files import from_parameters
+from leukolab.config.pipeline import PIPELINE_FILE, PipelineSpec, Profile, load_pipeline, load_profile
+from leukolab.pipeline.parameters import EXPERIMENT_OVERRIDES, check_shared, notebook_parameters, split_overrides, stage_parameters
 
 
 @dataclass
@@ -72,43 +73,55 @@ class Plan:
         return seen - set(names)
 
 
-def load_profile(profile: str) -> dict:
-    """A profile by name (``params/profiles/<name>.yaml``) or by the path of a YAML file."""
-    if profile.endswith((".yaml", ".yml")):
-        return read_yaml(profile)
-    return load_named("profiles", profile)
-
-
 def plan(profile: str, overrides: dict | None = None, pipeline_file: str | Path | None = None) -> Plan:
     """The tasks of ``profile`` with resolved parameters (``overrides``: ``key`` for every stage, ``stage.key`` for one).
 
-    In the pipeline file, ``notebooks`` (the notebooks' folder) and relative ``deps``
-    are relative to the file's folder; a ``deps`` entry that starts with a parameter
-    (``{raw_dir}``) is a path as the notebooks read it, relative to the workspace.
+    Every parameter of the profile and every override is checked first (:mod:`leukolab.pipeline.parameters`),
+    and so is every experiment the tasks train: a typo stops here, before anything runs. In the pipeline file,
+    ``notebooks`` (the notebooks' folder) and relative ``deps`` are relative to the file's folder; a ``deps`` entry
+    that starts with a parameter (``{raw_dir}``) is a path as the notebooks read it, relative to the workspace.
     """
     pipeline_file = Path(pipeline_file or PIPELINE_FILE).resolve()
-    spec = read_yaml(pipeline_file)
-    notebooks = pipeline_file.parent / spec.get("notebooks", ".")
-    settings = load_profile(profile)
-    overrides = overrides or {}
-    shared = deep_merge(settings.get("parameters", {}), {k: v for k, v in overrides.items() if "." not in k})
+    spec, settings, overrides = load_pipeline(pipeline_file), load_profile(profile), overrides or {}
+    notebooks = pipeline_file.parent / spec.notebooks
+    stages = list(spec.stages)
+    declared = {stage: notebook_parameters(notebooks / s.notebook) for stage, s in spec.stages.items()}
+    cli_shared, cli_stages = split_overrides(overrides, stages)
+    check_shared(settings.parameters, declared, f"profile {profile}: parameters")
+    check_shared(cli_shared, declared, "--param")
+    _check_names(settings, spec, profile)
+    shared = deep_merge(settings.parameters, cli_shared)
     tasks: list[Task] = []
-    for stage, stage_spec in spec["stages"].items():
-        params = deep_merge(shared, settings.get("stage_parameters", {}).get(stage, {}))
-        params = deep_merge(params, {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith(f"{stage}.")})
+    for stage, stage_spec in spec.stages.items():
+        fans_out = stage_spec.foreach is not None
+        params = {k: v for k, v in shared.items() if k in declared[stage]}
+        for where, values in ((f"profile {profile}: stage_parameters", settings.stage_parameters.get(stage, {})),
+                              ("--param", cli_stages.get(stage, {}))):
+            params = deep_merge(params, stage_parameters(stage, values, declared[stage], fans_out, where))
         params = {k: _expand_env(k, v) for k, v in params.items()}
-        stages_above = list(spec["stages"])[: list(spec["stages"]).index(stage)]
-        unknown = [s for s in stage_spec.get("after", []) if s not in stages_above]
-        if unknown:
-            raise ValueError(f"{pipeline_file}: stage {stage!r} runs after {unknown}, which are not stages above it")
-        after = [t.name for t in tasks if t.stage in stage_spec.get("after", [])]
-        fan_out = stage_spec.get("foreach")
-        instances = [(f"{stage}-{e}", {**params, "experiment": e}) for e in settings.get("experiments", {}).get(fan_out, [])] \
-            if fan_out else [(stage, params)]
+        if stage_spec.schema_:
+            from_parameters(stage_spec.schema_class(), params, f"stage {stage}")
+        after = [t.name for t in tasks if t.stage in stage_spec.after]
+        instances = [(f"{stage}-{e}", {**params, "experiment": e}) for e in settings.experiments.get(stage_spec.foreach, [])] \
+            if fans_out else [(stage, params)]
         for name, task_params in instances:
-            tasks.append(Task(stage, name, notebooks / stage_spec["notebook"], task_params, after,
-                              _deps(stage_spec.get("deps", []), task_params, pipeline_file.parent), stage_spec.get("timeout")))
+            if fans_out:
+                stage_experiment(task_params["experiment"], task_params.get(EXPERIMENT_OVERRIDES),
+                                 **{k: task_params.get(k) for k in SHORTCUTS if k in declared[stage]})
+            tasks.append(Task(stage, name, notebooks / stage_spec.notebook, task_params, after,
+                              _deps(stage_spec.deps, task_params, pipeline_file.parent), stage_spec.timeout))
     return Plan(pipeline_file, profile, overrides, tasks)
+
+
+def _check_names(settings: Profile, spec: PipelineSpec, profile: str) -> None:
+    """The profile's stage names and fan-out keys exist."""
+    for stage in settings.stage_parameters:
+        if stage not in spec.stages:
+            raise ConfigError(unknown_key(f"profile {profile}: stage_parameters", stage, spec.stages, what="stage"))
+    fan_outs = {s.foreach for s in spec.stages.values() if s.foreach}
+    for key in settings.experiments:
+        if key not in fan_outs:
+            raise ConfigError(unknown_key(f"profile {profile}: experiments", key, fan_outs, what="fan-out key"))
 
 
 def _deps(entries: list[str], parameters: dict, base: Path) -> list[Path]:

@@ -8,7 +8,6 @@ upstream task's key and output, and the ``leukolab`` library (version and source
 
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
 import json
@@ -30,22 +29,6 @@ def library_digest() -> str:
     """The ``leukolab`` version and every source file of the library."""
     files = sorted(LIBRARY_DIR.rglob("*.py"))
     return _digest([__version__, *[(str(f.relative_to(LIBRARY_DIR)), hashlib.sha256(f.read_bytes()).hexdigest()) for f in files]])
-
-
-def declared_parameters(path: Path) -> set[str]:
-    """Names the notebook's ``parameters`` cell assigns (what papermill can inject).
-
-    Read with ``ast`` rather than ``papermill.inspect_notebook``: importing papermill (nbformat, jsonschema)
-    takes seconds, which a run where every stage is up to date cannot afford.
-    """
-    cells = json.loads(Path(path).read_text())["cells"]
-    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
-    if cell is None:
-        return set()
-    tree = ast.parse("".join(cell["source"]))
-    targets = [t for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-               for t in (node.targets if isinstance(node, ast.Assign) else [node.target])]
-    return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
 
 
 def notebook_digest(path: Path) -> str:

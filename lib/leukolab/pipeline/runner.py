@@ -28,9 +28,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from leukolab import __version__
 from leukolab.pipeline.execute import Executor
-from leukolab.pipeline.graph import RUNNER_PARAMETERS, Plan, Selection, Task, plan, select
-from leukolab.pipeline.keys import LIBRARY_DIR, declared_parameters, library_digest, task_key
+from leukolab.pipeline.graph import Plan, Selection, Task, plan, select
+from leukolab.pipeline.keys import library_digest, task_key
 from leukolab.pipeline.lineage import FINISHED, all_runs, find_cached, now, read_lineage, runs_dir, seconds_between, write_lineage
+from leukolab.pipeline.parameters import RUNNER_PARAMETERS, notebook_parameters
 from leukolab.pipeline.progress import Progress
 from leukolab.tracking import EXPERIMENT_NAME, configure, git_tags, log_file_to_run, tracking_uri
 
@@ -225,14 +226,13 @@ class PipelineRun:
 
     def _parameters(self, task: Task) -> dict:
         """What papermill injects: the run's folder and MLflow run, and the task's parameters its notebook declares."""
-        declared = declared_parameters(task.notebook)
+        declared = notebook_parameters(task.notebook)
         injected = {"run_dir": str(self.run_dir), "parent_run_id": self.parent_run_id, **task.parameters}
         return {k: v for k, v in injected.items() if k in declared}
 
     def _environment(self, task: Task) -> dict:
-        """The notebook's environment: this library first on the path, the task's name, and its share of the cores."""
-        env = {**os.environ, "LEUKOLAB_TASK": task.name,
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(LIBRARY_DIR.parent), os.environ.get("PYTHONPATH")]))}
+        """The notebook's environment: this process's (its ``PYTHONPATH`` included), the task's name, its share of the cores."""
+        env = {**os.environ, "LEUKOLAB_TASK": task.name}
         if self.jobs > 1:
             threads = str(threads_per_job(self.jobs))
             env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})

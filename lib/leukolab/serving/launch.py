@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import socket
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-import leukolab
+from leukolab.logs import configure_logging
 from leukolab.serving.options import DEFAULT_HOST, DEFAULT_PORT
 
 
@@ -66,9 +65,7 @@ def start_server(model_uri: str | None = None, port: int = 0, host: str = DEFAUL
     command = [sys.executable, "-m", "leukolab.serving", "--host", host, "--port", str(port)]
     if model_uri:
         command += ["--model-uri", model_uri]
-    library = str(Path(leukolab.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [library, os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = ServerHandle(process, _url(host, port), log_path)
@@ -89,7 +86,7 @@ def serve_forever(model_uri: str | None = None, host: str = DEFAULT_HOST, port: 
     from leukolab.serving.app import create_app
     from leukolab.serving.settings import ServingSettings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     settings = ServingSettings.from_env()
     if not settings.torch_threads:
         settings = replace(settings, torch_threads=max(1, (os.cpu_count() or 1) // settings.inference_workers))

@@ -1,0 +1,51 @@
+"""What the stage notebooks share: the set-up cell, and the cells of the experiment stages (10_segment, 20_classify)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from IPython import get_ipython
+from IPython.display import display
+
+from leukolab import stages, tracking
+from leukolab.config.experiment import Experiment
+from leukolab.experiments.resampling import resampling_summary
+from leukolab.experiments.run import ExperimentResult
+from leukolab.logs import configure_logging
+
+
+def setup() -> None:
+    """Logs in the cell outputs and figures inline: the first code cell of every notebook calls this."""
+    configure_logging(force=True)
+    shell = get_ipython()
+    if shell is not None:
+        shell.run_line_magic("matplotlib", "inline")
+
+
+def show_experiment(config: Experiment) -> None:
+    """The experiment about to train: its description and every key, flattened."""
+    print(config.description)
+    display(pd.Series(tracking.flatten(config.model_dump()), name="value").to_frame())
+
+
+def show_result(result: ExperimentResult) -> None:
+    """The best epoch, the figures the run logged, validation and test metrics, and the resampling summary."""
+    print("best epoch", result.fit.best_epoch, "of", len(result.fit.history), "by", result.fit.monitor)
+    for figure in result.figures.values():
+        display(figure)
+    display(pd.DataFrame({"validation": result.val_metrics, "test": result.test_metrics}).round(4))
+    if result.resampling:
+        display(resampling_summary(result.resampling).round(4))
+
+
+def finish_experiment(stage: str, run_dir: str | Path, result: ExperimentResult) -> Path:
+    """Hand the trained model on to the evaluation (``<run_dir>/<stage>-<experiment>.json``) and end the stage's run."""
+    run_id = mlflow.active_run().info.run_id
+    path = stages.write_output(run_dir, f"{stage}-{result.experiment.name}", {
+        "experiment": result.experiment.name, "task": result.experiment.task, "mlflow_run_id": run_id,
+        "model_uri": result.model_uri, "val_metrics": result.val_metrics, "test_metrics": result.test_metrics,
+        "resampling": result.resampling})
+    mlflow.end_run()
+    return path
