@@ -114,3 +114,12 @@ def test_an_unreachable_registry_names_the_tracking_uri(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with pytest.raises(ConnectionError, match=f"MLflow tracking server {uri} is not reachable"):
         load_smear_model("models:/leukolab@champion")
+
+
+def test_models_published_before_the_packages_still_load_their_class():
+    import pickle
+
+    from leukolab.publishing.model import SmearModel
+
+    old = pickle.dumps(SmearModel(), protocol=0).replace(b"leukolab.publishing.model", b"leukolab.pyfunc")
+    assert b"leukolab.pyfunc" in old and isinstance(pickle.loads(old), SmearModel)
