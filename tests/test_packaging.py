@@ -81,6 +81,8 @@ try:
     runpy.run_path(launcher, run_name="__main__")
 except SystemExit as done:
     status = done.code
+import os
+print(os.environ["PYTHONPATH"].split(os.pathsep)[0])
 print(sys.modules["leukolab"].__file__)
 sys.exit(status)
 """
@@ -100,6 +102,7 @@ def test_the_launcher_runs_the_library_of_the_clone_it_starts_in(tmp_path):
     result = launch(here / "notebooks", pythonpath=None)
     assert result.returncode == 0 and "usage: leukolab" in result.stdout, result.stderr[-3000:]
     assert result.stdout.splitlines()[-1] == str(here / "lib" / "leukolab" / "__init__.py")
+    assert result.stdout.splitlines()[-2] == str(here / "lib"), "what it starts (kernels, workers) must find it too"
 
 
 def test_pythonpath_chooses_the_library_before_the_current_folder(tmp_path):

@@ -96,13 +96,24 @@ def test_the_smoke_run_audits_its_real_like_masks_and_chooses_on_val(smoke_run, 
     assert (evaluation["selection_split"], evaluation["report_split"]) == ("val", "test")
 
 
-def test_a_failing_stage_stops_the_run_and_says_where(tmp_path):
-    result = leukolab(tmp_path, "run", "--profile", "smoke", "--run-id", "broken", "--param", "etl.image_size=0")
+def test_a_failing_stage_stops_the_run_and_says_where(tmp_path, monkeypatch):
+    missing = tmp_path / "no-such-folder"
+    result = leukolab(tmp_path, "run", "--profile", "smoke", "--run-id", "broken", "--param", f"etl.raw_dir={missing}")
     assert result.returncode != 0
-    assert "stage 'etl' failed in cell" in result.stderr and "image_size must be at least 16" in result.stderr
+    assert "stage 'etl' failed in cell" in result.stderr and f"raw_dir {missing} does not exist" in result.stderr
     assert str(tmp_path / "runs" / "broken" / "00_etl.ipynb") in result.stderr
     lineage = json.loads((tmp_path / "runs" / "broken" / "lineage.json").read_text())
     assert lineage["status"] == "failed" and lineage["tasks"]["etl"]["status"] == "failed"
+    monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from mlflow.tracking import MlflowClient
+
+    from leukolab.tracking import configure
+
+    configure()
+    etl = MlflowClient().get_run(lineage["tasks"]["etl"]["mlflow_run_id"])  # opened before the work, so it exists
+    assert etl.info.status == "FAILED" and "does not exist" in etl.data.tags["leukolab.error"]
+    assert etl.data.params["spark_master"] == "local[2]" and etl.data.params["image_size"] == "64"
 
 
 def test_the_published_champion_reevaluates_to_its_registered_metrics(smoke_run, monkeypatch):

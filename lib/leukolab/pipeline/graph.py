@@ -14,7 +14,7 @@ from pathlib import Path
 
 from leukolab.config import deep_merge, workspace_path
 from leukolab.config.errors import ConfigError, unknown_key
-from leukolab.config.experiment import SHORTCUTS, stage_experiment
+from leukolab.config.experiment import SHORTCUTS, Experiment, stage_experiment
 from leukolab.config.files import from_parameters
 from leukolab.config.pipeline import PIPELINE_FILE, PipelineSpec, Profile, load_pipeline, load_profile
 from leukolab.pipeline.parameters import EXPERIMENT_OVERRIDES, check_shared, notebook_parameters, split_overrides, stage_parameters
@@ -93,19 +93,20 @@ def plan(profile: str, overrides: dict | None = None, pipeline_file: str | Path 
     shared = deep_merge(settings.parameters, cli_shared)
     tasks: list[Task] = []
     for stage, stage_spec in spec.stages.items():
-        fans_out = stage_spec.foreach is not None
+        schema = stage_spec.schema_class()
+        trains = schema is Experiment  # its tasks train the experiments the profile lists
         params = {k: v for k, v in shared.items() if k in declared[stage]}
         for where, values in ((f"profile {profile}: stage_parameters", settings.stage_parameters.get(stage, {})),
                               ("--param", cli_stages.get(stage, {}))):
-            params = deep_merge(params, stage_parameters(stage, values, declared[stage], fans_out, where))
+            params = deep_merge(params, stage_parameters(stage, values, declared[stage], trains, where))
         params = {k: _expand_env(k, v) for k, v in params.items()}
-        if stage_spec.schema_:
-            from_parameters(stage_spec.schema_class(), params, f"stage {stage}")
+        if schema and not trains:
+            from_parameters(schema, params, f"stage {stage}")
         after = [t.name for t in tasks if t.stage in stage_spec.after]
         instances = [(f"{stage}-{e}", {**params, "experiment": e}) for e in settings.experiments.get(stage_spec.foreach, [])] \
-            if fans_out else [(stage, params)]
+            if stage_spec.foreach else [(stage, params)]
         for name, task_params in instances:
-            if fans_out:
+            if trains:
                 stage_experiment(task_params["experiment"], task_params.get(EXPERIMENT_OVERRIDES),
                                  **{k: task_params.get(k) for k in SHORTCUTS if k in declared[stage]})
             tasks.append(Task(stage, name, notebooks / stage_spec.notebook, task_params, after,

@@ -1,8 +1,8 @@
 """Stage parameters: what each notebook declares, and every profile parameter and override checked against it.
 
-A bare ``KEY`` reaches every stage whose notebook declares it; ``STAGE.KEY`` one stage. In a stage that fans out
-over experiments (``foreach``), a key the notebook does not declare but the experiment schema has (``training``,
-``augmentation.mixup`` ...) goes into the notebook's ``overrides`` mapping, merged into each experiment. Anything
+A bare ``KEY`` reaches every stage whose notebook declares it; ``STAGE.KEY`` one stage. In a stage that trains
+experiments (its ``schema`` is the experiment's), a key the notebook does not declare but the experiment schema has
+(``training``, ``augmentation.mixup`` ...) goes into the notebook's ``overrides`` mapping, merged into each experiment. Anything
 else is a typo: the run stops before any stage starts, with the key and its closest valid spellings.
 """
 
@@ -84,16 +84,17 @@ def check_shared(shared: dict, declared: dict[str, dict[str, Declared]], where: 
             raise ConfigError(unknown_key(where, key, known) + " (`leukolab params STAGE` lists each stage's)")
 
 
-def stage_parameters(stage: str, values: dict, declared: dict[str, Declared], fans_out: bool, where: str) -> dict:
-    """``values`` for one stage: declared keys as they are, experiment keys folded into ``overrides``."""
+def stage_parameters(stage: str, values: dict, declared: dict[str, Declared], trains: bool, where: str) -> dict:
+    """``values`` for one stage: declared keys as they are; for a stage that ``trains`` experiments, experiment keys
+    folded into ``overrides``."""
     params, experiment = {}, {}
     for key, value in values.items():
         if key in declared and key not in RUNNER_PARAMETERS:
             params[key] = value
-        elif fans_out and key in Experiment.model_fields and EXPERIMENT_OVERRIDES in declared:
+        elif trains and key in Experiment.model_fields and EXPERIMENT_OVERRIDES in declared:
             experiment[key] = value
         else:
-            choices = set(declared) - set(RUNNER_PARAMETERS) | (set(Experiment.model_fields) if fans_out else set())
+            choices = set(declared) - set(RUNNER_PARAMETERS) | (set(Experiment.model_fields) if trains else set())
             raise ConfigError(unknown_key(f"{where} (stage {stage})", key, choices))
     if experiment:
         params[EXPERIMENT_OVERRIDES] = deep_merge(params.get(EXPERIMENT_OVERRIDES) or {}, experiment)

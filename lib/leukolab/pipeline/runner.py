@@ -258,11 +258,12 @@ class PipelineRun:
                                                      f"tags.`leukolab.task` = '{name}' and attributes.start_time >= {since}")
 
     def _fail_child_runs(self, name: str, message: str) -> str | None:
-        """Give the task's runs the failure message (tag ``leukolab.error``) and end those left RUNNING as FAILED."""
-        runs = [r for r in self._child_runs(name) if r.info.status in ("RUNNING", "FAILED")]
+        """Give the task's runs the failure message (tag ``leukolab.error``) and mark them FAILED: left RUNNING, or
+        ended FINISHED by MLflow's exit hook when the kernel stopped, they belong to a task that failed."""
+        runs = self._child_runs(name)
         for child in runs:
             self.client.set_tag(child.info.run_id, "leukolab.error", message[:5000])
-            if child.info.status == "RUNNING":
+            if child.info.status != "FAILED":
                 self.client.set_terminated(child.info.run_id, "FAILED")
         return runs[0].info.run_id if runs else None
 

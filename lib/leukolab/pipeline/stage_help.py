@@ -32,7 +32,7 @@ def stage_table(stage: str, pipeline_file: str | Path | None = None) -> str:
             rows.append((name, _literal_type(declared.value), declared.value, declared.comment))
     lines = [f"stage {stage} ({stage_spec.notebook}): `--param {stage}.KEY=VALUE` (or a bare KEY for every stage "
              f"that declares it)", "", *_format(rows)]
-    if stage_spec.foreach:
+    if stage_spec.schema_class() is Experiment:
         lines += ["", f"experiment keys, `--param {stage}.SECTION.KEY=VALUE` (into `{EXPERIMENT_OVERRIDES}`; the "
                   f"experiment YAML's value when not given):", "", *_format(schema_rows(Experiment))]
     return "\n".join(lines)
@@ -45,7 +45,7 @@ def stages_summary(pipeline_file: str | Path | None = None) -> str:
     lines = []
     for stage, stage_spec in spec.stages.items():
         names = [n for n in notebook_parameters(_notebook(pipeline_file, spec, stage)) if n not in RUNNER_PARAMETERS]
-        extra = ", and every experiment key as SECTION.KEY" if stage_spec.foreach else ""
+        extra = ", and every experiment key as SECTION.KEY" if stage_spec.schema_class() is Experiment else ""
         lines.append(f"  {stage}: {', '.join(names)}{extra}")
     return "\n".join(lines)
 
@@ -56,14 +56,12 @@ def _notebook(pipeline_file: Path, spec: PipelineSpec, stage: str) -> Path:
 
 def _typed_defaults(spec: PipelineSpec, stage: str) -> dict[str, tuple[str, str, str]]:
     """Notebook parameter -> (type, default, meaning) from the stage's schema, or the experiment's for shortcuts."""
-    stage_spec = spec.stages[stage]
-    if stage_spec.foreach:
+    schema = spec.stages[stage].schema_class()
+    if schema is Experiment:
         rows = {row[0]: row[1:] for row in schema_rows(Experiment)}
         return {name: (rows[".".join(path)][0], "the experiment's", rows[".".join(path)][2])
                 for name, path in SHORTCUTS.items()}
-    if stage_spec.schema_:
-        return {row[0]: row[1:] for row in schema_rows(stage_spec.schema_class())}
-    return {}
+    return {row[0]: row[1:] for row in schema_rows(schema)} if schema else {}
 
 
 def _literal_type(source: str) -> str:
