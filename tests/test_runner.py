@@ -33,16 +33,15 @@ BODIES = {
                 'stages.write_output(run_dir, "prepare", {"size": size})'],
     "train": ["import os, signal, time\nfrom leukolab import stages, tracking\nstarted = time.time()",
               'size = stages.read_output(run_dir, "prepare")["size"]\n'
-              'if log_to_mlflow:  # left open, as a notebook that hangs or dies leaves it\n'
-              '    stage_run = tracking.stage_run("train", run_name=experiment, parent_run_id=parent_run_id)\n'
-              '    stage_run.__enter__()\n'
+              'if log_to_mlflow:  # open until the last cell, so a notebook that hangs or dies leaves it open\n'
+              '    tracking.open_stage_run("train", run_name=experiment, parent_run_id=parent_run_id)\n'
               'threads = None\nif import_torch:\n    import torch\n    threads = torch.get_num_threads()',
               'stages.write_output(run_dir, f"pid-{experiment}", {"pid": os.getpid()})\n'
               'if die:\n    os.kill(os.getpid(), signal.SIGKILL)\ntime.sleep(sleep_s)',
-              'if fail:\n    with tracking.stage_run("train", run_name=experiment, parent_run_id=parent_run_id):\n'
-              '        raise ValueError("failing on purpose")',
+              'if fail:\n    tracking.open_stage_run("train", run_name=experiment, parent_run_id=parent_run_id)\n'
+              '    raise ValueError("failing on purpose")',
               'stages.write_output(run_dir, f"timing-{experiment}", {"started": started, "finished": time.time()})\n'
-              'if log_to_mlflow:\n    stage_run.__exit__(None, None, None)\n'
+              'if log_to_mlflow:\n    import mlflow\n    mlflow.end_run()\n'
               'stages.write_output(run_dir, f"train-{experiment}", {"score": size * epochs, "threads": threads,\n'
               '                                                     "omp": os.environ.get("OMP_NUM_THREADS")})'],
     "report": ["from leukolab import stages",

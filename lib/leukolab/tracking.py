@@ -6,7 +6,6 @@ in ``mlartifacts/``; ``MLFLOW_TRACKING_URI`` points everything elsewhere.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import subprocess
@@ -59,13 +58,6 @@ def _probe_server(uri: str, timeout: float = 5.0) -> None:
             pass
     except (OSError, ValueError) as error:
         raise ConnectionError(f"MLflow tracking server {uri} is not reachable: {error}") from error
-
-
-@contextlib.contextmanager
-def stage_run(stage: str, run_name: str | None = None, parent_run_id: str | None = None, tags: dict | None = None):
-    """:func:`open_stage_run` as a context manager: the run ends with the block (FAILED when it raises)."""
-    with open_stage_run(stage, run_name, parent_run_id, tags) as run:
-        yield run
 
 
 def open_stage_run(stage: str, run_name: str | None = None, parent_run_id: str | None = None, tags: dict | None = None,
