@@ -168,7 +168,7 @@ def test_unknown_route_and_method_answer_json(client):
 
 
 def animated_gif() -> bytes:
-    frames = [Image.new("P", (40, 30), i) for i in (10, 200)]
+    frames = [Image.new("P", (40, 32), i) for i in (10, 200)]
     return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
@@ -458,3 +458,22 @@ def test_load_at_concurrency_32_answers_everything_and_holds_its_memory(model_en
     print(f"{answered} predictions in {LOAD_SECONDS} s at concurrency {LOAD_CONCURRENCY}; "
           f"RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB")
     assert rss_after < 1.10 * rss_before
+
+
+@pytest.mark.parametrize("size", [(1, 1), (10000, 2), (31, 64), (32, 32), (256, 32), (257, 32)])
+def test_the_api_and_the_etl_agree_on_which_images_are_usable(client, size):
+    from leukolab.data.etl import process_file
+    from leukolab.data.etl_params import EtlParams
+    from leukolab.data.sources import Layout
+
+    image = io.BytesIO()
+    Image.new("RGB", size, (200, 150, 170)).save(image, format="PNG")
+    etl = process_file("Benign/smear.png", image.getvalue(), Layout("imagefolder"), EtlParams())
+    response = client.post("/predict", files={"file": ("smear.png", image.getvalue(), "image/png")})
+    if etl["status"] == "ok":
+        assert response.status_code == 200, response.text
+    else:
+        assert response.status_code == 400 and response.json()["reason"] == etl["reason"], response.text
+    assert (etl["status"], etl["reason"]) == {(1, 1): ("quarantined", "too_small"), (10000, 2): ("quarantined", "too_small"),
+                                              (31, 64): ("quarantined", "too_small"), (257, 32): ("quarantined", "too_elongated")
+                                              }.get(size, ("ok", None))

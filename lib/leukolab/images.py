@@ -1,19 +1,51 @@
 """The one image decoder: bytes in, RGB out, with a reason for every refusal.
 
 Shared by the ETL, the training datasets, the MLflow pyfunc model and the API,
-so an image that trains is an image that serves.
+so an image that trains is an image that serves: the :class:`ImageRules` the ETL
+applied travel in the published model's metadata, and the model and the API
+refuse what the ETL would have quarantined, with the same reason.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000
 """Refuse images with more pixels than this (decompression bombs): 8000 x 8000."""
+
+
+@dataclass(frozen=True)
+class ImageRules:
+    """What makes a decoded image usable as a smear field: its shorter side, its elongation, its pixel count.
+
+    Smear fields are close to square (224 x 224, 450 x 450, 2592 x 1944 in the public ALL datasets); a sliver or
+    a thumbnail resized to the network's square input is not a smear.
+    """
+
+    min_side: int = 32
+    max_aspect_ratio: float = 8.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def check(self, width: int, height: int) -> None:
+        """Raise :class:`ImageRejected` (``too_small``, ``too_elongated``) when a ``width`` x ``height`` image breaks a rule."""
+        if min(width, height) < self.min_side:
+            raise ImageRejected("too_small", f"the image is {width}x{height}; both sides must be at least {self.min_side} px")
+        if max(width, height) > self.max_aspect_ratio * min(width, height):
+            raise ImageRejected("too_elongated", f"the image is {width}x{height}; its long side may be at most "
+                                                 f"{self.max_aspect_ratio:g} times its short side")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> ImageRules:
+        """The rules named in ``values`` (a manifest's ETL parameters, a model's metadata); the others at default."""
+        return cls(**{name: values[name] for name in cls.__dataclass_fields__ if name in values})
 
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP")
@@ -28,13 +60,17 @@ class ImageRejected(ValueError):
         self.reason = reason
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1) -> Image.Image:
-    """Decode image bytes to an 8-bit RGB image.
+ANY_SIZE = ImageRules(min_side=1, max_aspect_ratio=float("inf"))
+"""For showing an image that a model has already accepted under its own rules."""
+
+
+def decode_image(data: bytes, rules: ImageRules = ImageRules()) -> Image.Image:
+    """Decode image bytes to an 8-bit RGB image that keeps ``rules``.
 
     Greyscale, palette, CMYK, 16-bit and alpha images are converted (alpha is
     composited on white); animated images give their first frame; EXIF
     orientation is applied. Raises :class:`ImageRejected` with reason
-    ``empty``, ``not_an_image``, ``too_many_pixels``, ``truncated`` or ``too_small``.
+    ``empty``, ``not_an_image``, ``too_many_pixels``, ``truncated``, ``too_small`` or ``too_elongated``.
     """
     if not data:
         raise ImageRejected("empty", "the file is empty (0 bytes)")
@@ -49,15 +85,14 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side:
     except OSError as error:  # a header cut short or corrupt
         raise ImageRejected("truncated", f"the image is truncated or corrupt: {error}") from None
     width, height = image.size
-    if width * height > max_pixels:
-        raise ImageRejected("too_many_pixels", f"the image has {width}x{height} pixels; the limit is {max_pixels:,}")
+    if width * height > rules.max_pixels:
+        raise ImageRejected("too_many_pixels", f"the image has {width}x{height} pixels; the limit is {rules.max_pixels:,}")
     try:
         image.seek(0)
         image.load()
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageRejected("truncated", f"the image is truncated or corrupt: {error}") from None
-    if min(width, height) < min_side:
-        raise ImageRejected("too_small", f"the image is {width}x{height}; both sides must be at least {min_side} px")
+    rules.check(width, height)
     return to_rgb(ImageOps.exif_transpose(image))
 
 

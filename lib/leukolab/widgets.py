@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from leukolab.images import decode_image
+from leukolab.images import ANY_SIZE, decode_image
 from leukolab.publishing.model import SmearModel
 from leukolab.serving.model import DEFAULT_MODEL_URI, load_model
 from leukolab.serving.schemas import Prediction
@@ -46,14 +46,14 @@ def predict_for_demo(image_bytes: bytes, model: SmearModel | None = None, api_ur
     if model is None:
         raise ValueError("give a model or an api_url")
     started = time.perf_counter()
-    answer = model.predict_images([decode_image(image_bytes)])[0]
+    answer = model.predict_images([decode_image(image_bytes, model.image_rules)])[0]
     latency_ms = (time.perf_counter() - started) * 1000
     return Prediction.from_answer(answer, model.class_names, model_version=None, latency_ms=latency_ms).model_dump()
 
 
 def with_mask(result: dict, image_bytes: bytes, segmenter: SmearModel) -> dict:
     """``result`` with the ``segmenter``'s ``mask`` and ``mask_fraction`` for the image (for a model that only classifies)."""
-    answer = segmenter.predict_images([decode_image(image_bytes)])[0]
+    answer = segmenter.predict_images([decode_image(image_bytes, segmenter.image_rules)])[0]
     return {**result, "mask": answer.get("mask_png"), "mask_fraction": answer.get("mask_fraction")}
 
 
@@ -73,7 +73,7 @@ def _predict_remote(image_bytes: bytes, api_url: str) -> dict:
 
 def render_result(image_bytes: bytes, result: dict) -> Figure:
     """The image with its mask overlaid and titled with class and confidence, beside a bar chart of probabilities."""
-    image = decode_image(image_bytes)
+    image = decode_image(image_bytes, ANY_SIZE)  # accepted already by the model (or the API) that answered
     probabilities = result.get("probabilities") or {}
     figure = Figure(figsize=(10 if probabilities else 5, 4.5), layout="constrained")
     axes = figure.subplots(1, 2 if probabilities else 1, squeeze=False)[0]

@@ -66,7 +66,7 @@ def process_file(relative_path: str, content: bytes, layout: Layout, params: Etl
     if refusal:
         return {**row, "status": "quarantined", "reason": "unknown_class", "message": refusal}
     try:
-        image = decode_image(content, min_side=params.min_side)
+        image = decode_image(content, params.image_rules)
     except ImageRejected as rejected:
         return {**row, "status": "quarantined", "reason": rejected.reason, "message": str(rejected)}
     row["width"], row["height"] = image.size

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from leukolab.data import labels as csv_labels
 from leukolab.data.files import LAYOUTS
 from leukolab.data.sources import ALL_IDB2_LABEL_NAMES, ALL_IDB2_LABEL_PATTERN, Layout
+from leukolab.images import ImageRules
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
@@ -40,7 +41,9 @@ class EtlParams(BaseModel):
     test_fraction: Fraction = 0.15
     holdouts: int = Field(0, ge=0, description="extra stratified holdout splits holdout_1..k")
     holdout_fraction: Fraction = 0.1
-    min_side: int = Field(32, ge=1, description="images with a shorter side are quarantined as too_small")
+    min_side: int = Field(ImageRules.min_side, ge=1, description="images with a shorter side are quarantined as too_small")
+    max_aspect_ratio: float = Field(ImageRules.max_aspect_ratio, ge=1,
+                                    description="images whose long side is more times their short side: too_elongated")
     require_masks: bool = Field(False, description="quarantine originals without a mask")
     max_bad_fraction: Fraction = Field(0.2, description="fail when more of the files than this are unusable")
     seed: int = 42
@@ -79,6 +82,11 @@ class EtlParams(BaseModel):
         self.layout_for(self.layout or "imagefolder")  # checks the patterns
         csv_labels.check_label_map(self.label_map, self.classes)
         return self
+
+    @property
+    def image_rules(self) -> ImageRules:
+        """What the ETL accepts as an image; published models carry it, so the API refuses the same images."""
+        return ImageRules(min_side=self.min_side, max_aspect_ratio=self.max_aspect_ratio)
 
     def layout_for(self, name: str, raw_dir: Path | None = None, on_disk: list[str] | None = None) -> Layout:
         """The :class:`Layout` ``name`` with these parameters' options (``labels_csv`` reads its CSVs under ``raw_dir``)."""

@@ -92,7 +92,7 @@ def evaluate_external(model: SmearModel, dataset: ExternalDataset, bootstrap_sam
     batches = []
     with torch.no_grad():
         for first in range(0, len(frame), batch_size):
-            arrays = [model.prepare(decode_image(data)) for data in frame["image"].iloc[first:first + batch_size]]
+            arrays = [model.prepare(decode_image(data, model.image_rules)) for data in frame["image"].iloc[first:first + batch_size]]
             batches.append(model.forward(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))["probabilities"])
     probabilities = np.concatenate(batches) @ mapping
     metrics = classification_metrics(labels, probabilities, classes)

@@ -18,8 +18,9 @@ from leukolab.config import workspace
 from leukolab.config.experiment import Experiment
 from leukolab.data.dataset import SmearDataset, load_datasets, load_manifest
 from leukolab.models.factory import build_model
-from leukolab.publishing.model import log_smear_model
 from leukolab.experiments.resampling import run_resampling
+from leukolab.images import ImageRules
+from leukolab.publishing.model import log_smear_model
 from leukolab.tracking import flatten
 from leukolab.training.calibration import fit_temperature
 from leukolab.training.distributed import fit_distributed
@@ -84,6 +85,7 @@ def run_experiment(experiment: Experiment, dataset_dir: str | Path) -> Experimen
         mlflow.log_figure(figure, f"plots/{name}.png")
 
     meta = {"experiment": experiment.model_dump(mode="json"), "class_names": class_names, "image_size": manifest["image_size"],
+            "image_rules": ImageRules.from_mapping(manifest["parameters"]).as_dict(),
             "mean": mean, "std": std, "temperature": temperature, "dataset_fingerprint": manifest["fingerprint"]}
     examples = [_jpeg(splits["test"].images[i]) for i in range(min(2, len(splits["test"])))]
     info = log_smear_model(model, meta, examples)

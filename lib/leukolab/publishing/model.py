@@ -25,7 +25,7 @@ from PIL import Image
 
 from leukolab.config import PROJECT_ROOT
 from leukolab.config.experiment import Experiment, parse_experiment
-from leukolab.images import decode_image, encode_png, resize_square
+from leukolab.images import ImageRules, decode_image, encode_png, resize_square
 from leukolab.models.factory import build_model
 from leukolab.models.inputs import normalize
 
@@ -50,6 +50,11 @@ class SmearModel(mlflow.pyfunc.PythonModel):
     @property
     def class_names(self) -> list[str]:
         return list(self.meta["class_names"])
+
+    @property
+    def image_rules(self) -> ImageRules:
+        """What the ETL that made its training data accepted as an image (defaults for models that predate them)."""
+        return ImageRules.from_mapping(self.meta.get("image_rules", {}))
 
     @property
     def experiment(self) -> Experiment:
@@ -97,7 +102,7 @@ class SmearModel(mlflow.pyfunc.PythonModel):
         return answers
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        images = [decode_image(_as_bytes(value)) for value in model_input["image"]]
+        images = [decode_image(_as_bytes(value), self.image_rules) for value in model_input["image"]]
         return pd.DataFrame(self.predict_images(images))
 
 

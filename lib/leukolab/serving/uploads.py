@@ -4,6 +4,7 @@ Kept free of ``from __future__ import annotations``: FastAPI reads the dependenc
 """
 
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -73,7 +74,7 @@ def prepare_all(model: SmearModel, uploads: list[Upload], max_pixels: int) -> li
     arrays = []
     for index, (name, data) in enumerate(uploads):
         try:
-            arrays.append(model.prepare(decode_image(data, max_pixels=max_pixels)))
+            arrays.append(model.prepare(decode_image(data, replace(model.image_rules, max_pixels=max_pixels))))
         except ImageRejected as error:
             if len(uploads) == 1:
                 raise
