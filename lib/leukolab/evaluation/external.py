@@ -24,7 +24,7 @@ import torch
 from leukolab.config import workspace_path
 from leukolab.data.dataset import load_manifest, load_split
 from leukolab.evaluation.compare import interval_columns, with_interval
-from leukolab.images import decode_image
+from leukolab.images import ANY_SIZE, decode_image  # the images of a processed dataset passed its ETL
 from leukolab.metrics.intervals import classification_intervals
 from leukolab.metrics.scores import classification_metrics
 from leukolab.publishing.model import SmearModel
@@ -92,7 +92,7 @@ def evaluate_external(model: SmearModel, dataset: ExternalDataset, bootstrap_sam
     batches = []
     with torch.no_grad():
         for first in range(0, len(frame), batch_size):
-            arrays = [model.prepare(decode_image(data, model.image_rules)) for data in frame["image"].iloc[first:first + batch_size]]
+            arrays = [model.prepare(decode_image(data, ANY_SIZE)) for data in frame["image"].iloc[first:first + batch_size]]
             batches.append(model.forward(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))["probabilities"])
     probabilities = np.concatenate(batches) @ mapping
     metrics = classification_metrics(labels, probabilities, classes)
