@@ -1,5 +1,5 @@
 """Grad-CAM heatmaps: shape, range and determinism, the target layer per architecture, the model-randomisation check
-(Adebayo et al. 2018) on a tiny trained CNN, and the published model's explain path."""
+(Adebayo et al. 2018) on a tiny trained CNN, the published model's explain path and the evaluation report's figure."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
+from leukolab import plots
 from leukolab.config.experiment import Experiment
+from leukolab.data.dataset import SmearDataset
 from leukolab.data.synthetic import smear_table
+from leukolab.evaluation.explanations import explained_examples, heatmap_examples
 from leukolab.images import image_array
 from leukolab.models.factory import build_model
 from leukolab.models.heatmaps import HeatmapExplainer, class_heatmaps, target_layer
@@ -156,3 +159,29 @@ def test_the_published_model_explains_through_pyfunc_and_from_bytes(model_env):
     assert model.explain_image(model_env["example_image"], "Pro").shape == (64, 64)
     with pytest.raises(ValueError, match="unknown class 'Blast'"):
         model.explain_image(model_env["example_image"], "Blast")
+
+
+def test_report_examples_are_the_most_confident_mistakes_and_one_correct_image_per_class():
+    labels = [0, 0, 1, 1, 2, 2, 0]
+    probabilities = np.array([[0.9, 0.1, 0.0], [0.6, 0.4, 0.0], [0.2, 0.8, 0.0], [0.95, 0.05, 0.0],
+                              [0.1, 0.7, 0.2], [0.3, 0.6, 0.1], [0.97, 0.03, 0.0]])
+    # mistakes: 3 (0.95), 4 (0.7), 5 (0.6); correct: class 0 -> 6 (0.97), class 1 -> 2, class 2 -> none
+    assert heatmap_examples(labels, probabilities, mistakes=2) == [3, 4, 6, 2]
+    assert heatmap_examples(labels, probabilities) == [3, 4, 5, 6, 2]
+
+
+def test_report_figure_of_the_published_model(model_env):
+    model = load_model(model_env["uri"])[0]
+    dataset = SmearDataset(smear_table(2, 64, seed=4))
+    probabilities = model.forward(dataset.images)["probabilities"]
+    labels = dataset.labels.numpy()
+    images, heatmaps, titles = explained_examples(model, dataset.images, labels, probabilities, mistakes=2)
+    chosen = heatmap_examples(labels, probabilities, mistakes=2)
+    assert len(images) == len(heatmaps) == len(titles) == len(chosen) > 0
+    assert images[0].shape == (64, 64, 3) and heatmaps[0].shape == (64, 64)
+    np.testing.assert_array_equal(heatmaps[0], model.explain_prepared([images[0]])[0])
+    first = chosen[0]
+    assert titles[0].startswith(("mistake" if probabilities[first].argmax() != labels[first] else "correct") + ": ")
+    figure = plots.heatmap_grid(images, heatmaps, titles)
+    assert sum(len(ax.images) for ax in figure.axes) == 2 * len(images)
+    assert titles[-1] in [ax.get_title() for ax in figure.axes]
