@@ -185,3 +185,11 @@ def test_report_figure_of_the_published_model(model_env):
     figure = plots.heatmap_grid(images, heatmaps, titles)
     assert sum(len(ax.images) for ax in figure.axes) == 2 * len(images)
     assert titles[-1] in [ax.get_title() for ax in figure.axes]
+
+
+def test_a_published_segmenter_says_it_cannot_explain(model_env, segmentation_model_uri):
+    model = load_model(segmentation_model_uri)[0]
+    with pytest.raises(ValueError, match="segmentation-only model has no class to explain"):
+        model.explain_image(model_env["example_image"])
+    with pytest.raises(ValueError, match="segmentation-only model"):
+        model.predict_images([Image.open(io.BytesIO(model_env["example_image"]))], explain=True)

@@ -3,10 +3,12 @@
 Input: a DataFrame with a binary column ``image`` (JPEG, PNG, TIFF, ... bytes).
 Output per row: ``predicted_class``, ``confidence`` and ``prob_<class>`` for
 models that classify; ``mask_png`` (base64 PNG, 0/255) and ``mask_fraction``
-for models that segment; with ``params={"explain": True}`` also ``heatmap_png`` (base64 PNG, 0-255: the Grad-CAM
-heatmap of the predicted class, :mod:`leukolab.models.heatmaps`) for models that classify. The model's folder holds the weights, a JSON of its
-metadata (classes, image size, mean/std, temperature) and this library's code,
-so ``mlflow.pyfunc.load_model`` is all a server needs.
+for models that segment; with ``params={"explain": True}``, ``heatmap_png``
+(base64 PNG, 0-255: the Grad-CAM heatmap of the predicted class, see
+:mod:`leukolab.models.heatmaps`) for models that classify. The model's folder
+holds the weights, a JSON of its metadata (classes, image size, mean/std,
+temperature) and this library's code, so ``mlflow.pyfunc.load_model`` is all a
+server needs.
 """
 
 from __future__ import annotations
@@ -99,8 +101,8 @@ class SmearModel(mlflow.pyfunc.PythonModel):
                 answer["mask_fraction"] = float(mask.mean())
             answers.append(answer)
         if explain:
-            classes = [self.class_names.index(answer["predicted_class"]) for answer in answers] if "probabilities" in out else None
-            for answer, heatmap in zip(answers, self.explain_prepared(arrays, classes)):
+            predicted = [self.class_names.index(answer["predicted_class"]) for answer in answers] if "probabilities" in out else None
+            for answer, heatmap in zip(answers, self.explain_prepared(arrays, predicted)):
                 answer["heatmap_png"] = base64.b64encode(encode_png(np.round(heatmap * 255).astype(np.uint8))).decode()
         return answers
 
@@ -108,10 +110,10 @@ class SmearModel(mlflow.pyfunc.PythonModel):
         """Grad-CAM heatmaps (HxW floats in [0, 1] at the network's input size, test-time augmentation off) of images
         made by :meth:`prepare`, for ``classes`` (indices into :attr:`class_names`; default: the predicted classes).
         A ``ValueError`` for a segmentation-only model."""
-        batch = _batch(arrays)
+        explainer, batch = self.explainer, _batch(arrays)
         if classes is None:
-            classes = self.forward(batch)["probabilities"].argmax(1).tolist() if self.task != "segmentation" else None
-        return list(self.explainer(normalize(batch, self.meta["mean"], self.meta["std"]), classes))
+            classes = self.forward(batch)["probabilities"].argmax(1).tolist()
+        return list(explainer(normalize(batch, self.meta["mean"], self.meta["std"]), classes))
 
     def explain_image(self, image_bytes: bytes, class_name: str | None = None) -> np.ndarray:
         """The heatmap of one image's bytes for ``class_name`` (default: the predicted class), as :meth:`explain_prepared`."""
