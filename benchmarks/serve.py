@@ -7,6 +7,8 @@
     as base64 in the binary column ``image``.
 (c) the raw limit: the same decoding and preprocessing and the model's batched
     forward pass in this process, no HTTP, at the API's maximum batch size.
+(x) this API with ``POST /predict?explain=true``: each answer also carries its
+    Grad-CAM heatmap, computed outside the micro-batcher (compare with (a)).
 
 For (a) and (b), a client in this process keeps ``concurrency`` requests in
 flight for ``--seconds`` per level (after a warm-up) and reports requests/s
@@ -19,6 +21,7 @@ image unless ``--tta``) is registered in a scratch workspace as
 
     python benchmarks/serve.py                      # about 4 minutes on 2 cores
     python benchmarks/serve.py --seconds 20 --markdown
+    python benchmarks/serve.py --variants ax --concurrency 1,8 --markdown   # the explained path against the plain one
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import io
 import json
 import os
@@ -53,7 +57,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per concurrency level")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each level")
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="levels, comma-separated")
-    parser.add_argument("--variants", default="abc", help="which of a, b, c to run")
+    parser.add_argument("--variants", default="abc", help="which of a, b, c, x to run")
     parser.add_argument("--markdown", action="store_true", help="also print a row for benchmarks/RESULTS.md")
     args = parser.parse_args()
     levels = [int(level) for level in args.concurrency.split(",")]
@@ -78,6 +82,9 @@ def main() -> None:
             results["b"] = measure_server("(b) mlflow models serve", start_mlflow(model_uri, scratch), mlflow_request, images, levels, args)
         if "c" in args.variants:
             results["c"] = raw_limit(model_uri, images, max_batch, args.seconds)
+        if "x" in args.variants:
+            results["x"] = measure_server("(x) leukolab API, explain=true", start_api(model_uri, scratch),
+                                          functools.partial(api_request, explain=True), images, levels, args)
     report(results, levels, max_batch, args.markdown)
 
 
@@ -173,10 +180,10 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def api_request(url: str, image: bytes) -> tuple[str, bytes, dict]:
+def api_request(url: str, image: bytes, explain: bool = False) -> tuple[str, bytes, dict]:
     body = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="smear.jpg"\r\n'
             f"Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()
-    return f"{url}/predict", body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    return f"{url}/predict" + ("?explain=true" if explain else ""), body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 
 
 def mlflow_request(url: str, image: bytes) -> tuple[str, bytes, dict]:
@@ -227,6 +234,8 @@ def check_answer(request: tuple[str, bytes, dict]) -> None:
     response = httpx.post(url, content=body, headers=headers, timeout=60, trust_env=False)
     if response.status_code != 200 or "Benign" not in response.text:
         raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:300]}")
+    if "explain=true" in url and not response.json().get("heatmap_png"):
+        raise RuntimeError(f"{url} answered without a heatmap_png")
 
 
 async def load(requests: list[tuple[str, bytes, dict]], concurrency: int, seconds: float) -> dict:
@@ -282,17 +291,28 @@ def raw_limit(model_uri: str, images: list[bytes], batch_size: int, seconds: flo
 
 
 def report(results: dict, levels: list[int], max_batch: int, markdown: bool) -> None:
-    a, b, c = results.get("a"), results.get("b"), results.get("c")
+    a, b, c, x = results.get("a"), results.get("b"), results.get("c"), results.get("x")
     for level in levels:
         parts = [f"concurrency {level:>2}:"]
+        if a and x:
+            parts.append(f"explained/plain requests/s {x[level]['rps'] / a[level]['rps']:.2f}")
+            parts.append(f"p99 explained/plain {x[level]['p99_ms'] / a[level]['p99_ms']:.2f}")
         if a and b:
             parts.append(f"a/b {a[level]['rps'] / b[level]['rps']:.2f}")
             parts.append(f"p99 a/b {a[level]['p99_ms'] / b[level]['p99_ms']:.2f}")
         if a and c:
             parts.append(f"a/c {a[level]['rps'] / c['images_per_s']:.2f}")
         print("  ".join(parts))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if markdown and a and x:
+        cells = [time.strftime("%Y-%m-%d"), str(os.cpu_count()), f"{os.getloadavg()[0]:.1f}"]
+        cells += [" / ".join(f"{r[level]['rps']:.1f}" for level in levels) for r in (a, x)]
+        cells += [" / ".join(f"{x[level]['rps'] / a[level]['rps']:.2f}" for level in levels)]
+        cells += [" / ".join(f"{r[level]['p99_ms']:.0f}" for level in levels) for r in (a, x)]
+        cells += [" / ".join(f"{r[level]['server_cpu_ms']:.1f}" for level in levels) for r in (a, x)]
+        cells += [commit]
+        print("| " + " | ".join(cells) + " |")
     if markdown and a and b and c:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         cells = [time.strftime("%Y-%m-%d"), str(os.cpu_count()), f"{os.getloadavg()[0]:.1f}"]
         cells += [" / ".join(f"{r[level]['rps']:.0f}" for level in levels) for r in (a, b)]
         cells += [f"{c['images_per_s']:.0f} (batch {max_batch})"]

@@ -81,3 +81,33 @@ def model_env(registered_model) -> dict:
         patch.setenv("LEUKOLAB_WORKSPACE", str(registered_model["workspace"]))
         patch.setenv("MLFLOW_TRACKING_URI", registered_model["tracking_uri"])
         yield registered_model
+
+
+def _logged_model(model_env: dict, spec: dict) -> str:
+    """A model of experiment ``spec`` (random weights, 64 px, the test classes) logged in the test model's store:
+    its ``runs:/`` URI."""
+    import mlflow
+
+    from leukolab import tracking
+    from leukolab.config.experiment import Experiment
+    from leukolab.models.factory import build_model
+    from leukolab.publishing.model import log_smear_model
+
+    tracking.configure()
+    experiment = Experiment.model_validate(spec)
+    meta = {"experiment": experiment, "class_names": model_env["class_names"], "image_size": 64,
+            "mean": [0.5] * 3, "std": [0.25] * 3, "temperature": 1.0}
+    with mlflow.start_run():
+        return log_smear_model(build_model(experiment, 4), meta, [model_env["example_image"]]).model_uri
+
+
+@pytest.fixture(scope="module")
+def classifier_uri(model_env) -> str:
+    """A model that only classifies (the 4-block CNN, random weights), logged beside the joint test model."""
+    return _logged_model(model_env, {"task": "classification", "model": {"architecture": "SimpleCNN", "width": 8}})
+
+
+@pytest.fixture(scope="module")
+def segmentation_model_uri(model_env) -> str:
+    """A model that only segments (Unet/mobilenet_v2, random weights), logged beside the joint test model."""
+    return _logged_model(model_env, {"task": "segmentation", "model": {"architecture": "Unet", "encoder": "mobilenet_v2"}})

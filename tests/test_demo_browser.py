@@ -3,8 +3,8 @@
 The page runs ``notebooks/demo.ipynb`` against the registered test model (in
 the kernel's process, no API). The test uploads a smear through the
 FileUpload widget, presses Predict, and checks that the predicted class and the
-probability chart appear; then that an unreadable file gives a message, not a
-traceback. The screenshot goes to the test's folder and ``runs/test-artifacts/``.
+probability chart appear; that the "Show where the model looked" toggle adds the
+heatmap; then that an unreadable file gives a message, not a traceback. The screenshot goes to the test's folder and ``runs/test-artifacts/``.
 Chromium and chromedriver come from ``docker/install-check-tools.sh``.
 """
 
@@ -155,6 +155,16 @@ def test_demo_predicts_an_uploaded_image_in_a_real_browser(voila, browser, model
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(screenshot, ARTIFACTS / "demo-browser.png")
     print(f"screenshot: {screenshot} (copied to {ARTIFACTS / 'demo-browser.png'}); predicted {predicted[0]}")
+
+    # The toggle redraws the answer with the heatmap beside the mask: one more panel, so a wider picture.
+    width = browser.execute_script("return arguments[0].naturalWidth", picture)
+    browser.find_element(By.XPATH, "//button[contains(., 'Show where the model looked')]").click()
+    wait_until(browser, lambda d: "Grad-CAM" in d.find_element(By.TAG_NAME, "body").text, PREDICT_TIMEOUT, "the heatmap")
+    wait_until(browser, lambda d: d.execute_script("return arguments[0].naturalWidth", picture) > width, 30,
+               "the picture with the heatmap")
+    browser.find_element(By.XPATH, "//button[contains(., 'Show where the model looked')]").click()  # off again
+    wait_until(browser, lambda d: "Grad-CAM" not in d.find_element(By.TAG_NAME, "body").text, PREDICT_TIMEOUT,
+               "the answer without the heatmap")
 
     # An unreadable file: a message on the page, the picture hidden, no traceback.
     notes = tmp_path / "notes.png"

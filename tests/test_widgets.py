@@ -9,7 +9,6 @@ import ipywidgets as widgets
 import pytest
 from fastapi.testclient import TestClient
 
-from leukolab.config.experiment import Experiment
 from leukolab import widgets as demo
 from leukolab.serving.app import ServingSettings, create_app
 from leukolab.serving.model import load_model
@@ -126,23 +125,6 @@ def test_demo_shows_failures_as_messages(model_env, failure):
     assert parts(app, widgets.Image)[0].layout.display == "none"
 
 
-@pytest.fixture(scope="module")
-def classifier_uri(model_env):
-    """A model that only classifies (the 4-block CNN, random weights), logged beside the joint test model."""
-    import mlflow
-
-    from leukolab import tracking
-    from leukolab.models.factory import build_model
-    from leukolab.publishing.model import log_smear_model
-
-    tracking.configure()
-    experiment = Experiment.model_validate({"task": "classification", "model": {"architecture": "SimpleCNN", "width": 8}})
-    meta = {"experiment": experiment, "class_names": model_env["class_names"], "image_size": 64,
-            "mean": [0.5] * 3, "std": [0.25] * 3, "temperature": 1.0}
-    with mlflow.start_run():
-        return log_smear_model(build_model(experiment, 4), meta, [model_env["example_image"]]).model_uri
-
-
 def test_a_classifier_gets_its_mask_from_the_segmenter(model_env, classifier_uri, smear_model):
     classifier = load_model(classifier_uri)[0]
     plain = demo.predict_for_demo(model_env["example_image"], model=classifier)
@@ -159,3 +141,24 @@ def test_demo_of_a_classifier_shows_a_mask_when_a_segmenter_loads(model_env, cla
     message = click_predict(app)
     assert "confidence" in message and "Could not" not in message
     assert ("mask covers" in message) == (segmenter_uri == "models:/leukolab@champion")
+
+
+def test_an_explained_result_shows_the_heatmap_between_mask_and_chart(smear_model, model_env, api_url):
+    result = demo.predict_for_demo(model_env["example_image"], model=smear_model, explain=True)
+    assert result["heatmap_png"] == demo.predict_for_demo(model_env["example_image"], api_url=api_url, explain=True)["heatmap_png"]
+    image_axes, heatmap_axes, chart_axes = demo.render_result(model_env["example_image"], result).axes
+    assert len(image_axes.images) == 2 and len(heatmap_axes.images) == 2  # each: the smear and its overlay
+    assert heatmap_axes.get_title() == "where the model looked" and len(chart_axes.patches) == len(model_env["class_names"])
+    assert demo.predict_for_demo(model_env["example_image"], model=smear_model)["heatmap_png"] is None
+
+
+def test_the_demo_toggle_redraws_the_result_with_the_heatmap(model_env):
+    app = demo.build_demo(model_env["uri"], examples=[("smear", model_env["example_image"])])
+    parts(app, widgets.Dropdown)[0].value = model_env["example_image"]
+    assert "Grad-CAM" not in click_predict(app)
+    plain = bytes(parts(app, widgets.Image)[0].value)
+    toggle = parts(app, widgets.ToggleButton)[0]
+    assert toggle.description == "Show where the model looked"
+    toggle.value = True
+    assert "Grad-CAM" in parts(app, widgets.HTML)[1].value
+    assert bytes(parts(app, widgets.Image)[0].value) != plain

@@ -92,6 +92,22 @@ def failure_cases(images, labels, probabilities: np.ndarray, class_names: list[s
     return fig
 
 
+def heatmap_grid(images: list[np.ndarray], heatmaps: list[np.ndarray], titles: list[str], columns: int = 4):
+    """HxWx3 uint8 ``images`` under their heatmaps (HxW in [0, 1], colour map ``jet``), ``columns`` a row, titled."""
+    rows = max(-(-len(images) // columns), 1)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.7 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, heatmap, title in zip(axes.ravel(), images, heatmaps, titles):
+        ax.imshow(image)
+        ax.imshow(heatmap, cmap="jet", vmin=0, vmax=1, alpha=0.5)
+        ax.set_title(title, fontsize=9)
+    if not len(images):
+        axes[0, 0].set_title("no image to explain")
+    fig.tight_layout()
+    return fig
+
+
 def mask_predictions(images, true_masks, predicted_masks, limit: int = 6):
     """Images (uint8 NCHW) with their true mask (green) and predicted mask probabilities (magenta) outlined."""
     shown = min(len(images), limit)

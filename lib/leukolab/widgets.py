@@ -1,4 +1,5 @@
-"""The interactive demo of ``notebooks/demo.ipynb`` (and Voila): upload a smear, see class, confidence and mask.
+"""The interactive demo of ``notebooks/demo.ipynb`` (and Voila): upload a smear, see class, confidence and mask, and
+with "Show where the model looked" the Grad-CAM heatmap beside the mask.
 
 It predicts through the API when given its URL, else in this process with the
 registered model. When that model only classifies, the mask comes from the
@@ -30,23 +31,27 @@ log = logging.getLogger(__name__)
 DEFAULT_SEGMENTER_URI = "models:/leukolab-segmenter@champion"
 MASK_COLOUR = (1.0, 0.15, 0.1, 0.4)
 """RGBA of the mask overlay."""
+HEATMAP_ALPHA = 0.5
+"""Opacity of the heatmap (colour map ``jet``) over the smear."""
 
 
 class DemoError(RuntimeError):
     """A failure the demo shows to its user as a message."""
 
 
-def predict_for_demo(image_bytes: bytes, model: SmearModel | None = None, api_url: str | None = None) -> dict:
-    """Predict one image, through the API at ``api_url`` or with ``model``; a dict shaped like ``POST /predict``'s JSON.
+def predict_for_demo(image_bytes: bytes, model: SmearModel | None = None, api_url: str | None = None,
+                     explain: bool = False) -> dict:
+    """Predict one image, through the API at ``api_url`` or with ``model``; a dict shaped like ``POST /predict``'s JSON
+    (with ``explain``, its ``heatmap_png`` too).
 
     Raises :class:`~leukolab.images.ImageRejected` or :class:`DemoError` with a message fit for the user.
     """
     if api_url:
-        return _predict_remote(image_bytes, api_url)
+        return _predict_remote(image_bytes, api_url, explain)
     if model is None:
         raise ValueError("give a model or an api_url")
     started = time.perf_counter()
-    answer = model.predict_images([decode_image(image_bytes, model.image_rules)])[0]
+    answer = model.predict_images([decode_image(image_bytes, model.image_rules)], explain=explain)[0]
     latency_ms = (time.perf_counter() - started) * 1000
     return Prediction.from_answer(answer, model.class_names, model_version=None, latency_ms=latency_ms).model_dump()
 
@@ -57,9 +62,10 @@ def with_mask(result: dict, image_bytes: bytes, segmenter: SmearModel) -> dict:
     return {**result, "mask": answer.get("mask_png"), "mask_fraction": answer.get("mask_fraction")}
 
 
-def _predict_remote(image_bytes: bytes, api_url: str) -> dict:
+def _predict_remote(image_bytes: bytes, api_url: str, explain: bool) -> dict:
+    url = f"{api_url.rstrip('/')}/predict" + ("?explain=true" if explain else "")
     try:
-        response = httpx.post(f"{api_url.rstrip('/')}/predict", files={"file": ("image", image_bytes)}, timeout=60.0)
+        response = httpx.post(url, files={"file": ("image", image_bytes)}, timeout=60.0)
     except httpx.HTTPError as error:
         raise DemoError(f"the API at {api_url} is not reachable ({type(error).__name__}: {error})") from None
     if response.is_error:
@@ -72,11 +78,15 @@ def _predict_remote(image_bytes: bytes, api_url: str) -> dict:
 
 
 def render_result(image_bytes: bytes, result: dict) -> Figure:
-    """The image with its mask overlaid and titled with class and confidence, beside a bar chart of probabilities."""
+    """The image with its mask overlaid and titled with class and confidence, then (with ``heatmap_png``) the image
+    under its heatmap, then a bar chart of probabilities."""
     image = decode_image(image_bytes, ANY_SIZE)  # accepted already by the model (or the API) that answered
     probabilities = result.get("probabilities") or {}
-    figure = Figure(figsize=(10 if probabilities else 5, 4.5), layout="constrained")
-    axes = figure.subplots(1, 2 if probabilities else 1, squeeze=False)[0]
+    panels = 1 + bool(result.get("heatmap_png")) + bool(probabilities)
+    figure = Figure(figsize=(5 * panels, 4.5), layout="constrained")
+    axes = list(figure.subplots(1, panels, squeeze=False)[0])
+    if result.get("heatmap_png"):
+        _show_heatmap(axes.pop(1), image, result["heatmap_png"])
     axes[0].imshow(image)
     axes[0].axis("off")
     if result.get("mask"):
@@ -97,6 +107,14 @@ def render_result(image_bytes: bytes, result: dict) -> Figure:
     return figure
 
 
+def _show_heatmap(axes, image: Image.Image, heatmap_png: str) -> None:
+    heatmap = Image.open(io.BytesIO(base64.b64decode(heatmap_png))).convert("L").resize(image.size, Image.Resampling.BILINEAR)
+    axes.imshow(image)
+    axes.imshow(np.asarray(heatmap) / 255, cmap="jet", vmin=0, vmax=1, alpha=HEATMAP_ALPHA)
+    axes.set_title("where the model looked")
+    axes.axis("off")
+
+
 def build_demo(model_uri: str = DEFAULT_MODEL_URI, api_url: str | None = None,
                examples: list[tuple[str, bytes]] | None = None,
                segmenter_uri: str | None = DEFAULT_SEGMENTER_URI) -> widgets.Widget:
@@ -109,6 +127,8 @@ def build_demo(model_uri: str = DEFAULT_MODEL_URI, api_url: str | None = None,
                                 layout=widgets.Layout(width="auto"))
     picker = widgets.Dropdown(options=[("(uploaded image)", None), *examples], description="Example") if examples else None
     button = widgets.Button(description="Predict", button_style="primary", icon="search")
+    explain = widgets.ToggleButton(description="Show where the model looked", icon="eye",
+                                   tooltip="Overlay the Grad-CAM heatmap of the predicted class", layout=widgets.Layout(width="auto"))
     message = widgets.HTML()
     picture = widgets.Image(format="png", layout=widgets.Layout(display="none", max_width="900px"))
     loaded: dict[str, SmearModel] = {}
@@ -146,7 +166,7 @@ def build_demo(model_uri: str = DEFAULT_MODEL_URI, api_url: str | None = None,
             return
         button.disabled, message.value = True, "Predicting..."
         try:
-            result = predict_for_demo(image_bytes, model=None if api_url else model(), api_url=api_url)
+            result = predict_for_demo(image_bytes, model=None if api_url else model(), api_url=api_url, explain=explain.value)
             if not result.get("mask") and segmenter() is not None:
                 result = with_mask(result, image_bytes, segmenter())
             picture.value = _png(render_result(image_bytes, result))
@@ -157,9 +177,14 @@ def build_demo(model_uri: str = DEFAULT_MODEL_URI, api_url: str | None = None,
         finally:
             button.disabled = False
 
+    def on_explain(_change) -> None:  # redraw a shown result with or without its heatmap
+        if picture.layout.display != "none":
+            on_predict(None)
+
     upload.observe(on_upload, "value")
     button.on_click(on_predict)
-    controls = [upload, picker, button] if picker else [upload, button]
+    explain.observe(on_explain, "value")
+    controls = [upload, picker, button, explain] if picker else [upload, button, explain]
     source = f"the API at {api_url}" if api_url else model_uri
     return widgets.VBox([
         widgets.HTML(f"<h3>Blood smear classifier</h3><i>Research demo, not for diagnosis. Model: {html.escape(source)}</i>"),
@@ -173,6 +198,8 @@ def _summary(result: dict) -> str:
         parts.append(f"<b>{html.escape(result['predicted_class'])}</b>, confidence {result['confidence']:.1%}")
     if result.get("mask_fraction") is not None:
         parts.append(f"mask covers {result['mask_fraction']:.0%} of the image")
+    if result.get("heatmap_png"):
+        parts.append("heatmap: Grad-CAM of the predicted class")
     if result.get("model_version"):
         parts.append(f"model {html.escape(result['model_version'])}")
     parts.append(f"{result['latency_ms']:.0f} ms")

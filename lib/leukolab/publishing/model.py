@@ -3,14 +3,18 @@
 Input: a DataFrame with a binary column ``image`` (JPEG, PNG, TIFF, ... bytes).
 Output per row: ``predicted_class``, ``confidence`` and ``prob_<class>`` for
 models that classify; ``mask_png`` (base64 PNG, 0/255) and ``mask_fraction``
-for models that segment. The model's folder holds the weights, a JSON of its
-metadata (classes, image size, mean/std, temperature) and this library's code,
-so ``mlflow.pyfunc.load_model`` is all a server needs.
+for models that segment; with ``params={"explain": True}``, ``heatmap_png``
+(base64 PNG, 0-255: the Grad-CAM heatmap of the predicted class, see
+:mod:`leukolab.models.heatmaps`) for models that classify. The model's folder
+holds the weights, a JSON of its metadata (classes, image size, mean/std,
+temperature) and this library's code, so ``mlflow.pyfunc.load_model`` is all a
+server needs.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 import tempfile
@@ -29,7 +33,8 @@ from leukolab.images import ImageRules, decode_image, encode_png, resize_square
 from leukolab.models.factory import build_model
 from leukolab.models.inputs import normalize
 
-SERVING_PACKAGES = ("torch", "torchvision", "segmentation-models-pytorch", "timm", "mlflow", "pandas", "numpy", "pillow", "pyyaml")
+SERVING_PACKAGES = ("torch", "torchvision", "segmentation-models-pytorch", "timm", "mlflow", "pandas", "numpy", "pillow", "pyyaml",
+                    "grad-cam", "ttach", "opencv-python-headless")
 
 
 class SmearModel(mlflow.pyfunc.PythonModel):
@@ -80,13 +85,14 @@ class SmearModel(mlflow.pyfunc.PythonModel):
             result["mask"] = torch.sigmoid(out["mask"])[:, 0].numpy()
         return result
 
-    def predict_images(self, images: list[Image.Image]) -> list[dict]:
-        """One answer per image, as in the module docstring (the mask at model resolution)."""
-        return self.predict_prepared([self.prepare(image) for image in images])
+    def predict_images(self, images: list[Image.Image], explain: bool = False) -> list[dict]:
+        """One answer per image, as in the module docstring (the mask and heatmap at model resolution)."""
+        return self.predict_prepared([self.prepare(image) for image in images], explain)
 
-    def predict_prepared(self, arrays: list[np.ndarray]) -> list[dict]:
-        """One answer per image made by :meth:`prepare`, from one forward pass over all of them."""
-        out = self.forward(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
+    def predict_prepared(self, arrays: list[np.ndarray], explain: bool = False) -> list[dict]:
+        """One answer per image made by :meth:`prepare`, from one forward pass over all of them (and, with
+        ``explain``, one Grad-CAM pass for the predicted classes)."""
+        out = self.forward(_batch(arrays))
         answers = []
         for i in range(len(arrays)):
             answer = {}
@@ -99,11 +105,45 @@ class SmearModel(mlflow.pyfunc.PythonModel):
                 answer["mask_png"] = base64.b64encode(encode_png(mask * 255)).decode()
                 answer["mask_fraction"] = float(mask.mean())
             answers.append(answer)
+        if explain:
+            predicted = [self.class_names.index(answer["predicted_class"]) for answer in answers] if "probabilities" in out else None
+            for answer, heatmap in zip(answers, self.explain_prepared(arrays, predicted)):
+                answer["heatmap_png"] = base64.b64encode(encode_png(np.round(heatmap * 255).astype(np.uint8))).decode()
         return answers
 
+    def explain_prepared(self, arrays: list[np.ndarray], classes: list[int] | None = None) -> list[np.ndarray]:
+        """Grad-CAM heatmaps (HxW floats in [0, 1] at the network's input size, test-time augmentation off) of images
+        made by :meth:`prepare`, for ``classes`` (indices into :attr:`class_names`; default: the predicted classes).
+        A ``ValueError`` for a segmentation-only model."""
+        explainer, batch = self.explainer, _batch(arrays)
+        if classes is None:
+            classes = self.forward(batch)["probabilities"].argmax(1).tolist()
+        return list(explainer(normalize(batch, self.meta["mean"], self.meta["std"]), classes))
+
+    def explain_image(self, image_bytes: bytes, class_name: str | None = None) -> np.ndarray:
+        """The heatmap of one image's bytes for ``class_name`` (default: the predicted class), as :meth:`explain_prepared`."""
+        if class_name is not None and class_name not in self.class_names:
+            raise ValueError(f"unknown class {class_name!r}; the model's classes are {self.class_names}")
+        classes = None if class_name is None else [self.class_names.index(class_name)]
+        return self.explain_prepared([self.prepare(decode_image(image_bytes, self.image_rules))], classes)[0]
+
+    @functools.cached_property
+    def explainer(self):
+        """The :class:`~leukolab.models.heatmaps.HeatmapExplainer` of the network, made on first use (imported then:
+        a model that is never asked to explain pays nothing for it)."""
+        from leukolab.models.heatmaps import HeatmapExplainer
+
+        return HeatmapExplainer(self.network, int(self.meta["image_size"]))
+
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """Answers as in the module docstring; ``params={"explain": True}`` adds ``heatmap_png``."""
         images = [decode_image(_as_bytes(value), self.image_rules) for value in model_input["image"]]
-        return pd.DataFrame(self.predict_images(images))
+        return pd.DataFrame(self.predict_images(images, explain=bool((params or {}).get("explain", False))))
+
+
+def _batch(arrays: list[np.ndarray]) -> torch.Tensor:
+    """HxWx3 uint8 arrays as one N x 3 x H x W batch."""
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
 
 def _as_bytes(value) -> bytes:
@@ -129,7 +169,7 @@ def log_smear_model(network: torch.nn.Module, meta: dict, example_images: list[b
     model = SmearModel(network.eval(), meta)
     (scratch / "meta.json").write_text(json.dumps(model.meta, indent=2, default=str))
     example = pd.DataFrame({"image": example_images})
-    signature = infer_signature(example, model.predict(None, example))
+    signature = infer_signature(example, model.predict(None, example), params={"explain": False})
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=SmearModel(),

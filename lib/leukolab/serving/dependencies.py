@@ -55,7 +55,7 @@ class ModelSlot:
 
     async def _load_and_start(self) -> LoadedModel:
         model, info = await run_in_threadpool(self._load)
-        batcher = MicroBatcher(lambda arrays: _predict_batch(model, self.metrics, arrays), self.settings.max_batch_size,
+        batcher = MicroBatcher(lambda arrays: predict_arrays(model, self.metrics, arrays), self.settings.max_batch_size,
                                self.settings.max_wait_ms / 1000, self.settings.inference_workers)
         batcher.start()
         return LoadedModel(model, info, batcher)
@@ -87,10 +87,12 @@ class ModelSlot:
             raise ApiError(503, f"the model {self.uri} could not be loaded: {error}", "load_failed") from None
 
 
-def _predict_batch(model: SmearModel, metrics: ServingMetrics, arrays: list[np.ndarray]) -> list[tuple[dict, float]]:
-    """One forward pass over prepared images (in the batcher's thread): each answer with the pass's seconds."""
+def predict_arrays(model: SmearModel, metrics: ServingMetrics, arrays: list[np.ndarray],
+                   explain: bool = False) -> list[tuple[dict, float]]:
+    """One forward pass over prepared images (in a worker thread; with ``explain`` also the heatmaps' pass): each
+    answer with the pass's seconds."""
     started = time.perf_counter()
-    answers = model.predict_prepared(arrays)
+    answers = model.predict_prepared(arrays, explain)
     seconds = time.perf_counter() - started
     metrics.observe_batch(arrays)
     return [(answer, seconds) for answer in answers]

@@ -3,7 +3,8 @@
 Each route takes what it needs as dependencies (:mod:`leukolab.serving.dependencies`): a prediction waits for the
 model, reads its uploads within the limits (:mod:`leukolab.serving.uploads`), decodes them one by one in the thread
 pool (so a bad image is refused on its own), and has the :class:`~leukolab.serving.batching.MicroBatcher` answer
-them, which groups the images of concurrent requests into one forward pass. Kept free of
+them, which groups the images of concurrent requests into one forward pass. With ``explain=true`` a request's images
+skip the batcher: they are predicted and explained (Grad-CAM, with gradients) together in a thread of the pool. Kept free of
 ``from __future__ import annotations``: FastAPI reads the routes' annotations at run time.
 """
 
@@ -11,12 +12,13 @@ import asyncio
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 import leukolab
-from leukolab.serving.dependencies import LoadedModel, LoadedNow, Metrics, ReadyModel, Settings, Slot
+from leukolab.serving.dependencies import LoadedModel, LoadedNow, Metrics, ReadyModel, Settings, Slot, predict_arrays
+from leukolab.serving.errors import ApiError
 from leukolab.serving.metrics import ServingMetrics
 from leukolab.serving.schemas import BatchPrediction, ErrorBody, Health, Prediction, Readiness, VersionInfo
 from leukolab.serving.uploads import Upload, prepare_all, uploads_in
@@ -32,6 +34,9 @@ async def request_started() -> float:
 
 
 Started = Annotated[float, Depends(request_started)]
+Explain = Annotated[bool, Query(description="Add heatmap_png to each answer: where the model looked (Grad-CAM of the "
+                                            "predicted class). Costs a pass with gradients per request, outside the "
+                                            "micro-batcher; models that only segment refuse it (400, cannot_explain)")]
 
 
 def upload_body(field: str, many: bool) -> dict:
@@ -47,7 +52,8 @@ def refusals(many: bool) -> dict:
     """The 4xx/503 answers of a prediction route, for OpenAPI."""
     files = "a file" if many else "the file"
     return {
-        400: {"model": ErrorBody, "description": f"Empty, truncated or corrupt image ({files}), or a malformed body"},
+        400: {"model": ErrorBody, "description": f"Empty, truncated or corrupt image ({files}), a malformed body, "
+                                                 "or explain=true for a model that only segments"},
         413: {"model": ErrorBody, "description": "A file over max_upload_bytes, an image over max_pixels"
                                                  + (", or more files than max_batch_files" if many else "")},
         415: {"model": ErrorBody, "description": f"{files.capitalize()} is not an image"},
@@ -78,8 +84,8 @@ async def version(served: ReadyModel) -> VersionInfo:
              openapi_extra=upload_body("file", many=False), responses=refusals(many=False))
 async def predict(started: Started, served: ReadyModel,
                   uploads: Annotated[list[Upload], Depends(uploads_in("file", many=False))],
-                  settings: Settings, metrics: Metrics) -> Prediction:
-    answers = await predict_uploads(served, uploads, settings.max_pixels, metrics)
+                  settings: Settings, metrics: Metrics, explain: Explain = False) -> Prediction:
+    answers = await predict_uploads(served, uploads, settings.max_pixels, metrics, explain)
     return prediction(answers[0], served, started)
 
 
@@ -87,8 +93,8 @@ async def predict(started: Started, served: ReadyModel,
              openapi_extra=upload_body("files", many=True), responses=refusals(many=True))
 async def predict_batch(started: Started, served: ReadyModel,
                         uploads: Annotated[list[Upload], Depends(uploads_in("files", many=True))],
-                        settings: Settings, metrics: Metrics) -> BatchPrediction:
-    answers = await predict_uploads(served, uploads, settings.max_pixels, metrics)
+                        settings: Settings, metrics: Metrics, explain: Explain = False) -> BatchPrediction:
+    answers = await predict_uploads(served, uploads, settings.max_pixels, metrics, explain)
     return BatchPrediction(predictions=[prediction(answer, served, started) for answer in answers],
                            model_version=served.info.label, latency_ms=(time.perf_counter() - started) * 1000)
 
@@ -99,11 +105,17 @@ async def prometheus_metrics(metrics: Metrics) -> Response:
     return Response(metrics.exposition(), media_type=metrics.content_type)
 
 
-async def predict_uploads(served: LoadedModel, uploads: list[Upload], max_pixels: int,
-                          metrics: ServingMetrics) -> list[tuple[dict, float]]:
-    """Decode the uploads in a worker thread (refusing the request at the first bad one), then predict them in batches."""
+async def predict_uploads(served: LoadedModel, uploads: list[Upload], max_pixels: int, metrics: ServingMetrics,
+                          explain: bool = False) -> list[tuple[dict, float]]:
+    """Decode the uploads in a worker thread (refusing the request at the first bad one), then predict them in batches
+    (with ``explain``, predict and explain them in a worker thread)."""
+    if explain and served.model.task == "segmentation":
+        raise ApiError(400, "explain=true needs a model that classifies; this one only segments", "cannot_explain")
     arrays = await run_in_threadpool(prepare_all, served.model, uploads, max_pixels)
-    answers = await asyncio.gather(*(served.batcher.submit(array) for array in arrays))
+    if explain:
+        answers = await run_in_threadpool(predict_arrays, served.model, metrics, arrays, True)
+    else:
+        answers = await asyncio.gather(*(served.batcher.submit(array) for array in arrays))
     for answer, seconds in answers:
         metrics.observe_prediction(answer.get("predicted_class"), answer.get("confidence"), seconds)
     return answers

@@ -41,6 +41,9 @@ class Prediction(BaseModel):
     mask_fraction: float | None = Field(description="Fraction of the image the mask covers")
     model_version: str | None = Field(description="Model that answered: name/version, else run id; null when unknown")
     latency_ms: float = Field(description="Server time for this request: reading, decoding and inference")
+    heatmap_png: str | None = Field(default=None, description=(
+        "With explain=true: base64 PNG (8-bit grey, 0-255) of where the model looked, the Grad-CAM heatmap of the "
+        "predicted class at model resolution; null without explain"))
 
     @classmethod
     def from_answer(cls, answer: dict, class_names: list[str], model_version: str | None, latency_ms: float) -> Prediction:
@@ -48,7 +51,8 @@ class Prediction(BaseModel):
         probabilities = {name: answer[f"prob_{name}"] for name in class_names if f"prob_{name}" in answer}
         return cls(predicted_class=answer.get("predicted_class"), probabilities=probabilities or None,
                    confidence=answer.get("confidence"), mask=answer.get("mask_png"),
-                   mask_fraction=answer.get("mask_fraction"), model_version=model_version, latency_ms=latency_ms)
+                   mask_fraction=answer.get("mask_fraction"), model_version=model_version, latency_ms=latency_ms,
+                   heatmap_png=answer.get("heatmap_png"))
 
 
 class BatchPrediction(BaseModel):
