@@ -119,3 +119,17 @@ def test_the_rule_and_the_version_tags():
     assert threshold_from_tags({}) is None
     with pytest.raises(ValueError, match=f"the {THRESHOLD_TAG} tag of model version 3 is 'high', not a number"):
         threshold_from_tags({THRESHOLD_TAG: "high"}, "3")
+
+
+def test_the_plot_marks_the_target_the_chosen_point_and_the_report(tmp_path):
+    from leukolab.plots import risk_coverage
+
+    labels = np.tile([0, 0, 1, 0], 10)  # the third (confidence 0.8) is wrong
+    probabilities = np.column_stack([CONFIDENCE[:4], 1 - CONFIDENCE[:4]])
+    probabilities = np.tile(probabilities, (10, 1)) * np.linspace(0.9, 1.0, 40)[:, None]
+    referral, curve = select_referral((labels, probabilities), (labels, probabilities), ["a", "b"], 0.3, samples=100)
+    figure = risk_coverage(curve, referral)
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert legend == ["val (selection)", "target risk 0.3", f"threshold {referral['threshold']:.3f} on val",
+                      "same threshold on test (95% CI)"]
+    figure.savefig(tmp_path / "risk_coverage.png")
