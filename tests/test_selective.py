@@ -133,3 +133,6 @@ def test_the_plot_marks_the_target_the_chosen_point_and_the_report(tmp_path):
     assert legend == ["val (selection)", "target risk 0.3", f"threshold {referral['threshold']:.3f} on val",
                       "same threshold on test (95% CI)"]
     figure.savefig(tmp_path / "risk_coverage.png")
+    unreached, curve = select_referral((labels, 1 - probabilities), (labels, probabilities), ["a", "b"], 0.0, samples=0)
+    legend = [text.get_text() for text in risk_coverage(curve, unreached).axes[0].get_legend().get_texts()]
+    assert not unreached["reached"] and "no threshold reaches the target: all referred" in legend

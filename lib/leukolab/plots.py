@@ -173,12 +173,12 @@ def risk_coverage(curve: pd.DataFrame, referral: dict):
     report split's coverage and risk at that threshold (95% intervals); ``referral`` as ``select_referral`` returns it."""
     fig, ax = plt.subplots(figsize=(5.2, 4.0))
     selection, report = referral["selection_split"], referral["report_split"]
-    ax.step(np.r_[0, curve["coverage"]], np.r_[curve["risk"].iloc[0], curve["risk"]], where="post", color="tab:blue",
-            label=f"{selection} (selection)")
+    ax.plot(curve["coverage"], curve["risk"], marker=".", color="tab:blue", label=f"{selection} (selection)")
     ax.axhline(referral["target_risk"], color="tab:red", linestyle="--", linewidth=1, label=f"target risk {referral['target_risk']}")
     chosen = referral["selection"]
     ax.plot(chosen["coverage"], chosen["risk"] or 0.0, "o", color="tab:blue", markersize=8,
-            label=f"threshold {referral['threshold']:.3f} on {selection}")
+            label=f"threshold {referral['threshold']:.3f} on {selection}" if referral["reached"]
+            else "no threshold reaches the target: all referred")
     shown = referral["report"]["overall"]
     if shown["risk"] is not None:
         errors = {}

@@ -134,13 +134,17 @@ def _per_class(metrics: dict, classes: list[str]) -> str:
 
 def _referral(referral: dict) -> str:
     selection, report, chosen = referral["selection_split"], referral["report_split"], referral["selection"]
-    on_selection = (f"coverage {chosen['coverage']:.3f}, risk {chosen['risk']:.3f}" if referral["reached"]
-                    else f"{referral['note']}")
-    text = (f"A prediction is accepted when its calibrated confidence (the top-class probability) is at least "
-            f"**{referral['threshold']:.4f}**; otherwise the server answers `refer`: refer to a haematologist. The "
-            f"threshold was chosen on **{selection}** as the one with the largest coverage (fraction accepted) whose risk "
-            f"(error rate among the accepted) is at most {referral['target_risk']} ({on_selection} there). At that "
-            f"threshold on **{report}** (reported, not used for selection), with 95% bootstrap intervals, by true class:")
+    rule = (f"A prediction is accepted when its calibrated confidence (the top-class probability) is at least "
+            f"**{referral['threshold']:.4f}**; the others are answered `refer`: refer to a haematologist."
+            if referral["reached"] else "**Every prediction is referred** (answered `refer`: refer to a haematologist): "
+            f"the threshold, {referral['threshold']!r}, is above every probability.")
+    text = (f"{rule} The threshold was chosen on "
+            f"**{selection}** as the one with the largest coverage (fraction accepted) whose risk (error rate among the "
+            f"accepted) is at most {referral['target_risk']}: "
+            + (f"coverage {chosen['coverage']:.3f}, risk {chosen['risk']:.3f} there." if referral["reached"] else
+               f"{referral['note']} there ({chosen['images']} images).")
+            + f" At that threshold on **{report}** (reported, not used for selection), with 95% bootstrap intervals, "
+              "by true class:")
     rows = [("all classes", referral["report"]["overall"]), *referral["report"]["per_class"].items()]
     return text + "\n\n" + _table(["class", "images", "referred", "coverage [95% CI]", "risk [95% CI]"],
                                   [[name, r["images"], r["referred"], _value(r, "coverage"), _value(r, "risk")] for name, r in rows])
