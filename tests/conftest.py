@@ -74,6 +74,37 @@ def registered_model(tmp_path_factory) -> dict:
             "example_image": _jpeg_bytes((80, 60))}
 
 
+@pytest.fixture(scope="session")
+def tag_threshold(registered_model):
+    """A function ``(name, threshold) -> uri``: ``registered_model``'s model registered again as a new version of
+    ``name`` with the version tag ``referral_threshold`` (what ``40_publish`` sets), aliased ``champion``."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from leukolab.publishing.referral import THRESHOLD_TAG
+
+    def register(name: str, threshold: float) -> str:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_URI", registered_model["tracking_uri"])
+            client = MlflowClient()
+            source = client.get_model_version("leukolab", registered_model["version"])
+            try:
+                client.create_registered_model(name)
+            except MlflowException:  # registered by an earlier call
+                pass
+            version = client.create_model_version(name, source.source, source.run_id, tags={THRESHOLD_TAG: repr(threshold)})
+            client.set_registered_model_alias(name, "champion", version.version)
+        return f"models:/{name}@champion"
+    return register
+
+
+@pytest.fixture(scope="session")
+def referring_model(registered_model, tag_threshold) -> dict:
+    """``registered_model`` with ``uri`` ``models:/leukolab-referring@champion``: a version tagged
+    ``referral_threshold=1.0``, so it refers every prediction (none of this model's is that confident)."""
+    return {**registered_model, "uri": tag_threshold("leukolab-referring", 1.0), "referral_threshold": 1.0}
+
+
 @pytest.fixture(scope="module")
 def model_env(registered_model) -> dict:
     """``LEUKOLAB_WORKSPACE`` and ``MLFLOW_TRACKING_URI`` set to the registered model's, for one test module."""

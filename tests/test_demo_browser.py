@@ -1,10 +1,13 @@
 """The Voila demo in a real browser: Voila on 127.0.0.1, headless Debian Chromium driven by Selenium.
 
 The page runs ``notebooks/demo.ipynb`` against the registered test model (in
-the kernel's process, no API). The test uploads a smear through the
-FileUpload widget, presses Predict, and checks that the predicted class and the
-probability chart appear; that the "Show where the model looked" toggle adds the
-heatmap; then that an unreadable file gives a message, not a traceback. The screenshot goes to the test's folder and ``runs/test-artifacts/``.
+the kernel's process, no API) in a version tagged ``referral_threshold=1.0``
+(``LEUKOLAB_MODEL_URI``), so it refers every image. The test uploads a smear
+through the FileUpload widget, presses Predict, and checks that the referral
+message (confidence and threshold, no class) and the probability chart (no
+class in red) appear; that the "Show where the model looked" toggle adds the
+heatmap; then that an unreadable file gives a message, not a traceback. The
+screenshot goes to the test's folder and ``runs/test-artifacts/``.
 Chromium and chromedriver come from ``docker/install-check-tools.sh``.
 """
 
@@ -33,17 +36,19 @@ PAGE_TIMEOUT = 180
 """Seconds for Voila to start a kernel, load the model and render the widgets."""
 PREDICT_TIMEOUT = 90
 TAB_RED = np.array([214, 39, 40])
-"""matplotlib's tab:red, the predicted class's bar."""
+"""matplotlib's tab:red, the predicted class's bar (none when referred)."""
+TAB_GREY = np.array([127, 127, 127])
+"""matplotlib's tab:grey, the other bars."""
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def voila(model_env, tmp_path_factory):
-    """The demo notebook served by Voila on 127.0.0.1, with the registered test model; its URL."""
+def voila(model_env, referring_model, tmp_path_factory):
+    """The demo notebook served by Voila on 127.0.0.1, with the registered test model's referring version; its URL."""
     log_path = tmp_path_factory.mktemp("voila") / "voila.log"
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LEUKOLAB_MODEL_URI": referring_model["uri"]}
     env.pop("LEUKOLAB_API_URL", None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -124,7 +129,7 @@ def image_pixels(driver, element) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
 
 
-def test_demo_predicts_an_uploaded_image_in_a_real_browser(voila, browser, model_env, tmp_path):
+def test_demo_refers_an_uploaded_image_in_a_real_browser(voila, browser, model_env, tmp_path):
     from selenium.webdriver.common.by import By
 
     smear = tmp_path / "smear.jpg"
@@ -135,26 +140,27 @@ def test_demo_predicts_an_uploaded_image_in_a_real_browser(voila, browser, model
     wait_until(browser, lambda d: "(1)" in d.find_element(By.CSS_SELECTOR, ".widget-upload").text, 30, "the upload")
     browser.find_element(By.XPATH, "//button[contains(., 'Predict')]").click()
 
-    def answered(driver):  # the summary line reads "<class>, confidence NN.N% · ..."
+    def answered(driver):  # "Refer to a haematologist: confidence NN.N% is under the referral threshold 100.0% · ..."
         text = driver.find_element(By.TAG_NAME, "body").text
-        return [name for name in model_env["class_names"] if f"{name}, confidence" in text] and text
-    text = wait_until(browser, answered, PREDICT_TIMEOUT, "a prediction")
-    predicted = [name for name in model_env["class_names"] if f"{name}, confidence" in text]
-    assert len(predicted) == 1 and "mask covers" in text, text
+        return "Refer to a haematologist: confidence" in text and text
+    text = wait_until(browser, answered, PREDICT_TIMEOUT, "a referral")
+    assert "is under the referral threshold 100.0%" in text and "mask covers" in text, text
+    assert not [name for name in model_env["class_names"] if f"{name}, confidence" in text], text
     picture = wait_until(browser, lambda d: [img for img in d.find_elements(By.CSS_SELECTOR, ".widget-image")
                                              if img.is_displayed() and d.execute_script("return arguments[0].naturalWidth", img)],
                          30, "the result picture")[0]
     pixels = image_pixels(browser, picture)
     chart = pixels[:, pixels.shape[1] // 2:]  # the right half: the probability bars
-    red_bar = np.all(np.abs(chart.astype(int) - TAB_RED) < 12, axis=-1).sum()
-    assert red_bar > 200, f"no bar for the predicted class in the chart ({red_bar} tab:red pixels)"
+    red_bar, grey_bars = (np.all(np.abs(chart.astype(int) - colour) < 12, axis=-1).sum() for colour in (TAB_RED, TAB_GREY))
+    assert grey_bars > 200 * len(model_env["class_names"]) and red_bar < 20, (
+        f"a referral charts every class in grey, none in red ({grey_bars} tab:grey, {red_bar} tab:red pixels)")
     assert "Traceback" not in text
 
     screenshot = tmp_path / "demo.png"
     assert browser.save_screenshot(str(screenshot))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(screenshot, ARTIFACTS / "demo-browser.png")
-    print(f"screenshot: {screenshot} (copied to {ARTIFACTS / 'demo-browser.png'}); predicted {predicted[0]}")
+    print(f"screenshot: {screenshot} (copied to {ARTIFACTS / 'demo-browser.png'}); {text.splitlines()[-1]}")
 
     # The toggle redraws the answer with the heatmap beside the mask: one more panel, so a wider picture.
     width = browser.execute_script("return arguments[0].naturalWidth", picture)

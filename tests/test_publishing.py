@@ -94,6 +94,37 @@ def test_a_candidate_that_is_not_better_becomes_challenger(logged_runs, dataset,
     assert gate(second, MODEL, "macro_f1", dataset, classes, margin=0.0)["alias"] == "champion"
 
 
+def test_the_referral_threshold_travels_with_the_version(logged_runs, dataset, model_env):
+    from leukolab.evaluation.selective import select_referral
+    from leukolab.publishing.referral import threshold_from_tags
+    from leukolab.serving.model import resolve_model
+
+    name, run = "leukolab-referral-test", logged_runs.to_dict("records")[0]
+    metrics, outputs = evaluate_model(load_run_model(pd.Series(run)), dataset, bootstrap_samples=0)
+    table = pd.DataFrame([{**run, "split": split, **metrics} for split in ("val", "test")])
+    candidate = candidate_summary(table[table["split"] == "val"].iloc[0], table)
+    both = (dataset.labels.numpy(), outputs["probabilities"])
+    referral, _ = select_referral(both, both, model_env["class_names"], 0.5, samples=50)
+
+    decision = gate(candidate, name, "macro_f1", dataset, model_env["class_names"])
+    published = publish(candidate, name, decision, MANIFEST, "pipeline-r", referral=referral)
+    version = MlflowClient().get_model_version(name, published["version"])
+    assert threshold_from_tags(version.tags) == referral["threshold"] and version.tags["referral_target_risk"] == "0.5"
+    assert version.tags["referral_val_coverage"] == f"{referral['selection']['coverage']:.4f}"
+    card = mlflow.artifacts.load_text(version.tags["model_card"])
+    assert "## Referral (abstain and refer)" in card and f"**{referral['threshold']:.4f}**" in card
+    per_class = referral["report"]["per_class"]["Benign"]
+    assert f"| Benign | {per_class['images']} | {per_class['referred']} | {per_class['coverage']:.3f} [" in card
+    assert resolve_model(f"models:/{name}@champion")[1].referral_threshold == referral["threshold"]
+
+    # the same run again (a new target risk): the registered version gets the new threshold, no new version
+    stricter, _ = select_referral(both, both, model_env["class_names"], 0.0, samples=0)
+    again = gate(candidate, name, "macro_f1", dataset, model_env["class_names"])
+    assert again.get("unchanged") and publish(candidate, name, again, MANIFEST, "pipeline-r", referral=stricter)["version"] == published["version"]
+    tags = MlflowClient().get_model_version(name, published["version"]).tags
+    assert threshold_from_tags(tags) == stricter["threshold"] and tags["referral_target_risk"] == "0.0"
+
+
 def test_no_experiment_runs_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no experiment runs found"):
         experiment_runs(tmp_path)

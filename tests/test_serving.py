@@ -327,6 +327,50 @@ def test_metrics_count_known_requests(fresh_client, model_env):
     assert metric(text, "leukolab_model_info", **info) == 1
 
 
+def test_without_a_threshold_tag_every_prediction_is_accepted(client):
+    body = predict(client, SMEAR).json()
+    assert (body["decision"], body["referral_threshold"]) == ("accept", None)
+    assert client.get("/version").json()["referral_threshold"] is None
+
+
+def test_the_version_tag_decides_accept_or_refer_at_the_confidence_itself(model_env, tag_threshold):
+    """``confidence >= referral_threshold`` accepts: at the answer's own confidence it is accepted, just above referred."""
+    with TestClient(create_app(model_env["uri"], LIMITS)) as plain:
+        confidence = predict(plain, SMEAR).json()["confidence"]
+    for threshold, decision in ((confidence, "accept"), (float(np.nextafter(confidence, 1.0)), "refer")):
+        uri = tag_threshold("leukolab-threshold-test", threshold)
+        with TestClient(create_app(uri, LIMITS)) as client:
+            body = predict(client, SMEAR).json()
+            assert (body["decision"], body["referral_threshold"], body["confidence"]) == (decision, threshold, confidence)
+            assert client.get("/version").json()["referral_threshold"] == threshold
+            assert metric(client.get("/metrics").text, "leukolab_referrals_total") == (decision == "refer")
+
+
+def test_referrals_are_answered_and_counted_per_image(referring_model):
+    with TestClient(create_app(referring_model["uri"], LIMITS)) as client:
+        assert metric(client.get("/metrics").text, "leukolab_referrals_total") == 0
+        single = predict(client, SMEAR).json()
+        batch = client.post("/predict/batch", files=[("files", (f"{i}.jpg", SMEAR)) for i in range(3)]).json()
+        text = client.get("/metrics").text
+    assert single["decision"] == "refer" and single["referral_threshold"] == 1.0 and single["predicted_class"]
+    assert [p["decision"] for p in batch["predictions"]] == ["refer"] * 3
+    assert metric(text, "leukolab_referrals_total") == 4 and metric(text, "leukolab_predictions_total") == 4
+
+
+def test_a_bad_threshold_tag_leaves_the_server_unready_and_says_why(model_env):
+    from mlflow.tracking import MlflowClient
+
+    from leukolab.publishing.referral import THRESHOLD_TAG
+
+    client = MlflowClient(model_env["tracking_uri"])
+    client.create_registered_model("leukolab-bad-tag")
+    source = client.get_model_version("leukolab", model_env["version"])
+    version = client.create_model_version("leukolab-bad-tag", source.source, source.run_id, tags={THRESHOLD_TAG: "high"})
+    with TestClient(create_app(f"models:/leukolab-bad-tag/{version.version}", LIMITS)) as api:
+        body = predict(api, SMEAR).json()
+    assert body["reason"] == "load_failed" and "referral_threshold tag of model version leukolab-bad-tag/1 is 'high'" in body["detail"]
+
+
 def test_low_confidence_alert_fires_after_a_run_of_unsure_predictions(fresh_client):
     client = fresh_client(ServingSettings(low_confidence_threshold=0.99, low_confidence_run=3))
     for expected in (0, 0, 1, 1):

@@ -548,6 +548,7 @@ def test_dashboard_is_complete_and_uses_the_provisioned_data_source():
     assert any("leukolab_batch_size" in expr for expr in panel_with("batch size"))
     assert any("reason" in expr for expr in panel_with("errors by reason"))
     assert any("leukolab_model_info" in expr for expr in panel_with("model version"))
+    assert any("leukolab_referrals_total" in expr for expr in panel_with("referral rate"))
 
 
 def test_dashboard_and_alerts_query_only_metrics_the_api_exports(model_env):

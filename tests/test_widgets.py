@@ -162,3 +162,21 @@ def test_the_demo_toggle_redraws_the_result_with_the_heatmap(model_env):
     toggle.value = True
     assert "Grad-CAM" in parts(app, widgets.HTML)[1].value
     assert bytes(parts(app, widgets.Image)[0].value) != plain
+
+
+def test_a_referred_answer_is_shown_as_a_referral_not_as_a_class(referring_model, model_env):
+    app = demo.build_demo(referring_model["uri"], examples=[("smear", model_env["example_image"])], segmenter_uri=None)
+    parts(app, widgets.Dropdown)[0].value = model_env["example_image"]
+    message = click_predict(app)
+    assert "<b>Refer to a haematologist</b>: confidence" in message and "under the referral threshold 100.0%" in message
+    assert not any(f"<b>{name}</b>" in message for name in model_env["class_names"])
+    result = demo.predict_for_demo(model_env["example_image"], model=load_model(referring_model["uri"])[0],
+                                   referral_threshold=referring_model["referral_threshold"])
+    figure = demo.render_result(model_env["example_image"], result)
+    assert result["decision"] == "refer" and figure.axes[0].get_title().startswith("refer to a haematologist")
+    assert {bar.get_facecolor() for bar in figure.axes[1].patches} == {figure.axes[1].patches[0].get_facecolor()}  # no red
+
+
+def test_an_accepted_answer_names_the_threshold(smear_model, model_env):
+    result = demo.predict_for_demo(model_env["example_image"], model=smear_model, referral_threshold=0.0)
+    assert result["decision"] == "accept" and "accepted at the referral threshold 0.0%" in demo._summary(result)

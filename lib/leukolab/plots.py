@@ -182,3 +182,33 @@ def domain_shift(rows: pd.DataFrame, metrics=("accuracy", "macro_f1")):
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def risk_coverage(curve: pd.DataFrame, referral: dict):
+    """The selection split's risk–coverage ``curve`` with the target risk, the chosen threshold's point on it and the
+    report split's coverage and risk at that threshold (95% intervals); ``referral`` as ``select_referral`` returns it."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    selection, report = referral["selection_split"], referral["report_split"]
+    ax.plot(curve["coverage"], curve["risk"], marker=".", color="tab:blue", label=f"{selection} (selection)")
+    ax.axhline(referral["target_risk"], color="tab:red", linestyle="--", linewidth=1, label=f"target risk {referral['target_risk']}")
+    chosen = referral["selection"]
+    ax.plot(chosen["coverage"], chosen["risk"] or 0.0, "o", color="tab:blue", markersize=8,
+            label=f"threshold {referral['threshold']:.3f} on {selection}" if referral["reached"]
+            else "no threshold reaches the target: all referred")
+    shown = referral["report"]["overall"]
+    if shown["risk"] is not None:
+        errors = {}
+        if shown.get("risk_ci_low") is not None:
+            errors = {"xerr": [[shown["coverage"] - shown["coverage_ci_low"]], [shown["coverage_ci_high"] - shown["coverage"]]],
+                      "yerr": [[shown["risk"] - shown["risk_ci_low"]], [shown["risk_ci_high"] - shown["risk"]]]}
+        ax.errorbar(shown["coverage"], shown["risk"], fmt="s", color="tab:orange", capsize=3, **errors,
+                    label=f"same threshold on {report} (95% CI)")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, max(0.05, float(curve["risk"].max()) * 1.1))
+    ax.set_xlabel("coverage (fraction accepted)")
+    ax.set_ylabel("risk (error rate among accepted)")
+    ax.set_title("risk–coverage of the calibrated confidence")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig

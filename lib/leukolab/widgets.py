@@ -2,7 +2,9 @@
 with "Show where the model looked" the Grad-CAM heatmap beside the mask.
 
 It predicts through the API when given its URL, else in this process with the
-registered model. When that model only classifies, the mask comes from the
+registered model and its version's referral threshold. An answer whose
+decision is ``refer`` is shown as "refer to a haematologist" with its
+confidence and the threshold, never as a class. When that model only classifies, the mask comes from the
 published segmenter (``leukolab-segmenter@champion``) in this process, if there
 is one. :func:`predict_for_demo` and :func:`render_result` hold the logic;
 :func:`build_demo` only wires widgets to them.
@@ -24,6 +26,7 @@ from PIL import Image
 
 from leukolab.images import ANY_SIZE, decode_image
 from leukolab.publishing.model import SmearModel
+from leukolab.publishing.referral import REFER
 from leukolab.serving.model import DEFAULT_MODEL_URI, load_model
 from leukolab.serving.schemas import Prediction
 
@@ -40,9 +43,9 @@ class DemoError(RuntimeError):
 
 
 def predict_for_demo(image_bytes: bytes, model: SmearModel | None = None, api_url: str | None = None,
-                     explain: bool = False) -> dict:
-    """Predict one image, through the API at ``api_url`` or with ``model``; a dict shaped like ``POST /predict``'s JSON
-    (with ``explain``, its ``heatmap_png`` too).
+                     explain: bool = False, referral_threshold: float | None = None) -> dict:
+    """Predict one image, through the API at ``api_url`` or with ``model`` (deciding at ``referral_threshold``); a dict
+    shaped like ``POST /predict``'s JSON (with ``explain``, its ``heatmap_png`` too).
 
     Raises :class:`~leukolab.images.ImageRejected` or :class:`DemoError` with a message fit for the user.
     """
@@ -53,7 +56,8 @@ def predict_for_demo(image_bytes: bytes, model: SmearModel | None = None, api_ur
     started = time.perf_counter()
     answer = model.predict_images([decode_image(image_bytes, model.image_rules)], explain=explain)[0]
     latency_ms = (time.perf_counter() - started) * 1000
-    return Prediction.from_answer(answer, model.class_names, model_version=None, latency_ms=latency_ms).model_dump()
+    return Prediction.from_answer(answer, model.class_names, model_version=None, latency_ms=latency_ms,
+                                  referral_threshold=referral_threshold).model_dump()
 
 
 def with_mask(result: dict, image_bytes: bytes, segmenter: SmearModel) -> dict:
@@ -78,8 +82,9 @@ def _predict_remote(image_bytes: bytes, api_url: str, explain: bool) -> dict:
 
 
 def render_result(image_bytes: bytes, result: dict) -> Figure:
-    """The image with its mask overlaid and titled with class and confidence, then (with ``heatmap_png``) the image
-    under its heatmap, then a bar chart of probabilities."""
+    """The image with its mask overlaid and titled with class and confidence (or "refer to a haematologist"), then
+    (with ``heatmap_png``) the image under its heatmap, then a bar chart of probabilities (the predicted class in
+    red, none when referred)."""
     image = decode_image(image_bytes, ANY_SIZE)  # accepted already by the model (or the API) that answered
     probabilities = result.get("probabilities") or {}
     panels = 1 + bool(result.get("heatmap_png")) + bool(probabilities)
@@ -94,11 +99,14 @@ def render_result(image_bytes: bytes, result: dict) -> Figure:
         overlay = np.zeros((image.height, image.width, 4))
         overlay[np.asarray(mask) > 127] = MASK_COLOUR
         axes[0].imshow(overlay)
-    if result.get("predicted_class"):
+    referred = result.get("decision") == REFER
+    if referred:
+        axes[0].set_title(f"refer to a haematologist ({result['confidence']:.0%} < {result['referral_threshold']:.0%})")
+    elif result.get("predicted_class"):
         axes[0].set_title(f"{result['predicted_class']} ({result['confidence']:.0%})")
     if probabilities:
         names = list(probabilities)
-        colours = ["tab:red" if name == result.get("predicted_class") else "tab:grey" for name in names]
+        colours = ["tab:red" if name == result.get("predicted_class") and not referred else "tab:grey" for name in names]
         bars = axes[1].barh(names, [probabilities[name] for name in names], color=colours)
         axes[1].bar_label(bars, fmt="%.2f", padding=3)
         axes[1].set_xlim(0, 1.1)
@@ -131,7 +139,7 @@ def build_demo(model_uri: str = DEFAULT_MODEL_URI, api_url: str | None = None,
                                    tooltip="Overlay the Grad-CAM heatmap of the predicted class", layout=widgets.Layout(width="auto"))
     message = widgets.HTML()
     picture = widgets.Image(format="png", layout=widgets.Layout(display="none", max_width="900px"))
-    loaded: dict[str, SmearModel] = {}
+    loaded: dict[str, SmearModel | float | None] = {}
 
     def chosen_image() -> bytes | None:
         if picker is not None and picker.value is not None:
@@ -141,7 +149,8 @@ def build_demo(model_uri: str = DEFAULT_MODEL_URI, api_url: str | None = None,
     def model() -> SmearModel:
         if "model" not in loaded:
             try:
-                loaded["model"] = load_model(model_uri)[0]
+                loaded["model"], info = load_model(model_uri)
+                loaded["threshold"] = info.referral_threshold
             except Exception as error:
                 raise DemoError(f"could not load the model {model_uri}: {error}") from None
         return loaded["model"]
@@ -166,7 +175,11 @@ def build_demo(model_uri: str = DEFAULT_MODEL_URI, api_url: str | None = None,
             return
         button.disabled, message.value = True, "Predicting..."
         try:
-            result = predict_for_demo(image_bytes, model=None if api_url else model(), api_url=api_url, explain=explain.value)
+            if api_url:
+                result = predict_for_demo(image_bytes, api_url=api_url, explain=explain.value)
+            else:
+                result = predict_for_demo(image_bytes, model=model(), explain=explain.value,
+                                          referral_threshold=loaded["threshold"])
             if not result.get("mask") and segmenter() is not None:
                 result = with_mask(result, image_bytes, segmenter())
             picture.value = _png(render_result(image_bytes, result))
@@ -194,8 +207,13 @@ def build_demo(model_uri: str = DEFAULT_MODEL_URI, api_url: str | None = None,
 
 def _summary(result: dict) -> str:
     parts = []
-    if result.get("predicted_class"):
+    if result.get("decision") == REFER:
+        parts.append(f"<b>Refer to a haematologist</b>: confidence {result['confidence']:.1%} is under the referral "
+                     f"threshold {result['referral_threshold']:.1%}")
+    elif result.get("predicted_class"):
         parts.append(f"<b>{html.escape(result['predicted_class'])}</b>, confidence {result['confidence']:.1%}")
+        if result.get("referral_threshold") is not None:
+            parts.append(f"accepted at the referral threshold {result['referral_threshold']:.1%}")
     if result.get("mask_fraction") is not None:
         parts.append(f"mask covers {result['mask_fraction']:.0%} of the image")
     if result.get("heatmap_png"):

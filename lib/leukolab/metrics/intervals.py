@@ -44,6 +44,21 @@ def mean_interval(values: np.ndarray, samples: int = 1000, seed: int = 0, level:
     return _percentiles(values[_resamples(len(values), samples, seed)].mean(1), level)
 
 
+def ratio_interval(numerators: np.ndarray, denominators: np.ndarray, samples: int = 1000, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float]:
+    """Interval of ``sum(numerators) / sum(denominators)`` over the images (a risk among the accepted ones).
+
+    Resamples whose denominators sum to 0 have no ratio and are left out; (nan, nan) when all of them do.
+    """
+    numerators, denominators = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    draws = _resamples(len(numerators), samples, seed)
+    totals = denominators[draws].sum(1)
+    defined = totals > 0
+    if not defined.any():
+        return float("nan"), float("nan")
+    return _percentiles(numerators[draws].sum(1)[defined] / totals[defined], level)
+
+
 def _calibration_errors(labels: np.ndarray, probabilities: np.ndarray, draws: np.ndarray, bins: int = 10) -> np.ndarray:
     """The ECE of each resample (the bins of :func:`leukolab.metrics.expected_calibration_error`), all at once."""
     confidence = probabilities.max(1)

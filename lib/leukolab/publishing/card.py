@@ -25,9 +25,10 @@ INTENDED_USE = (
 
 def render_model_card(*, model_name: str, version: str, alias: str, candidate: dict, experiment: Experiment, manifest: dict,
                       gate: dict, temperature: float | None, lineage: dict, figures: dict[str, str],
-                      external: list[dict] | None = None) -> str:
+                      external: list[dict] | None = None, referral: dict | None = None) -> str:
     """The card as Markdown; ``figures`` maps a caption to an image path relative to the card, ``external`` are the
-    domain-shift rows (in-domain first) of :mod:`leukolab.evaluation.external`."""
+    domain-shift rows (in-domain first) of :mod:`leukolab.evaluation.external`, ``referral`` the threshold of
+    :func:`leukolab.evaluation.selective.select_referral` with its coverage and risk."""
     model = experiment.model
     selection, report = candidate["selection_split"], candidate["report_split"]
     lines = [
@@ -80,6 +81,8 @@ def render_model_card(*, model_name: str, version: str, alias: str, candidate: d
                      "temperature scaling fitted on the validation split.")
     else:
         lines.append("Not applicable (segmentation only).")
+    if referral:
+        lines += ["", "## Referral (abstain and refer)", "", _referral(referral)]
     if external:
         lines += ["", "## External test sets (domain shift)", "",
                   "The model on other datasets it never saw, beside its in-domain figures (never used for selection):",
@@ -127,6 +130,24 @@ def _per_class(metrics: dict, classes: list[str]) -> str:
     return _table(["class", "precision", "recall", "F1"],
                   [[c, _value(metrics, f"precision_{c}"), _value(metrics, f"recall_{c}"), _value(metrics, f"f1_{c}")]
                    for c in classes])
+
+
+def _referral(referral: dict) -> str:
+    selection, report, chosen = referral["selection_split"], referral["report_split"], referral["selection"]
+    rule = (f"A prediction is accepted when its calibrated confidence (the top-class probability) is at least "
+            f"**{referral['threshold']:.4f}**; the others are answered `refer`: refer to a haematologist."
+            if referral["reached"] else "**Every prediction is referred** (answered `refer`: refer to a haematologist): "
+            f"the threshold, {referral['threshold']!r}, is above every probability.")
+    text = (f"{rule} The threshold was chosen on "
+            f"**{selection}** as the one with the largest coverage (fraction accepted) whose risk (error rate among the "
+            f"accepted) is at most {referral['target_risk']}: "
+            + (f"coverage {chosen['coverage']:.3f}, risk {chosen['risk']:.3f} there." if referral["reached"] else
+               f"{referral['note']} there ({chosen['images']} images).")
+            + f" At that threshold on **{report}** (reported, not used for selection), with 95% bootstrap intervals, "
+              "by true class:")
+    rows = [("all classes", referral["report"]["overall"]), *referral["report"]["per_class"].items()]
+    return text + "\n\n" + _table(["class", "images", "referred", "coverage [95% CI]", "risk [95% CI]"],
+                                  [[name, r["images"], r["referred"], _value(r, "coverage"), _value(r, "risk")] for name, r in rows])
 
 
 def _split_counts(manifest: dict) -> str:

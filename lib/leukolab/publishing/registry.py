@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from leukolab.publishing.card import render_model_card
 from leukolab.publishing.model import load_smear_model
+from leukolab.publishing.referral import referral_tags
 from leukolab.tracking import configure, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -31,13 +32,15 @@ def register(model_uri: str, name: str, alias: str, tags: dict | None = None, de
 
 
 def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run_id: str | None,
-            figures: dict[str, str] | None = None, external: list[dict] | None = None) -> dict:
+            figures: dict[str, str] | None = None, external: list[dict] | None = None, referral: dict | None = None) -> dict:
     """Register an evaluated candidate under the alias the gate chose, with lineage tags and a model card.
 
     ``candidate`` is ``30_evaluate``'s summary (chosen on its selection split;
     ``metrics``, tagged ``test_<metric>``, are those of its report split);
     ``figures`` maps captions to image files shown in the card; ``external``
-    are the domain-shift rows of :mod:`leukolab.evaluation.external`. The card and
+    are the domain-shift rows of :mod:`leukolab.evaluation.external`; ``referral`` (``30_evaluate``'s threshold)
+    goes into the card and the version's tags (:func:`~leukolab.publishing.referral.referral_tags`, also set on
+    a version registered already, which the server reads at its next start). The card and
     its figures are logged under ``model_card/`` in the candidate's run and the
     card becomes the version's description. Returns what the publish stage hands on.
     """
@@ -46,6 +49,8 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
     metrics = candidate["metrics"]
     if gate.get("unchanged"):  # already the registered champion: nothing new to register
         version = client.get_model_version(name, gate["current_version"])
+        for key, value in referral_tags(referral).items() if referral else ():
+            client.set_model_version_tag(name, version.version, key, value)
         return {"model_name": name, "version": version.version, "alias": gate["alias"], "model_uri": f"models:/{name}@{gate['alias']}",
                 "source_run_id": candidate["run_id"], "test_metrics": metrics, "gate": gate,
                 "model_card": version.tags.get("model_card", "")}
@@ -63,6 +68,7 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
         **{f"test_{k}": round(v, 4) for k, v in metrics.items() if "_ci_" not in k},
         **{f"test_{k}_ci95": f"[{metrics[f'{k}_ci_low']:.4f}, {metrics[f'{k}_ci_high']:.4f}]"
            for k in metrics if f"{k}_ci_low" in metrics},
+        **(referral_tags(referral) if referral else {}),
     }
     alias = gate["alias"]
     version = register(candidate["model_uri"], name, alias, tags)
@@ -72,7 +78,8 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
     card = _log_card(client, candidate["run_id"], render_model_card(
         model_name=name, version=version.version, alias=alias, candidate=candidate, experiment=model.experiment,
         manifest=manifest, gate=gate, temperature=model.meta.get("temperature"), lineage=lineage,
-        figures={caption: Path(path).name for caption, path in (figures or {}).items()}, external=external), figures or {})
+        figures={caption: Path(path).name for caption, path in (figures or {}).items()}, external=external,
+        referral=referral), figures or {})
     description = card["text"] if len(card["text"]) <= DESCRIPTION_LIMIT else (
         card["text"][:DESCRIPTION_LIMIT - 200].rsplit("\n## ", 1)[0] + f"\n\n(The full card: {card['uri']}.)")
     client.update_model_version(name, version.version, description=description)

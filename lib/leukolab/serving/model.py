@@ -1,4 +1,4 @@
-"""The served model: resolve a model URI to its registry version, run and dataset, then load it."""
+"""The served model: resolve a model URI to its registry version, run, dataset and referral threshold, then load it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from leukolab.publishing.model import SmearModel, load_smear_model
+from leukolab.publishing.referral import threshold_from_tags
 from leukolab.tracking import configure
 
 DEFAULT_MODEL_URI = "models:/leukolab@champion"
@@ -16,13 +17,15 @@ DEFAULT_MODEL_URI = "models:/leukolab@champion"
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What stands behind a model URI: registry name and version, source run, dataset fingerprint."""
+    """What stands behind a model URI: registry name and version, source run, dataset fingerprint, and the version's
+    ``referral_threshold`` tag (None without one, and for ``runs:/`` URIs: every prediction is accepted)."""
 
     uri: str
     name: str | None = None
     version: str | None = None
     run_id: str | None = None
     dataset_fingerprint: str | None = None
+    referral_threshold: float | None = None
 
     @property
     def label(self) -> str:
@@ -49,7 +52,8 @@ def resolve_model(uri: str) -> tuple[str, ModelInfo]:
             fingerprint = client.get_run(version.run_id).data.tags.get("dataset_fingerprint")
         except MlflowException:  # the run was deleted; the version still serves
             pass
-    info = ModelInfo(uri, version.name, str(version.version), version.run_id, fingerprint)
+    threshold = threshold_from_tags(version.tags, f"{version.name}/{version.version}")
+    info = ModelInfo(uri, version.name, str(version.version), version.run_id, fingerprint, threshold)
     return f"models:/{version.name}/{version.version}", info
 
 

@@ -76,7 +76,8 @@ async def ready(_: LoadedNow) -> Readiness:
 async def version(served: ReadyModel) -> VersionInfo:
     model, info = served.model, served.info
     return VersionInfo(model_uri=info.uri, name=info.name, version=info.version, run_id=info.run_id,
-                       dataset_fingerprint=info.dataset_fingerprint, task=model.task, class_names=model.class_names,
+                       dataset_fingerprint=info.dataset_fingerprint, referral_threshold=info.referral_threshold,
+                       task=model.task, class_names=model.class_names,
                        image_size=int(model.meta["image_size"]), leukolab_version=leukolab.__version__)
 
 
@@ -86,7 +87,7 @@ async def predict(started: Started, served: ReadyModel,
                   uploads: Annotated[list[Upload], Depends(uploads_in("file", many=False))],
                   settings: Settings, metrics: Metrics, explain: Explain = False) -> Prediction:
     answers = await predict_uploads(served, uploads, settings.max_pixels, metrics, explain)
-    return prediction(answers[0], served, started)
+    return prediction(answers[0], served, started, metrics)
 
 
 @router.post("/predict/batch", response_model=BatchPrediction, summary="Classify (and segment) several smear images",
@@ -95,7 +96,7 @@ async def predict_batch(started: Started, served: ReadyModel,
                         uploads: Annotated[list[Upload], Depends(uploads_in("files", many=True))],
                         settings: Settings, metrics: Metrics, explain: Explain = False) -> BatchPrediction:
     answers = await predict_uploads(served, uploads, settings.max_pixels, metrics, explain)
-    return BatchPrediction(predictions=[prediction(answer, served, started) for answer in answers],
+    return BatchPrediction(predictions=[prediction(answer, served, started, metrics) for answer in answers],
                            model_version=served.info.label, latency_ms=(time.perf_counter() - started) * 1000)
 
 
@@ -121,7 +122,9 @@ async def predict_uploads(served: LoadedModel, uploads: list[Upload], max_pixels
     return answers
 
 
-def prediction(answer: tuple[dict, float], served: LoadedModel, started: float) -> Prediction:
-    """The :class:`Prediction` of one (answer, seconds) of the batcher, timed from ``started``."""
-    return Prediction.from_answer(answer[0], served.model.class_names, served.info.label,
-                                  (time.perf_counter() - started) * 1000)
+def prediction(answer: tuple[dict, float], served: LoadedModel, started: float, metrics: ServingMetrics) -> Prediction:
+    """The :class:`Prediction` of one (answer, seconds) of the batcher, timed from ``started``, its decision counted."""
+    answered = Prediction.from_answer(answer[0], served.model.class_names, served.info.label,
+                                      (time.perf_counter() - started) * 1000, served.info.referral_threshold)
+    metrics.observe_decision(answered.decision)
+    return answered

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
+
+from leukolab.publishing.referral import decide
 
 
 class ErrorBody(BaseModel):
@@ -27,6 +31,7 @@ class VersionInfo(BaseModel):
     version: str | None = Field(description="Registered model version the alias pointed to at start-up")
     run_id: str | None = Field(description="MLflow run that logged the model")
     dataset_fingerprint: str | None = Field(description="The run's dataset_fingerprint tag, when set")
+    referral_threshold: float | None = Field(description="The version's referral threshold; null: every prediction is accepted")
     task: str = Field(description="classification, segmentation or joint")
     class_names: list[str] = Field(description="Classes, in the model's output order")
     image_size: int = Field(description="Side in pixels images are resized to before inference")
@@ -41,17 +46,24 @@ class Prediction(BaseModel):
     mask_fraction: float | None = Field(description="Fraction of the image the mask covers")
     model_version: str | None = Field(description="Model that answered: name/version, else run id; null when unknown")
     latency_ms: float = Field(description="Server time for this request: reading, decoding and inference")
+    decision: Literal["accept", "refer"] = Field(
+        description="accept: confidence >= referral_threshold (or no threshold); refer: refer to a haematologist, "
+                    "do not act on predicted_class")
+    referral_threshold: float | None = Field(
+        description="The served version's referral threshold (chosen on val for a target risk); null: none, all accepted")
     heatmap_png: str | None = Field(default=None, description=(
         "With explain=true: base64 PNG (8-bit grey, 0-255) of where the model looked, the Grad-CAM heatmap of the "
         "predicted class at model resolution; null without explain"))
 
     @classmethod
-    def from_answer(cls, answer: dict, class_names: list[str], model_version: str | None, latency_ms: float) -> Prediction:
-        """From one :meth:`SmearModel.predict_images` answer."""
+    def from_answer(cls, answer: dict, class_names: list[str], model_version: str | None, latency_ms: float,
+                    referral_threshold: float | None = None) -> Prediction:
+        """From one :meth:`SmearModel.predict_images` answer, decided at ``referral_threshold``."""
         probabilities = {name: answer[f"prob_{name}"] for name in class_names if f"prob_{name}" in answer}
         return cls(predicted_class=answer.get("predicted_class"), probabilities=probabilities or None,
                    confidence=answer.get("confidence"), mask=answer.get("mask_png"),
                    mask_fraction=answer.get("mask_fraction"), model_version=model_version, latency_ms=latency_ms,
+                   decision=decide(answer.get("confidence"), referral_threshold), referral_threshold=referral_threshold,
                    heatmap_png=answer.get("heatmap_png"))
 
 

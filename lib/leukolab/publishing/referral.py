@@ -1,0 +1,51 @@
+"""The referral rule a published version carries: accept a prediction when its confidence reaches the threshold.
+
+``30_evaluate`` chooses the threshold on the selection split (:mod:`leukolab.evaluation.selective`),
+``40_publish`` records it on the registered version as the tag ``referral_threshold`` (with the target risk and
+the coverage it had), and the server reads that tag when it loads the version. One comparison everywhere:
+a prediction is accepted when ``confidence >= threshold``, referred to a haematologist otherwise; a version
+without the tag has no threshold and accepts every prediction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ACCEPT, REFER = "accept", "refer"
+THRESHOLD_TAG = "referral_threshold"
+
+
+def accepts(confidence, threshold: float):
+    """Whether ``confidence`` (a number or an array) is accepted at ``threshold``: ``confidence >= threshold``."""
+    return np.asarray(confidence) >= threshold
+
+
+def decide(confidence: float | None, threshold: float | None) -> str:
+    """``accept`` or ``refer``; ``accept`` without a threshold, or without a confidence (a model that only segments)."""
+    if threshold is None or confidence is None:
+        return ACCEPT
+    return ACCEPT if accepts(confidence, threshold) else REFER
+
+
+def threshold_from_tags(tags: dict[str, str], version: str = "") -> float | None:
+    """The ``referral_threshold`` tag of a registered version as a number, None when it has none."""
+    value = tags.get(THRESHOLD_TAG)
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"the {THRESHOLD_TAG} tag of model version {version or '?'} is {value!r}, not a number") from None
+
+
+def referral_tags(referral: dict) -> dict[str, str]:
+    """The version tags of ``30_evaluate``'s ``referral`` output: the threshold (exact), the target risk, and the
+    coverage and risk on the selection and report splits."""
+    selection, report = referral["selection_split"], referral["report_split"]
+    tags = {THRESHOLD_TAG: repr(float(referral["threshold"])), "referral_target_risk": str(referral["target_risk"]),
+            f"referral_{selection}_coverage": f"{referral['selection']['coverage']:.4f}"}
+    overall = referral["report"]["overall"]
+    tags[f"referral_{report}_coverage"] = f"{overall['coverage']:.4f}"
+    if overall["risk"] is not None:
+        tags[f"referral_{report}_risk"] = f"{overall['risk']:.4f}"
+    return tags
