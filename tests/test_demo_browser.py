@@ -165,11 +165,11 @@ def test_demo_refers_an_uploaded_image_in_a_real_browser(voila, browser, model_e
     # The toggle redraws the answer with the heatmap beside the mask: one more panel, so a wider picture.
     width = browser.execute_script("return arguments[0].naturalWidth", picture)
     browser.find_element(By.XPATH, "//button[contains(., 'Show where the model looked')]").click()
-    wait_until(browser, lambda d: "Grad-CAM" in d.find_element(By.TAG_NAME, "body").text, PREDICT_TIMEOUT, "the heatmap")
+    wait_until(browser, lambda d: "heatmap: Grad-CAM" in d.find_element(By.TAG_NAME, "body").text, PREDICT_TIMEOUT, "the heatmap")
     wait_until(browser, lambda d: d.execute_script("return arguments[0].naturalWidth", picture) > width, 30,
                "the picture with the heatmap")
     browser.find_element(By.XPATH, "//button[contains(., 'Show where the model looked')]").click()  # off again
-    wait_until(browser, lambda d: "Grad-CAM" not in d.find_element(By.TAG_NAME, "body").text, PREDICT_TIMEOUT,
+    wait_until(browser, lambda d: "heatmap: Grad-CAM" not in d.find_element(By.TAG_NAME, "body").text, PREDICT_TIMEOUT,
                "the answer without the heatmap")
 
     # An unreadable file: a message on the page, the picture hidden, no traceback.
