@@ -85,7 +85,7 @@ def run_experiment(experiment: Experiment, dataset_dir: str | Path) -> Experimen
         mlflow.log_figure(figure, f"plots/{name}.png")
 
     meta = {"experiment": experiment.model_dump(mode="json"), "class_names": class_names, "image_size": manifest["image_size"],
-            "image_rules": ImageRules.from_mapping(manifest["parameters"]).as_dict(),
+            "image_rules": ImageRules.from_mapping(manifest.get("parameters", {})).as_dict(),
             "mean": mean, "std": std, "temperature": temperature, "dataset_fingerprint": manifest["fingerprint"]}
     examples = [_jpeg(splits["test"].images[i]) for i in range(min(2, len(splits["test"])))]
     info = log_smear_model(model, meta, examples)
