@@ -145,7 +145,12 @@ def test_explaining_leaves_the_network_alone_and_is_thread_safe(trained, smears)
         trained.tta = False
 
 
-def test_the_published_model_explains_through_pyfunc_and_from_bytes(model_env):
+def test_the_published_model_explains_through_pyfunc_and_from_bytes(model_env, monkeypatch):
+    from leukolab import tracking
+
+    monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(model_env["workspace"]))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", model_env["tracking_uri"])
+    tracking.configure()  # this store, whatever an earlier test left as MLflow's tracking URI
     frame = pd.DataFrame({"image": [model_env["example_image"]] * 2})
     pyfunc = mlflow.pyfunc.load_model(model_env["uri"])
     assert "heatmap_png" not in pyfunc.predict(frame).columns
