@@ -57,6 +57,13 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def nested(path: list[str] | tuple[str, ...], value: Any) -> dict:
+    """``{"a": {"b": value}}`` for the path ``("a", "b")``: a dotted key as the mapping it overrides."""
+    for key in reversed(path):
+        value = {key: value}
+    return value
+
+
 def available(kind: str) -> list[str]:
     """Names of the YAML files in ``params/<kind>/`` (``experiments`` or ``profiles``)."""
     return sorted(p.stem for p in (PARAMS_DIR / kind).glob("*.yaml"))

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from leukolab.config import deep_merge, load_named
+from leukolab.config import deep_merge, load_named, nested
 from leukolab.config.errors import ConfigError
 from leukolab.config.files import parse_typed
 
@@ -123,12 +123,6 @@ def stage_experiment(name: str, overrides: dict | None = None, **shortcuts) -> E
         raise ConfigError(f"not experiment shortcuts: {sorted(unknown)}; choose from {sorted(SHORTCUTS)}")
     merged = dict(overrides or {})
     for key, value in shortcuts.items():
-        *sections, field = SHORTCUTS[key]
-        merged = deep_merge(merged, _nested(sections, {field: value}))
+        merged = deep_merge(merged, nested(SHORTCUTS[key], value))
     return load_experiment(name, merged)
 
-
-def _nested(sections: list[str], leaf: dict) -> dict:
-    for section in reversed(sections):
-        leaf = {section: leaf}
-    return leaf

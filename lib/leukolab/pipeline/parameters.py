@@ -15,7 +15,7 @@ import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
-from leukolab.config import deep_merge
+from leukolab.config import deep_merge, nested
 from leukolab.config.errors import ConfigError, nested_model, unknown_key
 from leukolab.config.experiment import Experiment
 
@@ -67,10 +67,7 @@ def split_overrides(overrides: dict, stages: list[str]) -> tuple[dict, dict[str,
             continue
         if stage not in stages:
             raise ConfigError(unknown_key(f"--param {key}", stage, stages, what="stage"))
-        leaf: dict = {rest.split(".")[-1]: value}
-        for section in reversed(rest.split(".")[:-1]):
-            leaf = {section: leaf}
-        per_stage[stage] = deep_merge(per_stage.get(stage, {}), leaf)
+        per_stage[stage] = deep_merge(per_stage.get(stage, {}), nested(rest.split("."), value))
     return shared, per_stage
 
 
