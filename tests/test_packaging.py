@@ -29,7 +29,7 @@ def pins() -> dict[str, str]:
     for number, line in enumerate((ROOT / "requirements.txt").read_text().splitlines(), 1):
         line = line.split("#")[0].strip()
         if line:
-            match = re.fullmatch(r"([A-Za-z0-9._-]+)==([A-Za-z0-9.+!-]+)", line)
+            match = re.fullmatch(r"([A-Za-z0-9._-]+)(?:\[[A-Za-z0-9,._-]+\])?==([A-Za-z0-9.+!-]+)", line)
             assert match, f"requirements.txt:{number}: {line!r} is not an exact pin NAME==VERSION"
             found[canonicalize_name(match[1])] = match[2]
     return found
