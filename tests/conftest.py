@@ -1,8 +1,10 @@
-"""Shared fixtures: a real, tiny model registered as ``models:/leukolab@champion`` in a temporary workspace."""
+"""Shared fixtures: a real, tiny model registered as ``models:/leukolab@champion`` in a temporary workspace, and one
+smoke pipeline run through the real CLI that every test needing a whole run shares."""
 
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +144,20 @@ def classifier_uri(model_env) -> str:
 def segmentation_model_uri(model_env) -> str:
     """A model that only segments (Unet/mobilenet_v2, random weights), logged beside the joint test model."""
     return _logged_model(model_env, {"task": "segmentation", "model": {"architecture": "Unet", "encoder": "mobilenet_v2"}})
+
+
+def leukolab(workspace: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """The real `leukolab` command in ``workspace``, on its own SQLite store."""
+    env = {**os.environ, "LEUKOLAB_WORKSPACE": str(workspace), "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "leukolab.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One smoke pipeline run (`smoke-1`), shared by the session: (workspace, completed process)."""
+    workspace = tmp_path_factory.mktemp("pipeline")
+    result = leukolab(workspace, "run", "--profile", "smoke", "--run-id", "smoke-1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workspace, result

@@ -8,22 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import leukolab
+
 pytestmark = pytest.mark.integration
 NOTEBOOKS = ["etl", "segment-unet-mobilenet", "classify-simple-cnn", "evaluate", "publish", "serve"]
-
-
-def leukolab(workspace: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LEUKOLAB_WORKSPACE": str(workspace), "HF_HUB_OFFLINE": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "leukolab.cli", *args], env=env, capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    workspace = tmp_path_factory.mktemp("pipeline")
-    result = leukolab(workspace, "run", "--profile", "smoke", "--run-id", "smoke-1")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return workspace, result
 
 
 def test_smoke_run_keeps_every_executed_notebook_and_output(smoke_run):
