@@ -70,7 +70,7 @@ test-notebooks: env
 	  00_etl.ipynb 10_segment.ipynb 20_classify.ipynb 30_evaluate.ipynb 40_publish.ipynb 50_serve.ipynb demo.ipynb
 
 lab: env
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/leukolab lab
 
 mlflow-ui: env
 	$(BIN)/leukolab mlflow-ui

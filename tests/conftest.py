@@ -1,19 +1,29 @@
-"""Shared fixtures: a real, tiny model registered as ``models:/leukolab@champion`` in a temporary workspace, and one
-smoke pipeline run through the real CLI that every test needing a whole run shares."""
+"""Shared fixtures: a real, tiny model registered as ``models:/leukolab@champion`` in a temporary workspace, one
+smoke pipeline run through the real CLI that every test needing a whole run shares, and what the browser tests
+share: a server started in the background, headless Chromium, waiting on a page, keeping a screenshot."""
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
 
 ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "runs" / "test-artifacts"
+"""Screenshots of the browser tests, kept after the run."""
+PAGE_TIMEOUT = 180
+"""Seconds a browser waits for a page to load."""
 
 
 @pytest.fixture(scope="session")
@@ -161,3 +171,85 @@ def smoke_run(tmp_path_factory):
     result = leukolab(workspace, "run", "--profile", "smoke", "--run-id", "smoke-1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workspace, result
+
+
+@contextmanager
+def background_server(command: list[str], env: dict, ready_url: str, log_path: Path, start_timeout: float = 60):
+    """``command`` started in a session of its own (output in ``log_path``), yielded as its ``Popen`` once
+    ``ready_url`` answers below 500; on exit it and every process it started are stopped (SIGTERM, then SIGKILL)."""
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            assert process.poll() is None, f"{command[:4]} exited:\n{log_path.read_text()[-3000:]}"
+            try:
+                if httpx.get(ready_url, timeout=2, trust_env=False).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"{ready_url} did not answer in {start_timeout} s:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield process
+    finally:
+        stop_process_tree(process)
+
+
+def stop_process_tree(process: subprocess.Popen, grace: float = 15) -> None:
+    """SIGTERM to ``process``'s session, SIGKILL after ``grace`` seconds to whatever of it and its descendants
+    (kernels start sessions of their own) is left."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    for survivor in psutil.wait_procs(descendants, timeout=grace)[1]:
+        survivor.kill()
+
+
+@pytest.fixture
+def browser(check_tools):
+    """Headless Debian Chromium driven by Selenium, 1280 x 1100."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(check_tools["chromium"])
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1100"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(str(check_tools["chromedriver"])), options=options)
+    driver.set_page_load_timeout(PAGE_TIMEOUT)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_until(driver, condition, timeout: float, what: str):
+    """``condition(driver)`` once it is truthy; an ``AssertionError`` naming ``what``, with the page's text, after
+    ``timeout`` seconds."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.5).until(condition)
+    except TimeoutException:
+        raise AssertionError(f"{what} did not happen within {timeout} s; page text:\n{driver.find_element('tag name', 'body').text[-2000:]}") from None
+
+
+def keep_screenshot(driver, folder: Path, name: str) -> Path:
+    """The page as ``folder/name``, copied to ``runs/test-artifacts/``; the copy's path."""
+    screenshot = folder / name
+    assert driver.save_screenshot(str(screenshot))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(screenshot, ARTIFACTS / name))

@@ -16,24 +16,17 @@ from __future__ import annotations
 import base64
 import io
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
+from conftest import PAGE_TIMEOUT, ROOT, background_server, keep_screenshot, wait_until
 from PIL import Image
 
 from leukolab.serving.launch import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "runs" / "test-artifacts"
-PAGE_TIMEOUT = 180
-"""Seconds for Voila to start a kernel, load the model and render the widgets."""
 PREDICT_TIMEOUT = 90
 TAB_RED = np.array([214, 39, 40])
 """matplotlib's tab:red, the predicted class's bar (none when referred)."""
@@ -50,56 +43,11 @@ def voila(model_env, referring_model, tmp_path_factory):
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LEUKOLAB_MODEL_URI": referring_model["uri"]}
     env.pop("LEUKOLAB_API_URL", None)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "voila"), str(ROOT / "notebooks" / "demo.ipynb"), "--no-browser",
-             f"--port={port}", "--Voila.ip=127.0.0.1"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"voila exited:\n{log_path.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{url}api/kernelspecs", timeout=2, trust_env=False).status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"voila did not answer in 60 s:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.5)
+    command = [str(Path(sys.executable).parent / "voila"), str(ROOT / "notebooks" / "demo.ipynb"), "--no-browser",
+               f"--port={port}", "--Voila.ip=127.0.0.1"]
+    with background_server(command, env, f"{url}api/kernelspecs", log_path):
         yield {"url": url, "log": log_path}
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-@pytest.fixture
-def browser(check_tools):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(check_tools["chromium"])
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1100"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(str(check_tools["chromedriver"])), options=options)
-    driver.set_page_load_timeout(PAGE_TIMEOUT)
-    yield driver
-    driver.quit()
-
-
-def wait_until(driver, condition, timeout: float, what: str):
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.5).until(condition)
-    except TimeoutException:
-        raise AssertionError(f"{what} did not happen within {timeout} s; page text:\n{driver.find_element('tag name', 'body').text[-2000:]}") from None
 
 
 ATTACH_FILE_INPUTS = """
@@ -156,11 +104,7 @@ def test_demo_refers_an_uploaded_image_in_a_real_browser(voila, browser, model_e
         f"a referral charts every class in grey, none in red ({grey_bars} tab:grey, {red_bar} tab:red pixels)")
     assert "Traceback" not in text
 
-    screenshot = tmp_path / "demo.png"
-    assert browser.save_screenshot(str(screenshot))
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(screenshot, ARTIFACTS / "demo-browser.png")
-    print(f"screenshot: {screenshot} (copied to {ARTIFACTS / 'demo-browser.png'}); {text.splitlines()[-1]}")
+    print(f"screenshot: {keep_screenshot(browser, tmp_path, 'demo-browser.png')}; {text.splitlines()[-1]}")
 
     # The toggle redraws the answer with the heatmap beside the mask: one more panel, so a wider picture.
     width = browser.execute_script("return arguments[0].naturalWidth", picture)

@@ -1,10 +1,9 @@
 """The ``leukolab`` command: run the pipeline, show its graph, its runs and each stage's parameters, serve the
-champion, open the MLflow UI."""
+champion, open JupyterLab and the MLflow UI."""
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 
 from leukolab.config import available, parse_value
@@ -46,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
 
     add_serve_arguments(commands.add_parser("serve", help="serve a registered model over HTTP (foreground)"))
 
-    ui = commands.add_parser("mlflow-ui", help="the MLflow UI on the workspace's tracking store")
+    lab = commands.add_parser("lab", help="JupyterLab on the notebooks (kernel Python (leukolab); token: $JUPYTER_TOKEN)")
+    lab.add_argument("--port", type=int, default=8888)
+    lab.add_argument("--ip", default="127.0.0.1")
+    lab.add_argument("--notebook-dir", help="the folder to open (default: the clone's notebooks/)")
+    lab.add_argument("--no-browser", action="store_true", help="do not open a browser")
+
+    ui = commands.add_parser("mlflow-ui", help="the MLflow UI on the workspace's tracking store (one worker, no job runner)")
     ui.add_argument("--port", type=int, default=5000)
 
     args = parser.parse_args(argv)
@@ -64,10 +69,12 @@ def main(argv: list[str] | None = None) -> int:
 
         serve_forever(model_uri=args.model_uri, host=args.host, port=args.port)
         return 0
-    from leukolab.tracking import tracking_uri
+    from leukolab import workbench
 
-    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
-                            "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"])
+    if args.command == "lab":
+        workbench.exec_command(workbench.lab_command(args.notebook_dir or workbench.NOTEBOOKS_DIR, args.ip, args.port,
+                                                     open_browser=not args.no_browser))
+    workbench.exec_command(*workbench.mlflow_ui_command(args.port))
 
 
 def _plan_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,41 @@
+"""The researcher's two browser tools, as `make lab` and `make mlflow-ui` (``leukolab lab``, ``leukolab mlflow-ui``)
+start them: JupyterLab on the notebooks and the MLflow UI on the workspace's tracking store."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from leukolab.config import NOTEBOOKS_DIR
+from leukolab.tracking import tracking_uri
+
+LEAN_MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+"""MLflow 3's server starts Huey job consumers (GenAI evaluation, scheduled jobs) unless told not to; the UI needs none."""
+
+
+def lab_command(notebook_dir: str | Path = NOTEBOOKS_DIR, ip: str = "127.0.0.1", port: int = 8888,
+                open_browser: bool = True) -> list[str]:
+    """JupyterLab's command line on ``notebook_dir``; ``--allow-root`` when run as root (JupyterLab refuses root
+    otherwise, as in containers). The token is JupyterLab's own: ``JUPYTER_TOKEN``, else one it prints."""
+    command = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={notebook_dir}", f"--ServerApp.ip={ip}",
+               f"--ServerApp.port={port}"]
+    if not open_browser:
+        command.append("--no-browser")
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    return command
+
+
+def mlflow_ui_command(port: int = 5000, host: str = "127.0.0.1") -> tuple[list[str], dict[str, str]]:
+    """The MLflow UI's command line and environment: one web worker and no job runner (two processes)."""
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--host", host,
+               "--port", str(port), "--workers", "1"]
+    return command, {**os.environ, **LEAN_MLFLOW_ENV}
+
+
+def exec_command(command: list[str], env: dict[str, str] | None = None) -> NoReturn:
+    """Become ``command`` (no extra process stays behind to forward signals)."""
+    sys.stdout.flush()
+    os.execve(command[0], command, os.environ if env is None else env)
