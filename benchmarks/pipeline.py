@@ -60,9 +60,13 @@ def main() -> None:
               f"{ratio:.3f} | {commit} |")
 
 
-def timed_run(workspace: Path, run_id: str, profile: str, jobs: int, extra: list[str]) -> tuple[float, dict]:
+def timed_run(workspace: Path, run_id: str, profile: str, jobs: int, extra: list[str],
+              tracking_uri: str | None = None) -> tuple[float, dict]:
+    """Wall seconds and lineage of one ``leukolab run``, on the workspace's SQLite store or on ``tracking_uri``."""
     env = {**os.environ, "LEUKOLAB_WORKSPACE": str(workspace), "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
     command = [sys.executable, "-m", "leukolab.cli", "run", "--profile", profile, "--run-id", run_id, "--jobs", str(jobs), *extra]
     started = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True)

@@ -156,10 +156,13 @@ def segmentation_model_uri(model_env) -> str:
     return _logged_model(model_env, {"task": "segmentation", "model": {"architecture": "Unet", "encoder": "mobilenet_v2"}})
 
 
-def leukolab(workspace: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    """The real `leukolab` command in ``workspace``, on its own SQLite store."""
-    env = {**os.environ, "LEUKOLAB_WORKSPACE": str(workspace), "HF_HUB_OFFLINE": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+def leukolab(workspace: Path, *args: str, timeout: int = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The real `leukolab` command in ``workspace``, on its own SQLite store unless ``env`` (variables added to the
+    environment) names another ``MLFLOW_TRACKING_URI``."""
+    extra = env or {}
+    env = {**os.environ, "LEUKOLAB_WORKSPACE": str(workspace), "HF_HUB_OFFLINE": "1", **extra}
+    if "MLFLOW_TRACKING_URI" not in extra:
+        env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([sys.executable, "-m", "leukolab.cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
