@@ -190,7 +190,7 @@ def _cluster(args) -> int:
         print(f"stopped {state['master_url']}")
         return 0
     print(cluster.status_text(state))
-    return 0 if state else 1
+    return 0 if state and cluster.alive(state) else 1
 
 
 def _runs(args) -> int:

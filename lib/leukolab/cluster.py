@@ -46,7 +46,7 @@ def spark_home() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def start_cluster(workers: int = 1, cores: int = 1, memory: str = "2g", directory: str | Path | None = None,
+def start_cluster(workers: int = 1, cores: int = 2, memory: str = "2g", directory: str | Path | None = None,
                   timeout: float = 120.0) -> dict:
     """Start a master and ``workers`` workers of ``cores`` cores and ``memory`` each; wait until every worker is
     registered; return the state (also written to ``<directory>/state.json``). Stops what it started on failure."""
@@ -97,7 +97,7 @@ def stop_cluster(state: dict, grace: float = 15.0) -> None:
 
 
 @contextlib.contextmanager
-def standalone_cluster(workers: int = 1, cores: int = 1, memory: str = "2g", directory: str | Path | None = None,
+def standalone_cluster(workers: int = 1, cores: int = 2, memory: str = "2g", directory: str | Path | None = None,
                        timeout: float = 120.0) -> Iterator[str]:
     """A running cluster for the ``with`` block: yields its master URL (``spark://127.0.0.1:<port>``), stops it after."""
     state = start_cluster(workers, cores, memory, directory, timeout)
