@@ -105,3 +105,16 @@ def test_leukolab_params_lists_types_and_defaults(capsys):
     assert any(line.split()[:3] == ["training.lr", "float", "0.001"] for line in classify.splitlines())
     assert cli.main(["params", "clasify"]) == 2
     assert "did you mean `classify`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("item", ["classify.spark_master=spark://127.0.0.1:7077",
+                                  "classify.distributed.master=spark://127.0.0.1:7077", "spark_master=spark://127.0.0.1:7077"])
+def test_the_training_cluster_is_set_from_the_command_line(item):
+    the_plan = plan("smoke", cli._overrides([item, "classify.num_processes=2"]))
+    task = the_plan["classify-simple-cnn"].parameters
+    trained = stage_experiment(task["experiment"], task.get("overrides"), spark_master=task.get("spark_master"),
+                               num_processes=task["num_processes"])
+    assert (trained.distributed.master, trained.distributed.num_processes) == ("spark://127.0.0.1:7077", 2)
+    bare = not item.startswith("classify.")
+    assert the_plan["etl"].parameters.get("spark_master") == ("spark://127.0.0.1:7077" if bare else None)
+    assert (the_plan["segment-unet-mobilenet"].parameters.get("spark_master") is not None) == bare

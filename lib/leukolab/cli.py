@@ -1,5 +1,5 @@
 """The ``leukolab`` command: run the pipeline, show its graph, its runs and each stage's parameters, serve the
-champion, open JupyterLab and the MLflow UI."""
+champion, open JupyterLab and the MLflow UI, start a Spark standalone cluster on this machine."""
 
 from __future__ import annotations
 
@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     ui = commands.add_parser("mlflow-ui", help="the MLflow UI on the workspace's tracking store (one worker, no job runner)")
     ui.add_argument("--port", type=int, default=5000)
 
+    cluster = commands.add_parser("cluster", help="a Spark standalone cluster on 127.0.0.1: start, stop, show it")
+    cluster.add_argument("action", choices=("up", "down", "status"),
+                         help="up: start (state and logs in <workspace>/cluster/); down: stop all it started; status: show it")
+    cluster.add_argument("--workers", type=int, default=1, help="workers to start (up; default 1)")
+    cluster.add_argument("--cores", type=int, default=2, help="cores each worker offers (up; default 2)")
+    cluster.add_argument("--memory", default="2g", help="memory each worker offers, e.g. 2g (up; default 2g)")
+
     args = parser.parse_args(argv)
     configure_logging()
     if args.command == "run":
@@ -64,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return _runs(args)
     if args.command == "params":
         return _params(args)
+    if args.command == "cluster":
+        return _cluster(args)
     if args.command == "serve":
         from leukolab.serving.launch import serve_forever
 
@@ -168,6 +177,27 @@ def _params(args) -> int:
         print(f"leukolab params: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _cluster(args) -> int:
+    from leukolab import cluster
+
+    state = cluster.read_state()
+    if args.action == "up":
+        try:
+            state = cluster.start_cluster(args.workers, args.cores, args.memory)
+        except cluster.ClusterError as error:
+            print(f"leukolab cluster: {error}", file=sys.stderr)
+            return 1
+    elif args.action == "down":
+        if state is None:
+            print("no cluster is running")
+            return 0
+        cluster.stop_cluster(state)
+        print(f"stopped {state['master_url']}")
+        return 0
+    print(cluster.status_text(state))
+    return 0 if state and cluster.alive(state) else 1
 
 
 def _runs(args) -> int:

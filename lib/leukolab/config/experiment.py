@@ -111,8 +111,9 @@ def parse_experiment(values: dict, where: str = "experiment") -> Experiment:
 
 
 SHORTCUTS = {"seed": ("seed",), "epochs": ("training", "epochs"), "num_processes": ("distributed", "num_processes"),
-             "cv_folds": ("cv_folds",), "seeds": ("seeds",)}
-"""Parameters of the experiment stages that set one experiment key (``epochs`` is ``training.epochs``)."""
+             "spark_master": ("distributed", "master"), "cv_folds": ("cv_folds",), "seeds": ("seeds",)}
+"""Parameters of the experiment stages that set one experiment key (``epochs`` is ``training.epochs``; ``spark_master``,
+named like the ETL's, is ``distributed.master``)."""
 
 
 def stage_experiment(name: str, overrides: dict | None = None, **shortcuts) -> Experiment:

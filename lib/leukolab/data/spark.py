@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from urllib.parse import urlsplit
 
 from leukolab.config import workspace
 
@@ -20,8 +21,8 @@ def spark_session(master: str = "local[*]", app_name: str = "leukolab-etl", arro
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    if master.startswith("local"):
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # stay on loopback; a cluster needs a routable address
+    if master.startswith("local") or _on_loopback(master):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # stay on loopback; a remote cluster needs a routable address
     from pyspark.sql import SparkSession
 
     scratch = workspace() / "data" / "spark"
@@ -41,3 +42,9 @@ def spark_session(master: str = "local[*]", app_name: str = "leukolab-etl", arro
     session.sparkContext.setLogLevel("WARN")
     log.info("Spark %s session on %s", session.version, master)
     return session
+
+
+def _on_loopback(master: str) -> bool:
+    """Whether ``master`` is a cluster on this machine's loopback (``leukolab cluster up``): the driver stays there too."""
+    host = urlsplit(master).hostname or ""
+    return host == "localhost" or host.startswith("127.")

@@ -26,6 +26,11 @@ from leukolab.training.loop import FitResult, fit
 
 log = logging.getLogger(__name__)
 
+_BARRIER_WAIT = {"spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "2s",
+                 "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "90"}
+"""A new application on a cluster has no executors yet: look for the barrier tasks' slots every 2 s (Spark's
+default: 15 s), for up to 3 minutes (then the job fails for lack of cores)."""
+
 
 def fit_distributed(model: torch.nn.Module, experiment: Experiment, dataset_dir: str | Path, num_processes: int,
                     checkpoint_dir: str | Path, spark=None) -> FitResult:
@@ -35,7 +40,8 @@ def fit_distributed(model: torch.nn.Module, experiment: Experiment, dataset_dir:
     from leukolab.data.spark import spark_session
 
     settings = experiment.distributed
-    spark = spark or spark_session(settings.master or f"local[{num_processes}]", app_name="leukolab-train")
+    spark = spark or spark_session(settings.master or f"local[{num_processes}]", app_name="leukolab-train",
+                                   **_BARRIER_WAIT)
     run = mlflow.active_run()
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
