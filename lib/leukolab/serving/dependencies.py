@@ -146,6 +146,7 @@ class ModelSlot:
         """Load (and warm: one forward pass on a blank image) the model, ``resolved`` or as the URI resolves now."""
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
+        started = time.perf_counter()
         try:
             model, info = load_model(self.uri, resolved)
             size = int(model.meta["image_size"])
@@ -153,7 +154,7 @@ class ModelSlot:
         except Exception:
             log.exception("could not load the model %s", self.uri if resolved is None else resolved[0])
             raise
-        log.info("loaded %s (%s)", self.uri, info.label)
+        log.info("loaded %s (%s) in %.1f s", self.uri, info.label, time.perf_counter() - started)
         return model, info
 
     @property
