@@ -18,14 +18,13 @@ import time
 import httpx
 import pytest
 
+NAME = "leukolab-hotswap"
+POLL_SECONDS = 1.0
 
 
 def on_the_server(test):
     """Marks a test that starts the real server."""
     return pytest.mark.integration(pytest.mark.timeout(240)(test))
-
-NAME = "leukolab-hotswap"
-POLL_SECONDS = 1.0
 
 
 @pytest.fixture(scope="module")
