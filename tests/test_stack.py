@@ -144,6 +144,7 @@ def test_compose_wiring(tools, tmp_path):
     assert services["voila"]["environment"]["LEUKOLAB_API_URL"] == "http://api:8000"
     assert services["api"]["command"][-2:] == ["--port", "8000"]
     assert any(port["target"] == 8000 for port in services["api"]["ports"])
+    assert float(services["api"]["environment"]["LEUKOLAB_MODEL_POLL_SECONDS"]) > 0  # follows the champion, no restarts
 
     # MLflow keeps its SQLite store and its artifacts on two named volumes.
     mounts = {volume["target"]: volume for volume in services["mlflow"]["volumes"]}

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from leukolab.serving.launch import serve_forever
 
-        serve_forever(model_uri=args.model_uri, host=args.host, port=args.port)
+        serve_forever(model_uri=args.model_uri, host=args.host, port=args.port,
+                      model_poll_seconds=args.model_poll_seconds)
         return 0
     from leukolab import workbench
 
@@ -104,6 +105,7 @@ def _overrides(items: list[str]) -> dict:
 
 
 def _run(args) -> int:
+    from leukolab.pipeline.interrupts import Terminated
     from leukolab.pipeline.runner import StageFailed, run_pipeline
 
     if args.resume and (args.param or args.pipeline or args.run_id):
@@ -120,9 +122,11 @@ def _run(args) -> int:
     except StageFailed as failure:
         print(f"\nPIPELINE FAILED: {failure}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\npipeline interrupted: running stages were stopped; `leukolab run --resume <run-id>` continues", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        print(f"\npipeline {'stopped by SIGTERM' if terminated else 'interrupted'}: running stages were stopped; "
+              "`leukolab run --resume <run-id>` continues", file=sys.stderr)
+        return 143 if terminated else 130
     tasks = lineage["tasks"].values()
     counts = ", ".join(f"{sum(t['status'] == s for t in tasks)} {s}" for s in ("done", "cached"))
     print(f"\npipeline run {lineage['run_id']} finished ({counts}): {lineage['run_dir']}")

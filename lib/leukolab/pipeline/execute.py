@@ -4,12 +4,16 @@ The child (``python -m leukolab.pipeline.execute REQUEST RESULT``) runs papermil
 and writes what happened to RESULT: done, or the failing cell, its source line
 and the exception, or a dead kernel. The parent waits up to the stage's timeout,
 then kills the child and everything it started (the kernel, Spark, a server).
+The child follows its parent (:mod:`leukolab.lifeline`): when the runner dies, or
+SIGTERM reaches the child itself, it kills its kernel and what that started, and exits.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -17,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from leukolab.lifeline import child_environment, follow_parent
 
 KERNEL_NAME = "leukolab"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -50,7 +56,7 @@ class Executor:
                                        "kernel": kernel}, default=str))
         with open(output.with_suffix(".log"), "w") as log:
             process = subprocess.Popen([sys.executable, "-m", "leukolab.pipeline.execute", str(request), str(result)],
-                                       env=env, stdout=log, stderr=subprocess.STDOUT, cwd=notebook.parent)
+                                       env=child_environment(env), stdout=log, stderr=subprocess.STDOUT, cwd=notebook.parent)
             with self._lock:
                 self._running.add(process)
             try:
@@ -77,9 +83,15 @@ class Executor:
 
 def kill_tree(process: subprocess.Popen) -> None:
     """Kill a process and all its descendants (the kernel runs in its own session, so a process group is not enough)."""
+    _kill_family(process.pid)
+    process.wait()
+
+
+def _kill_family(pid: int, include_self: bool = True) -> None:
+    """SIGKILL to process ``pid`` (unless not ``include_self``) and all its descendants; wait up to 10 s for them."""
     try:
-        family = [psutil.Process(process.pid)]
-        family += family[0].children(recursive=True)
+        head = psutil.Process(pid)
+        family = ([head] if include_self else []) + head.children(recursive=True)
     except psutil.NoSuchProcess:
         family = []
     for member in family:
@@ -88,7 +100,12 @@ def kill_tree(process: subprocess.Popen) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(family, timeout=10)
-    process.wait()
+
+
+def _stop_notebook(*_) -> None:
+    """Kill the kernel and everything it started, then exit (the runner is gone, or SIGTERM came)."""
+    _kill_family(os.getpid(), include_self=False)
+    os._exit(1)
 
 
 def kernel_name() -> str:
@@ -111,6 +128,8 @@ def describe_cell_error(error) -> str:
 
 
 def _execute(request_file: str, result_file: str) -> int:
+    follow_parent(_stop_notebook)
+    signal.signal(signal.SIGTERM, _stop_notebook)
     import papermill
     from nbclient.exceptions import DeadKernelError
 

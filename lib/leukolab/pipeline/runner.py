@@ -29,6 +29,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from leukolab import __version__
 from leukolab.pipeline.execute import Executor
 from leukolab.pipeline.graph import Plan, Selection, Task, plan, select
+from leukolab.pipeline.interrupts import describe, sigterm_as_interrupt
 from leukolab.pipeline.keys import library_digest, task_key
 from leukolab.pipeline.lineage import FINISHED, all_runs, find_cached, now, read_lineage, runs_dir, seconds_between, write_lineage
 from leukolab.pipeline.parameters import RUNNER_PARAMETERS, notebook_parameters
@@ -49,7 +50,8 @@ def run_pipeline(profile: str = "default", overrides: dict | None = None, run_id
                  progress: bool = True) -> dict:
     """Run ``profile``'s tasks (or continue run ``resume``); return the run's lineage (``runs/<run-id>/lineage.json``).
 
-    Raises ``StageFailed`` when a task did not finish and ``KeyboardInterrupt`` after killing running notebooks.
+    Raises ``StageFailed`` when a task did not finish and ``KeyboardInterrupt`` after killing running notebooks (on
+    Ctrl-C, and on SIGTERM as :class:`~leukolab.pipeline.interrupts.Terminated`).
     """
     previous = read_lineage(resume) if resume else None
     if previous:
@@ -78,7 +80,7 @@ class PipelineRun:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.executor = Executor()
         self.lock = threading.Lock()
-        self.interrupted = False
+        self.interrupted: str | None = None  # what stopped the run: SIGTERM or Ctrl-C
         self.earlier_runs = all_runs()
         self._logged: dict[str, bool] = {}
         configure()
@@ -112,23 +114,24 @@ class PipelineRun:
                 self._show(name, "done before resume" if previous else tasks[name]["status"])
 
     def execute(self) -> dict:
-        status = "failed"
-        try:
-            self._schedule()
-            tasks = [self.lineage["tasks"][n] for n in self.selection.names]
-            if any(t["status"] not in FINISHED for t in tasks):
-                raise StageFailed("\n".join(t["error"] for t in tasks if t.get("error")))
-            status = "finished"
-        except KeyboardInterrupt:
-            status = "killed"
-            raise
-        finally:
-            if self.progress:
-                self.progress.close()
-            self.lineage.update({"status": status, "finished": now()})
-            self._write()
-            self._close_parent_run(status)
-        return self.lineage
+        with sigterm_as_interrupt():
+            status = "failed"
+            try:
+                self._schedule()
+                tasks = [self.lineage["tasks"][n] for n in self.selection.names]
+                if any(t["status"] not in FINISHED for t in tasks):
+                    raise StageFailed("\n".join(t["error"] for t in tasks if t.get("error")))
+                status = "finished"
+            except KeyboardInterrupt:
+                status = "killed"
+                raise
+            finally:
+                if self.progress:
+                    self.progress.close()
+                self.lineage.update({"status": status, "finished": now()})
+                self._write()
+                self._close_parent_run(status)
+            return self.lineage
 
     def _schedule(self) -> None:
         """Start every task whose upstream tasks finished (up to ``jobs`` at once) until none is left or one failed."""
@@ -155,8 +158,8 @@ class PipelineRun:
                     for future in finished:
                         del running[future]
                         future.result()
-            except KeyboardInterrupt:
-                self.interrupted = True
+            except KeyboardInterrupt as stop:
+                self.interrupted = describe(stop)
                 self.executor.kill_all()
                 raise
 
@@ -200,7 +203,7 @@ class PipelineRun:
         (self.run_dir / f"{task.name}.json").unlink(missing_ok=True)
         outcome = self.executor.run(task.notebook, notebook, self._parameters(task), self._environment(task), task.timeout)
         if self.interrupted:
-            outcome.status, outcome.error = "killed", "was interrupted (Ctrl-C)"
+            outcome.status, outcome.error = "killed", f"was interrupted ({self.interrupted})"
         record["finished"] = now()
         if outcome.status == "done":
             output = self._output(task.name) or {}

@@ -1,4 +1,11 @@
-"""Run the API: in the foreground for the command line, or as a background process for notebooks and tests."""
+"""Run the API: in the foreground for the command line, or as a background process for notebooks and tests.
+
+A background server ends with the process that started it, however that one ends (SIGKILL included): the server
+follows its launcher with :func:`leukolab.lifeline.follow_parent` (a watchdog thread on its parent pid, and
+``PR_SET_PDEATHSIG`` when launched from the main thread; that module says why both) and shuts down as on
+SIGTERM, exiting at the latest 10 s later. So a notebook's server dies with its kernel, and the kernel with the
+pipeline run that executes it.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from leukolab.lifeline import child_environment, follow_parent, terminate_self
 from leukolab.logs import configure_logging
 from leukolab.serving.options import DEFAULT_HOST, DEFAULT_PORT
 
@@ -50,10 +58,12 @@ class ServerHandle:
 
 
 def start_server(model_uri: str | None = None, port: int = 0, host: str = DEFAULT_HOST,
-                 log_path: str | os.PathLike | None = None, timeout: float = 120.0) -> ServerHandle:
+                 log_path: str | os.PathLike | None = None, timeout: float = 120.0,
+                 model_poll_seconds: float | None = None) -> ServerHandle:
     """Start ``python -m leukolab.serving`` in the background and return once ``/ready`` answers 200.
 
-    ``port=0`` picks a free port. The server's output goes to ``log_path`` (a
+    ``port=0`` picks a free port; ``model_poll_seconds`` (default: ``$LEUKOLAB_MODEL_POLL_SECONDS`` or 30) is how
+    often the server follows an alias to its new version. The server's output goes to ``log_path`` (a
     temporary file by default). Raises ``RuntimeError`` with the log's tail when
     the server exits or its model fails to load, ``TimeoutError`` after ``timeout`` seconds.
     """
@@ -65,7 +75,9 @@ def start_server(model_uri: str | None = None, port: int = 0, host: str = DEFAUL
     command = [sys.executable, "-m", "leukolab.serving", "--host", host, "--port", str(port)]
     if model_uri:
         command += ["--model-uri", model_uri]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if model_poll_seconds is not None:
+        command += ["--model-poll-seconds", str(model_poll_seconds)]
+    env = child_environment({**os.environ, "PYTHONUNBUFFERED": "1"})
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = ServerHandle(process, _url(host, port), log_path)
@@ -74,20 +86,25 @@ def start_server(model_uri: str | None = None, port: int = 0, host: str = DEFAUL
     return server
 
 
-def serve_forever(model_uri: str | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
-    """Serve the API in the foreground until interrupted (``leukolab serve``).
+def serve_forever(model_uri: str | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                  model_poll_seconds: float | None = None) -> None:
+    """Serve the API in the foreground until interrupted (``leukolab serve``), or until the process that launched it
+    with :func:`start_server` is gone.
 
     Unless ``LEUKOLAB_TORCH_THREADS`` says otherwise, each inference worker gets an equal share of the cores for
     its forward passes: on a small machine, two one-thread passes side by side beat one two-thread pass, whose
     threads spin while the event loop and the decoders hold the cores.
     """
+    configure_logging()
+    follow_parent(terminate_self)
     import uvicorn
 
     from leukolab.serving.app import create_app
     from leukolab.serving.settings import ServingSettings
 
-    configure_logging()
     settings = ServingSettings.from_env()
+    if model_poll_seconds is not None:
+        settings = replace(settings, model_poll_seconds=model_poll_seconds)
     if not settings.torch_threads:
         settings = replace(settings, torch_threads=max(1, (os.cpu_count() or 1) // settings.inference_workers))
     uvicorn.run(create_app(model_uri, settings), host=host, port=port)

@@ -23,6 +23,7 @@ from leukolab.publishing.referral import REFER
 INFERENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONFIDENCE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+SWAP_OUTCOMES = ("swapped", "failed")
 
 
 class ServingMetrics:
@@ -58,8 +59,13 @@ class ServingMetrics:
                                     buckets=BATCH_SIZE_BUCKETS, registry=self.registry)
         self.confidence = Histogram("leukolab_prediction_confidence", "Probability of the predicted class",
                                     buckets=CONFIDENCE_BUCKETS, registry=self.registry)
-        self.model_info = Gauge("leukolab_model_info", "The served model (always 1)",
+        self.model_info = Gauge("leukolab_model_info", "The model that answers (always 1; one series, replaced on a swap)",
                                 ["name", "version", "run_id"], registry=self.registry)
+        self.model_swaps = Counter("leukolab_model_swaps", "Attempts to follow the served alias to a new version, by "
+                                   "outcome: swapped (it answers now) or failed (it could not load; the old one answers)",
+                                   ["outcome"], registry=self.registry)
+        for outcome in SWAP_OUTCOMES:
+            self.model_swaps.labels(outcome=outcome)
         self.low_confidence_alert = Gauge(
             "leukolab_low_confidence_alert",
             f"1 while the last {low_confidence_run} predictions all had confidence under {low_confidence_threshold}",
@@ -75,12 +81,18 @@ class ServingMetrics:
 
     def set_model(self, name: str | None, version: str | None, run_id: str | None, class_names: list[str],
                   training_colour: list[float] | None = None) -> None:
-        """Publish the served model, start every class's prediction counter at 0, note the training mean colour."""
+        """Publish the model that answers (in place of the one before), start every class's prediction counter at 0,
+        note the training mean colour."""
+        self.model_info.clear()
         self.model_info.labels(name=name or "", version=version or "", run_id=run_id or "").set(1)
         for class_name in class_names:
             self.predictions.labels(predicted_class=class_name)
         if training_colour is not None:
             self._training_colour = np.asarray(training_colour, dtype=np.float64)
+
+    def observe_swap(self, outcome: str) -> None:
+        """Count a swap to a new version of the served alias: ``swapped`` or ``failed``."""
+        self.model_swaps.labels(outcome=outcome).inc()
 
     def observe_prediction(self, predicted_class: str | None, confidence: float | None, seconds: float) -> None:
         """Record one answered prediction (``None`` class and confidence for segmentation-only models)."""

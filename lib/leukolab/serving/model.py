@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from leukolab.publishing.model import SmearModel, load_smear_model
 from leukolab.publishing.referral import threshold_from_tags
-from leukolab.tracking import configure
+from leukolab.tracking import configure, tracking_uri
 
 DEFAULT_MODEL_URI = "models:/leukolab@champion"
 
@@ -35,11 +35,16 @@ class ModelInfo:
         return self.run_id or self.uri
 
 
+def is_alias(uri: str) -> bool:
+    """Whether ``uri`` names a registry alias (``models:/NAME@ALIAS``), which may move to another version."""
+    return re.fullmatch(r"models:/[^/@]+@.+", uri) is not None
+
+
 def resolve_model(uri: str) -> tuple[str, ModelInfo]:
     """The URI to load (an alias pinned to its current version) and the :class:`ModelInfo` behind ``uri``."""
     if match := re.fullmatch(r"runs:/([^/]+)/.+", uri):
         return uri, ModelInfo(uri, run_id=match[1])
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri(), tracking_uri())  # the project's store, as configure() sets it
     if match := re.fullmatch(r"models:/([^/@]+)@(.+)", uri):
         version = client.get_model_version_by_alias(match[1], match[2])
     elif match := re.fullmatch(r"models:/([^/@]+)/(\d+)", uri):
@@ -57,8 +62,9 @@ def resolve_model(uri: str) -> tuple[str, ModelInfo]:
     return f"models:/{version.name}/{version.version}", info
 
 
-def load_model(uri: str) -> tuple[SmearModel, ModelInfo]:
-    """Load the model behind ``uri`` from the project's tracking store, with its :class:`ModelInfo`."""
+def load_model(uri: str, resolved: tuple[str, ModelInfo] | None = None) -> tuple[SmearModel, ModelInfo]:
+    """Load the model behind ``uri`` from the project's tracking store, with its :class:`ModelInfo` (``resolved``:
+    what :func:`resolve_model` gave for it, when already asked)."""
     configure()
-    pinned_uri, info = resolve_model(uri)
+    pinned_uri, info = resolved or resolve_model(uri)
     return load_smear_model(pinned_uri), info

@@ -8,7 +8,10 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--host``, ``--port`` and ``--model-uri``; the URI's default is left to ``ServingSettings.from_env``."""
+    """``--host``, ``--port``, ``--model-uri`` and ``--model-poll-seconds``; the defaults of the last two are left to
+    ``ServingSettings.from_env``."""
     parser.add_argument("--host", default=DEFAULT_HOST, help="interface to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on (default: %(default)s)")
     parser.add_argument("--model-uri", help="MLflow model URI (default: $LEUKOLAB_MODEL_URI or models:/leukolab@champion)")
+    parser.add_argument("--model-poll-seconds", type=float, help="follow an alias URI to its new version every this "
+                        "many seconds, 0: never (default: $LEUKOLAB_MODEL_POLL_SECONDS or 30)")

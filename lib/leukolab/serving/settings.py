@@ -14,6 +14,9 @@ class ServingSettings:
     """Serving limits; :meth:`from_env` reads each from ``LEUKOLAB_<NAME>`` (e.g. ``LEUKOLAB_MAX_PIXELS``)."""
 
     model_uri: str = DEFAULT_MODEL_URI
+    model_poll_seconds: float = 30.0
+    """How often an alias URI (``models:/leukolab@champion``) is resolved again to follow it to a new version (hot
+    swap, :class:`~leukolab.serving.dependencies.ModelSlot`); 0: never, the version found at start-up serves."""
     max_upload_bytes: int = 10 * 1024 * 1024
     """Largest file accepted (each file of a batch), refused before decoding."""
     max_pixels: int = DEFAULT_MAX_PIXELS
