@@ -338,17 +338,19 @@ def api_image_distributions() -> set[str]:
 
 
 HIDDEN_IMPORTS_PROBE = r"""
-import importlib.abc, json, sys
+import importlib.machinery, json, sys
 
 hidden = set(json.loads(sys.argv[1]))
 
-class NotInTheImage(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
+# The path finder of an image without the hidden distributions: they are simply not found, as there.
+class OnlyTheImage(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
         if name.partition(".")[0] in hidden:
-            raise ModuleNotFoundError(f"No module named {name!r} (not in the API image)", name=name)
-        return None
+            return None
+        return super().find_spec(name, path, target)
 
-sys.meta_path.insert(0, NotInTheImage())
+sys.meta_path[sys.meta_path.index(importlib.machinery.PathFinder)] = OnlyTheImage
 
 from fastapi.testclient import TestClient
 from leukolab.serving.app import create_app
