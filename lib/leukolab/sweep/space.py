@@ -131,7 +131,7 @@ def _leaf(key: str, where: str):
     for depth, part in enumerate(parts):
         choices = field_names(Experiment, tuple(parts[:depth]))
         if part not in choices:
-            raise ConfigError(unknown_key(where, key, choices) + (" (a key of params/experiments/*.yaml, such as "
+            raise ConfigError(unknown_key(where, ".".join(parts[:depth + 1]), choices) + (" (a key of params/experiments/*.yaml, such as "
                                                                    "training.lr)" if depth == 0 else ""))
     annotation = _field(parts).annotation
     if nested_model(annotation) is not None:

@@ -55,9 +55,12 @@ def open_study(name: str, settings: dict, seed: int) -> optuna.Study:
     """The study ``name``, created with ``settings`` or resumed when they are the same (a changed space, profile
     or experiment needs a new study); TPE seeded with ``seed``, median pruning, higher is better."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sweeps_dir().mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=name, storage=open_storage(storage_url(name)), direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS),
                                 pruner=make_pruner(), load_if_exists=True)
+    # Seeded afresh past the trials already asked, so a resumed study does not replay its first random draws.
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.get_trials(deepcopy=False)),
+                                               n_startup_trials=TPE_STARTUP_TRIALS)
     settings = json.loads(json.dumps(settings))
     stored = study.user_attrs.get(SETTINGS)
     if stored is None:
@@ -86,8 +89,9 @@ def finished_count(study: optuna.Study) -> int:
 
 def summary_table(study: optuna.Study, metric: str) -> pd.DataFrame:
     """One row per trial asked: number, state, val metric, seconds, the searched values, its MLflow run."""
-    rows = []
-    for trial in study.get_trials(deepcopy=False):
+    rows, trials = [], study.get_trials(deepcopy=False)
+    retries = {t.user_attrs["retry_of"]: t.number for t in trials if "retry_of" in t.user_attrs}
+    for trial in trials:
         if trial.state == TrialState.WAITING:
             continue
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() \
@@ -96,7 +100,7 @@ def summary_table(study: optuna.Study, metric: str) -> pd.DataFrame:
                      f"val {metric}": trial.value if trial.state == TrialState.COMPLETE else None,
                      "seconds": round(seconds, 1) if seconds is not None else None,
                      **{key: _short(value) for key, value in trial.params.items()},
-                     "note": _note(trial), "mlflow run": trial.user_attrs.get("mlflow_run_id", "")})
+                     "note": _note(trial, retries), "mlflow run": trial.user_attrs.get("mlflow_run_id", "")})
     return pd.DataFrame(rows)
 
 
@@ -107,12 +111,12 @@ def write_best(study: optuna.Study, experiment: str, out: Path, metric: str, pro
     merged = deep_merge(load_named("experiments", experiment), as_overrides(best.params))
     parse_experiment(merged | {"name": out.stem}, str(out))
     values = ", ".join(f"{key}={value!r}" for key, value in best.params.items())
-    header = (f"# Best trial ({best.number}) of sweep study `{study.study_name}` (profile {profile}, "
+    header = (f"# Best trial {best.number} of sweep study `{study.study_name}` (profile {profile}, "
               f"{finished_count(study)} finished trials): val {metric} {best.value:.4f}.\n"
               f"# params/experiments/{experiment}.yaml with {values}\n"
               f"# Written by `leukolab sweep` on {dt.date.today().isoformat()}; a profile lists it as `{out.stem}`.\n")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(header + yaml.safe_dump(merged, sort_keys=False))
+    out.write_text(header + yaml.safe_dump(merged, sort_keys=False, width=1000))
     return out, best
 
 
@@ -120,8 +124,8 @@ def _short(value):
     return float(f"{value:.4g}") if isinstance(value, float) else value
 
 
-def _note(trial: optuna.trial.FrozenTrial) -> str:
-    notes = []
+def _note(trial: optuna.trial.FrozenTrial, retries: dict[int, int]) -> str:
+    notes = [f"interrupted; asked again as trial {retries[trial.number]}"] if trial.number in retries else []
     if "retry_of" in trial.user_attrs:
         notes.append(f"retry of {trial.user_attrs['retry_of']}")
     if trial.state == TrialState.PRUNED:
