@@ -159,14 +159,16 @@ class Sweep:
         notebook = folder / task.notebook.name
         log.info("trial %d: %s", trial.number, trial.params)
         outcome = self.executor.run(task.notebook, notebook, self._parameters(trial, folder), env, task.timeout)
-        if self.interrupted:
-            return
-        self.ran.append(trial.number)
         output = folder / f"{task.name}.json"
         result = json.loads(output.read_text()) if outcome.status == "done" and output.is_file() else {}
         runs = self.client.search_runs([self._experiment_id()], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' "
                                                                f"and tags.`leukolab.task` = '{name}'")
         run_id = result.get("mlflow_run_id") or (runs[0].info.run_id if runs else None)
+        if self.interrupted:  # left running, for the next sweep of the study to ask again
+            if run_id:
+                self.client.set_terminated(run_id, "KILLED")
+            return
+        self.ran.append(trial.number)
         value = result.get("val_metrics", {}).get(self.plan.metric)
         pruned = PRUNED_AT in self._frozen(trial.number).user_attrs
         state = TrialState.COMPLETE if value is not None else TrialState.PRUNED if pruned else TrialState.FAIL
