@@ -1,5 +1,6 @@
-"""The ``leukolab`` command: run the pipeline, show its graph, its runs and each stage's parameters, serve the
-champion, open JupyterLab and the MLflow UI, start a Spark standalone cluster on this machine."""
+"""The ``leukolab`` command: run the pipeline, show its graph, its runs and each stage's parameters, sweep an
+experiment's hyperparameters, serve the champion, open JupyterLab and the MLflow UI, start a Spark standalone
+cluster on this machine."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from leukolab.config import available, parse_value
 from leukolab.logs import configure_logging
 from leukolab.serving.options import add_serve_arguments
+from leukolab.sweep.command import add_sweep_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     params.add_argument("stage", help="a stage of the pipeline file (etl, segment, classify, evaluate, publish, serve)")
     params.add_argument("--pipeline", help="a stage graph YAML (default: params/pipeline.yaml)")
 
+    sweep = commands.add_parser("sweep", help="search an experiment's hyperparameters with Optuna, one stage notebook run per trial")
+    _plan_arguments(sweep)
+    add_sweep_arguments(sweep)
+
     add_serve_arguments(commands.add_parser("serve", help="serve a registered model over HTTP (foreground)"))
 
     lab = commands.add_parser("lab", help="JupyterLab on the notebooks (kernel Python (leukolab); token: $JUPYTER_TOKEN)")
@@ -73,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         return _params(args)
     if args.command == "cluster":
         return _cluster(args)
+    if args.command == "sweep":
+        from leukolab.sweep.command import sweep_command
+
+        return sweep_command(args, _overrides(args.param))
     if args.command == "serve":
         from leukolab.serving.launch import serve_forever
 

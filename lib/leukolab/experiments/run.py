@@ -6,6 +6,7 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 import numpy as np
@@ -46,9 +47,13 @@ class ExperimentResult:
     resampling: dict | None = None  # folds/seeds summary (leukolab.experiments.resampling); None when the experiment sets neither
 
 
-def run_experiment(experiment: Experiment, dataset_dir: str | Path) -> ExperimentResult:
+def run_experiment(experiment: Experiment, dataset_dir: str | Path,
+                   on_epoch: Callable[[int, dict], None] | None = None) -> ExperimentResult:
     """Train ``experiment`` on the dataset inside the active MLflow run and log params, metrics, plots and model;
-    then its ``cv_folds``/``seeds`` as child runs (:func:`leukolab.resampling.run_resampling`), when it sets them."""
+    then its ``cv_folds``/``seeds`` as child runs (:func:`leukolab.resampling.run_resampling`), when it sets them.
+
+    ``on_epoch(epoch, metrics)`` is called after each epoch's metrics are logged (a sweep trial reports them to its
+    study); an exception it raises stops the training and the experiment."""
     manifest = load_manifest(dataset_dir)
     class_names = manifest["classes"]
     splits = load_datasets(dataset_dir, ("train", "val", "test"), experiment.task)
@@ -65,10 +70,13 @@ def run_experiment(experiment: Experiment, dataset_dir: str | Path) -> Experimen
     checkpoints = workspace() / "data" / "checkpoints" / mlflow.active_run().info.run_id
     processes = experiment.distributed.num_processes
     if processes > 1:
+        if on_epoch:
+            raise ValueError("per-epoch reports (a sweep trial) need training in one process: set "
+                             "distributed.num_processes to 1")
         result = fit_distributed(model, experiment, dataset_dir, processes, checkpoints)
     else:
         result = fit(model, splits["train"], splits["val"], experiment, mean, std, class_names, checkpoints,
-                     on_epoch_end=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
+                     on_epoch_end=lambda epoch, metrics: _log_epoch(epoch, metrics, on_epoch))
     model.eval()
 
     temperature = 1.0
@@ -92,6 +100,12 @@ def run_experiment(experiment: Experiment, dataset_dir: str | Path) -> Experimen
     resampling = run_resampling(experiment, dataset_dir)
     return ExperimentResult(experiment, model, result, val_metrics, test_metrics, class_names, manifest,
                             splits["test"], info.model_uri, figures, resampling)
+
+
+def _log_epoch(epoch: int, metrics: dict, on_epoch: Callable[[int, dict], None] | None) -> None:
+    mlflow.log_metrics(metrics, step=epoch)
+    if on_epoch:
+        on_epoch(epoch, metrics)
 
 
 def result_figures(model, fit_result: FitResult, test: SmearDataset, mean, std, class_names: list[str],
