@@ -1,5 +1,6 @@
 """Refusals as exceptions: :class:`ApiError` (and :class:`~leukolab.images.ImageRejected`, Starlette's
-``HTTPException``, a bug) answered as a JSON :class:`~leukolab.serving.schemas.ErrorBody` by the app's handlers."""
+``HTTPException``, a bug) answered as a JSON :class:`~leukolab.serving.schemas.ErrorBody` by the app's handlers, and
+under ``/v2`` as the Open Inference Protocol's :class:`~leukolab.serving.protocol.V2Error`."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from starlette.exceptions import HTTPException
 
 from leukolab.images import ImageRejected
 from leukolab.serving.metrics import ServingMetrics
+from leukolab.serving.protocol import PREFIX, V2Error
 from leukolab.serving.schemas import ErrorBody
 
-PREDICTION_ROUTES = ("/predict", "/predict/batch")
+PREDICTION_ROUTES = ("/predict", "/predict/batch", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
 """Routes whose refusals count in ``leukolab_prediction_errors_total``."""
 IMAGE_REJECTION_STATUS = {"not_an_image": 415, "too_many_pixels": 413}
 """HTTP status per :class:`ImageRejected` reason; the other reasons are 400."""
@@ -48,7 +50,11 @@ def install_error_handlers(app: FastAPI, metrics: ServingMetrics) -> None:
     def respond(request: Request, error: ApiError) -> JSONResponse:
         if getattr(request.scope.get("route"), "path", None) in PREDICTION_ROUTES:
             metrics.observe_error(error.reason)
-        return JSONResponse(ErrorBody(detail=error.detail, reason=error.reason).model_dump(), status_code=error.status)
+        if request.url.path == PREFIX or request.url.path.startswith(f"{PREFIX}/"):
+            body = V2Error(error=error.detail, reason=error.reason)
+        else:
+            body = ErrorBody(detail=error.detail, reason=error.reason)
+        return JSONResponse(body.model_dump(), status_code=error.status)
 
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
         return respond(request, error)
