@@ -66,9 +66,10 @@ class ModelMetadata(BaseModel):
 
 class RequestInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(description='"image"')
-    shape: list[int] = Field(description="[n]: the number of images")
-    datatype: str = Field(description='"BYTES"')
+    name: str = Field(description='"image"', json_schema_extra={"enum": [IMAGE_INPUT]})
+    shape: list[int] = Field(description="[n]: the number of images", json_schema_extra={
+        "minItems": 1, "maxItems": 1, "items": {"type": "integer", "minimum": 1}})
+    datatype: str = Field(description='"BYTES"', json_schema_extra={"enum": ["BYTES"]})
     parameters: Parameters | None = Field(default=None, description="binary_data_size: bytes of this tensor after "
                                                                     "the JSON (binary tensor extension)")
     data: list[str] | None = Field(default=None, description="n encoded image files (JPEG, PNG, TIFF, BMP, GIF, "
@@ -77,7 +78,8 @@ class RequestInput(BaseModel):
 
 class RequestOutput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="probabilities, predicted_class, confidence or decision")
+    name: str = Field(description="probabilities, predicted_class, confidence or decision",
+                      json_schema_extra={"enum": list(OUTPUTS)})
     parameters: Parameters | None = Field(default=None, description="binary_data: true for raw bytes after the JSON")
 
 
@@ -86,7 +88,8 @@ class InferenceRequest(BaseModel):
     id: str | None = Field(default=None, description="Echoed in the response")
     parameters: Parameters | None = Field(default=None, description="binary_data_output: true for every output "
                                                                     "as raw bytes after the JSON")
-    inputs: list[RequestInput] = Field(description="Exactly one input: image")
+    inputs: list[RequestInput] = Field(description="Exactly one input: image",
+                                       json_schema_extra={"minItems": 1, "maxItems": 1})
     outputs: list[RequestOutput] | None = Field(default=None, description="The outputs wanted (default: all four)")
 
 

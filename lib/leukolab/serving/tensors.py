@@ -16,7 +16,7 @@ import numpy as np
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from leukolab.serving.errors import ApiError
+from leukolab.serving.errors import ApiError, describe
 from leukolab.serving.protocol import BINARY_HEADER, IMAGE_INPUT, OUTPUTS, InferenceRequest, InferenceResponse, ResponseOutput
 
 
@@ -43,9 +43,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
     try:
         return InferenceRequest.model_validate_json(head), raw
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, problem['loc'])) or 'body'}: {problem['msg']}"
-                             for problem in error.errors()[:3])
-        raise ApiError(400, f"not an inference request: {problems}", "malformed_request") from None
+        raise ApiError(400, f"not an inference request: {describe(error.errors())}", "malformed_request") from None
 
 
 def image_files(request: InferenceRequest, raw: bytes, max_images: int, max_bytes: int) -> list[bytes]:

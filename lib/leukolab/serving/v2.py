@@ -10,9 +10,7 @@ the route's template) and each answer carries the accept/refer decision of the v
 FastAPI reads the routes' annotations at run time.
 """
 
-from typing import Annotated
-
-from fastapi import APIRouter, FastAPI, Header, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
 import leukolab
@@ -33,6 +31,7 @@ REFUSALS = {
     404: "No model of that name, or no such version",
     413: "An image over max_upload_bytes or max_pixels, or more images than max_batch_files",
     415: "An element that is not an image",
+    422: "A parameter of the wrong type",
     503: "The model is loading or failed to load",
 }
 MODEL = "/v2/models/{name}"
@@ -40,13 +39,11 @@ VERSION = "/v2/models/{name}/versions/{version}"
 INFER_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description": (
-        f"Binary tensor extension: the InferenceRequest JSON ({BINARY_HEADER} bytes), then the raw tensor: per "
-        "image its length (4 bytes, little-endian) and its file")}}}}}
+        f"Binary tensor extension: the InferenceRequest JSON, as many bytes as the header {BINARY_HEADER} says, "
+        "then the raw tensor: per image its length (4 bytes, little-endian) and its file")}}}}}
 BINARY_ANSWER = {"description": f"All JSON, or with binary outputs the InferenceResponse JSON ({BINARY_HEADER} "
                                 "bytes) followed by the raw tensors",
                  "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
-HeaderLength = Annotated[str | None, Header(alias=BINARY_HEADER, description=(
-    "Binary tensor extension: the length of the JSON that starts the body"))]
 
 
 def refusals(*statuses: int) -> dict:
@@ -84,39 +81,39 @@ async def server_metadata() -> ServerMetadata:
     return ServerMetadata(name=SERVER_NAME, version=leukolab.__version__, extensions=EXTENSIONS)
 
 
-@router.get(MODEL, response_model=ModelMetadata, responses=refusals(404, 503), summary="v2 model metadata")
+@router.get(MODEL, response_model=ModelMetadata, responses=refusals(404, 422, 503), summary="v2 model metadata")
 async def model_metadata(name: str, served: LoadedNow) -> ModelMetadata:
     return metadata(named(served, name))
 
 
-@router.get(VERSION, response_model=ModelMetadata, responses=refusals(404, 503), summary="v2 model version metadata")
+@router.get(VERSION, response_model=ModelMetadata, responses=refusals(404, 422, 503), summary="v2 model version metadata")
 async def version_metadata(name: str, version: str, served: LoadedNow) -> ModelMetadata:
     return metadata(named(served, name, version))
 
 
-@router.get(f"{MODEL}/ready", response_model=ModelReadiness, responses=refusals(404, 503), summary="v2 model readiness")
+@router.get(f"{MODEL}/ready", response_model=ModelReadiness, responses=refusals(404, 422, 503), summary="v2 model readiness")
 async def model_ready(name: str, served: LoadedNow) -> ModelReadiness:
     return ModelReadiness(name=model_name(named(served, name)), ready=True)
 
 
-@router.get(f"{VERSION}/ready", response_model=ModelReadiness, responses=refusals(404, 503),
+@router.get(f"{VERSION}/ready", response_model=ModelReadiness, responses=refusals(404, 422, 503),
             summary="v2 model version readiness")
 async def version_ready(name: str, version: str, served: LoadedNow) -> ModelReadiness:
     return ModelReadiness(name=model_name(named(served, name, version)), ready=True)
 
 
 @router.post(f"{MODEL}/infer", response_model=InferenceResponse, summary="v2 inference: classify smear images",
-             openapi_extra=INFER_BODY, responses={200: BINARY_ANSWER, **refusals(400, 404, 413, 415, 503)})
+             openapi_extra=INFER_BODY, responses={200: BINARY_ANSWER, **refusals(400, 404, 413, 415, 422, 503)})
 async def infer(name: str, request: Request, started: Started, served: ReadyModel, settings: Settings,
-                metrics: Metrics, header_length: HeaderLength = None) -> Response:
-    return await answer(request, header_length, named(served, name), started, settings, metrics)
+                metrics: Metrics) -> Response:
+    return await answer(request, named(served, name), started, settings, metrics)
 
 
 @router.post(f"{VERSION}/infer", response_model=InferenceResponse, summary="v2 inference on a version",
-             openapi_extra=INFER_BODY, responses={200: BINARY_ANSWER, **refusals(400, 404, 413, 415, 503)})
+             openapi_extra=INFER_BODY, responses={200: BINARY_ANSWER, **refusals(400, 404, 413, 415, 422, 503)})
 async def infer_version(name: str, version: str, request: Request, started: Started, served: ReadyModel,
-                        settings: Settings, metrics: Metrics, header_length: HeaderLength = None) -> Response:
-    return await answer(request, header_length, named(served, name, version), started, settings, metrics)
+                        settings: Settings, metrics: Metrics) -> Response:
+    return await answer(request, named(served, name, version), started, settings, metrics)
 
 
 def model_name(served: LoadedModel) -> str:
@@ -142,13 +139,13 @@ def metadata(served: LoadedModel) -> ModelMetadata:
                          parameters={"class_names": model.class_names, "referral_threshold": info.referral_threshold})
 
 
-async def answer(request: Request, header_length: str | None, served: LoadedModel, started: float,
-                 settings: Settings, metrics: Metrics) -> Response:
+async def answer(request: Request, served: LoadedModel, started: float, settings: Settings,
+                 metrics: Metrics) -> Response:
     """Read the inference request, predict its images as ``/predict`` does, answer the outputs it asks for."""
     if served.model.task == "segmentation":
         raise ApiError(400, "this model only segments; v2 inference answers classes", "cannot_classify")
     body = await read_body(request, settings.max_batch_files, settings.max_upload_bytes)
-    inference, raw = parse_request(body, header_length)
+    inference, raw = parse_request(body, request.headers.get(BINARY_HEADER))
     wanted = requested_outputs(inference)
     files = image_files(inference, raw, settings.max_batch_files, settings.max_upload_bytes)
     answers = await predict_uploads(served, [(IMAGE_INPUT, data) for data in files], settings.max_pixels, metrics)
