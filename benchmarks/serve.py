@@ -22,6 +22,13 @@ image unless ``--tta``) is registered in a scratch workspace as
     python benchmarks/serve.py                      # about 4 minutes on 2 cores
     python benchmarks/serve.py --seconds 20 --markdown
     python benchmarks/serve.py --variants ax --concurrency 1,8 --markdown   # the explained path against the plain one
+    python benchmarks/serve.py --soak 300 --markdown                        # soak and the v2 route (about 7 minutes)
+
+``--soak SECONDS`` (at most an hour) runs one API server instead: ``--soak-concurrency`` (32) clients keep
+``POST /predict`` busy for that long and every error is counted (none is expected), with p50/p99 latency and the
+server process's RSS before and after; then, on the same server at concurrency 8 for ``--seconds`` each, the Open
+Inference Protocol's ``POST /v2/models/leukolab/infer`` against ``POST /predict`` (the v2 body as tritonclient sends
+it by default, binary tensors, and as JSON with base64), and their requests/s ratios.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ import numpy as np
 
 CONCURRENCY = (1, 8, 32)
 BOUNDARY = "leukolab-benchmark-boundary"
+MAX_SOAK_SECONDS = 3600
+COMPARE_CONCURRENCY = 8
 
 
 def main() -> None:
@@ -59,8 +68,13 @@ def main() -> None:
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="levels, comma-separated")
     parser.add_argument("--variants", default="abc", help="which of a, b, c, x to run")
     parser.add_argument("--markdown", action="store_true", help="also print a row for benchmarks/RESULTS.md")
+    parser.add_argument("--soak", type=float, metavar="SECONDS", help="soak mode (e.g. 300): one server, "
+                        "--soak-concurrency clients for SECONDS, then v2 against /predict at concurrency 8")
+    parser.add_argument("--soak-concurrency", type=int, default=32, help="clients of the soak (default: %(default)s)")
     args = parser.parse_args()
     levels = [int(level) for level in args.concurrency.split(",")]
+    if args.soak is not None and not 0 < args.soak <= MAX_SOAK_SECONDS:
+        parser.error(f"--soak takes 1 to {MAX_SOAK_SECONDS} seconds")
 
     from leukolab.serving.app import ServingSettings
 
@@ -75,6 +89,9 @@ def main() -> None:
             model_uri = register_scratch_model(args.image_size, args.tta, images[:2])
         print(f"{model_uri}, {len(images)} JPEGs of 224 px; {os.cpu_count()} CPUs, {platform.machine()}, "
               f"load average {os.getloadavg()[0]:.2f}; Python {platform.python_version()}")
+        if args.soak is not None:
+            soak_and_compare(model_uri, scratch, images, args)
+            return
         results: dict[str, dict[int, dict]] = {}
         if "a" in args.variants:
             results["a"] = measure_server("(a) leukolab API", start_api(model_uri, scratch), api_request, images, levels, args)
@@ -186,6 +203,19 @@ def api_request(url: str, image: bytes, explain: bool = False) -> tuple[str, byt
     return f"{url}/predict" + ("?explain=true" if explain else ""), body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 
 
+def v2_request(url: str, image: bytes, binary: bool = True) -> tuple[str, bytes, dict]:
+    """An Open Inference Protocol request for one image: binary tensors (tritonclient's default), or all JSON."""
+    tensor = {"name": "image", "datatype": "BYTES", "shape": [1]}
+    if not binary:
+        body = json.dumps({"inputs": [{**tensor, "data": [base64.b64encode(image).decode()]}]}).encode()
+        return f"{url}/v2/models/leukolab/infer", body, {"Content-Type": "application/json"}
+    raw = len(image).to_bytes(4, "little") + image
+    head = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    return (f"{url}/v2/models/leukolab/infer", head + raw,
+            {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))})
+
+
 def mlflow_request(url: str, image: bytes) -> tuple[str, bytes, dict]:
     payload = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(image).decode()]]}}
     return f"{url}/invocations", json.dumps(payload).encode(), {"Content-Type": "application/json"}
@@ -211,6 +241,8 @@ def measure_server(label: str, start, make_request, images: list[bytes], levels:
             results[level] = asyncio.run(load(requests, level, args.seconds))
             results[level]["server_cpu_ms"] = 1000 * (cpu_seconds(server) - cpu_before) / max(results[level]["requests"], 1)
             r = results[level]
+            if r["errors"]:
+                raise RuntimeError(f"{label} at concurrency {level}: {r['errors']} requests failed, e.g. {r['first_error']}")
             print(f"  concurrency {level:>2}: {r['rps']:7.1f} requests/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
                   f"server CPU {r['server_cpu_ms']:5.1f} ms/request  ({r['requests']} requests, load {os.getloadavg()[0]:.1f})")
     finally:
@@ -227,22 +259,24 @@ def cpu_seconds(process) -> float:
     return total
 
 
-def check_answer(request: tuple[str, bytes, dict]) -> None:
+def check_answer(request: tuple[str, bytes, dict], expect: str = "Benign") -> None:
     import httpx
 
     url, body, headers = request
     response = httpx.post(url, content=body, headers=headers, timeout=60, trust_env=False)
-    if response.status_code != 200 or "Benign" not in response.text:
+    if response.status_code != 200 or expect not in response.text:
         raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:300]}")
     if "explain=true" in url and not response.json().get("heatmap_png"):
         raise RuntimeError(f"{url} answered without a heatmap_png")
 
 
 async def load(requests: list[tuple[str, bytes, dict]], concurrency: int, seconds: float) -> dict:
-    """Keep ``concurrency`` requests in flight for ``seconds``; every answer must be a 200."""
+    """Keep ``concurrency`` requests in flight for ``seconds``: requests/s and p50/p99 of the 200s, and the errors
+    (other statuses, failed connections, timeouts), with the first one's description."""
     import aiohttp
 
     latencies: list[float] = []
+    errors: list[str] = []
     deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
@@ -251,18 +285,70 @@ async def load(requests: list[tuple[str, bytes, dict]], concurrency: int, second
             while time.perf_counter() < deadline:
                 url, body, headers = requests[i % len(requests)]
                 sent = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as response:
-                    await response.read()
-                    if response.status != 200:
-                        raise RuntimeError(f"{url} answered {response.status}")
-                latencies.append(time.perf_counter() - sent)
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        if response.status == 200:
+                            latencies.append(time.perf_counter() - sent)
+                        else:
+                            errors.append(f"{url} answered {response.status}")
+                except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+                    errors.append(f"{url}: {type(error).__name__} {error}")
                 i += concurrency
 
         began = time.perf_counter()
         await asyncio.gather(*(client(offset) for offset in range(concurrency)))
         elapsed = time.perf_counter() - began
-    quantiles = np.quantile(latencies, [0.5, 0.99]) * 1000
-    return {"requests": len(latencies), "rps": len(latencies) / elapsed, "p50_ms": float(quantiles[0]), "p99_ms": float(quantiles[1])}
+    quantiles = np.quantile(latencies, [0.5, 0.99]) * 1000 if latencies else [float("nan")] * 2
+    return {"requests": len(latencies) + len(errors), "rps": len(latencies) / elapsed, "p50_ms": float(quantiles[0]),
+            "p99_ms": float(quantiles[1]), "errors": len(errors), "first_error": errors[0] if errors else None}
+
+
+def soak_and_compare(model_uri: str, scratch: str, images: list[bytes], args) -> None:
+    """One API server: the soak at ``--soak-concurrency`` for ``--soak`` seconds, then v2 against /predict at
+    concurrency 8 (interleaved twice, ``--seconds`` each), each with its own warm-up."""
+    import psutil
+
+    url, process, stop = start_api(model_uri, scratch)()
+    try:
+        server = psutil.Process(process.pid)
+        routes = {"predict": [api_request(url, image) for image in images],
+                  "v2 binary": [v2_request(url, image) for image in images],
+                  "v2 json": [v2_request(url, image, binary=False) for image in images]}
+        for requests in routes.values():
+            check_answer(requests[0], expect="Benign" if requests is routes["predict"] else "probabilities")
+        asyncio.run(load(routes["predict"], args.soak_concurrency, args.warmup))
+        rss_start = server.memory_info().rss
+        soak = asyncio.run(load(routes["predict"], args.soak_concurrency, args.soak))
+        rss_end = server.memory_info().rss
+        first = f" (first: {soak['first_error']})" if soak["errors"] else ""
+        print(f"soak: {soak['requests']} requests in {args.soak:.0f} s at concurrency {args.soak_concurrency}, "
+              f"{soak['errors']} errors{first}; "
+              f"p50 {soak['p50_ms']:.1f} ms, p99 {soak['p99_ms']:.1f} ms; server RSS {rss_start / 2**20:.0f} -> "
+              f"{rss_end / 2**20:.0f} MiB ({100 * (rss_end / rss_start - 1):+.1f}%); load {os.getloadavg()[0]:.1f}")
+        rates: dict[str, list[dict]] = {name: [] for name in routes}
+        for _ in range(2):
+            for name, requests in routes.items():
+                asyncio.run(load(requests, COMPARE_CONCURRENCY, args.warmup))
+                rates[name].append(asyncio.run(load(requests, COMPARE_CONCURRENCY, args.seconds)))
+        rps = {name: statistics.mean(run["rps"] for run in runs) for name, runs in rates.items()}
+        p99 = {name: max(run["p99_ms"] for run in runs) for name, runs in rates.items()}
+        failed = {name: sum(run["errors"] for run in runs) for name, runs in rates.items()}
+        for name in routes:
+            print(f"  concurrency {COMPARE_CONCURRENCY} {name:>9}: {rps[name]:7.1f} requests/s  p99 {p99[name]:7.1f} ms  "
+                  f"{failed[name]} errors")
+        print(f"v2/predict requests/s at concurrency {COMPARE_CONCURRENCY}: binary {rps['v2 binary'] / rps['predict']:.2f}, "
+              f"json {rps['v2 json'] / rps['predict']:.2f}")
+    finally:
+        stop()
+    if args.markdown:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        print("| " + " | ".join([
+            time.strftime("%Y-%m-%d"), str(os.cpu_count()), f"{os.getloadavg()[0]:.1f}",
+            f"{args.soak:.0f} s at {args.soak_concurrency}", str(soak["requests"]), str(soak["errors"]),
+            f"{soak['p50_ms']:.0f} / {soak['p99_ms']:.0f}", f"{rss_start / 2**20:.0f} → {rss_end / 2**20:.0f}",
+            f"{rps['predict']:.1f} / {rps['v2 binary']:.1f} / {rps['v2 json']:.1f}",
+            f"{rps['v2 binary'] / rps['predict']:.2f} / {rps['v2 json'] / rps['predict']:.2f}", commit]) + " |")
 
 
 def raw_limit(model_uri: str, images: list[bytes], batch_size: int, seconds: float) -> dict:

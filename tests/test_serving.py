@@ -136,6 +136,7 @@ BAD_REQUESTS = {
     "too many pixels": (file_field(encode(Image.new("L", (2100, 2100)), "PNG")), 413, "too_many_pixels"),
     "decompression bomb": (file_field(png_header_only(100_000, 100_000)), 413, "too_many_pixels"),
     "two files to /predict": ({"files": [("file", ("a.jpg", SMEAR)), ("file", ("b.jpg", SMEAR))]}, 413, "too_many_files"),
+    "explain that is not a boolean": ({**file_field(SMEAR), "params": {"explain": "maybe"}}, 422, "invalid_request"),
 }
 
 

@@ -8,7 +8,7 @@ is pinned to its version before loading, so ``/version`` names the weights that 
 The app is made of: :mod:`~leukolab.serving.settings` (the limits), :mod:`~leukolab.serving.dependencies` (what
 routes take: settings, metrics, the loaded model), :mod:`~leukolab.serving.errors` (refusals as exceptions and
 their handlers), :mod:`~leukolab.serving.uploads` (reading and decoding images) and
-:mod:`~leukolab.serving.routes`.
+:mod:`~leukolab.serving.routes`, with the Open Inference Protocol's in :mod:`~leukolab.serving.v2`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from leukolab.serving.errors import install_error_handlers
 from leukolab.serving.metrics import RequestMetricsMiddleware, ServingMetrics
 from leukolab.serving.routes import router
 from leukolab.serving.settings import ServingSettings
+from leukolab.serving.v2 import include as include_v2
 
 __all__ = ["ServingSettings", "create_app"]
 
@@ -41,4 +42,5 @@ def create_app(model_uri: str | None = None, settings: ServingSettings | None = 
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     install_error_handlers(app, metrics)
     app.include_router(router)
+    include_v2(app)
     return app

@@ -1,19 +1,23 @@
 """Refusals as exceptions: :class:`ApiError` (and :class:`~leukolab.images.ImageRejected`, Starlette's
-``HTTPException``, a bug) answered as a JSON :class:`~leukolab.serving.schemas.ErrorBody` by the app's handlers."""
+``HTTPException``, a bug) answered as a JSON :class:`~leukolab.serving.schemas.ErrorBody` by the app's handlers, and
+under ``/v2`` as the Open Inference Protocol's :class:`~leukolab.serving.protocol.V2Error`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from leukolab.images import ImageRejected
 from leukolab.serving.metrics import ServingMetrics
+from leukolab.serving.protocol import PREFIX, V2Error
 from leukolab.serving.schemas import ErrorBody
 
-PREDICTION_ROUTES = ("/predict", "/predict/batch")
+PREDICTION_ROUTES = ("/predict", "/predict/batch", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
 """Routes whose refusals count in ``leukolab_prediction_errors_total``."""
 IMAGE_REJECTION_STATUS = {"not_an_image": 415, "too_many_pixels": 413}
 """HTTP status per :class:`ImageRejected` reason; the other reasons are 400."""
@@ -41,6 +45,15 @@ class ApiError(Exception):
             reason = f"http_{error.status_code}"
         return cls(error.status_code, str(error.detail), reason)
 
+    @classmethod
+    def from_validation_error(cls, error: RequestValidationError) -> ApiError:
+        return cls(422, f"invalid request: {describe(error.errors())}", "invalid_request")
+
+
+def describe(problems: Sequence[dict]) -> str:
+    """Pydantic's validation errors in a line: ``where: what`` for the first three."""
+    return "; ".join(f"{'.'.join(map(str, problem['loc'])) or 'body'}: {problem['msg']}" for problem in problems[:3])
+
 
 def install_error_handlers(app: FastAPI, metrics: ServingMetrics) -> None:
     """Answer every refusal of ``app`` as an :class:`ErrorBody`, counting those of the prediction routes in ``metrics``."""
@@ -48,7 +61,11 @@ def install_error_handlers(app: FastAPI, metrics: ServingMetrics) -> None:
     def respond(request: Request, error: ApiError) -> JSONResponse:
         if getattr(request.scope.get("route"), "path", None) in PREDICTION_ROUTES:
             metrics.observe_error(error.reason)
-        return JSONResponse(ErrorBody(detail=error.detail, reason=error.reason).model_dump(), status_code=error.status)
+        if request.url.path == PREFIX or request.url.path.startswith(f"{PREFIX}/"):
+            body = V2Error(error=error.detail, reason=error.reason)
+        else:
+            body = ErrorBody(detail=error.detail, reason=error.reason)
+        return JSONResponse(body.model_dump(), status_code=error.status)
 
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
         return respond(request, error)
@@ -59,6 +76,9 @@ def install_error_handlers(app: FastAPI, metrics: ServingMetrics) -> None:
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         return respond(request, ApiError.from_http_exception(error))
 
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        return respond(request, ApiError.from_validation_error(error))
+
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
         """A JSON 500 for a bug (Starlette re-raises the error afterwards, so the server logs its traceback)."""
         return respond(request, ApiError(500, f"internal error: {type(error).__name__}", "internal_error"))
@@ -66,4 +86,5 @@ def install_error_handlers(app: FastAPI, metrics: ServingMetrics) -> None:
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(ImageRejected, image_rejected)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(Exception, internal_error)

@@ -57,7 +57,8 @@ def refusals(many: bool) -> dict:
         413: {"model": ErrorBody, "description": "A file over max_upload_bytes, an image over max_pixels"
                                                  + (", or more files than max_batch_files" if many else "")},
         415: {"model": ErrorBody, "description": f"{files.capitalize()} is not an image"},
-        422: {"model": ErrorBody, "description": f"No file in the multipart field '{'files' if many else 'file'}'"},
+        422: {"model": ErrorBody, "description": f"No file in the multipart field '{'files' if many else 'file'}', "
+                                                 "or explain is not a boolean"},
         **NOT_READY,
     }
 

@@ -1,4 +1,5 @@
-"""Uploaded images: read from a multipart body within the limits, refused unread when over them, then decoded.
+"""Uploaded images: read from a multipart body (or the JSON body of ``/v2`` inference) within the limits, refused
+unread when over them, then decoded.
 
 Kept free of ``from __future__ import annotations``: FastAPI reads the dependencies' annotations at run time.
 """
@@ -33,9 +34,9 @@ def uploads_in(field: str, many: bool) -> Callable[..., Coroutine[Any, Any, list
     return uploads
 
 
-async def read_uploads(request: Request, field: str, max_files: int, max_bytes: int) -> list[Upload]:
-    """(file name, bytes) of the files in multipart ``field``; bodies over the limits are refused unread."""
-    body_limit = max_files * max_bytes + MULTIPART_ALLOWANCE
+def within_limit(request: Request, body_limit: int, max_bytes: int) -> Request:
+    """``request`` whose body is refused (413) when over ``body_limit`` bytes: at once when its Content-Length says
+    so, else as it streams in. ``max_bytes``: the limit per file, for the message."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > body_limit:
         raise ApiError(413, f"the upload has {int(declared):,} bytes; the limit is {max_bytes:,} per file", "file_too_large")
@@ -49,8 +50,20 @@ async def read_uploads(request: Request, field: str, max_files: int, max_bytes: 
             raise ApiError(413, f"the upload is over the limit of {max_bytes:,} bytes per file", "file_too_large")
         return message
 
+    return Request(request.scope, receive_within_limit)
+
+
+async def read_body(request: Request, max_files: int, max_bytes: int) -> bytes:
+    """The body of a JSON request carrying up to ``max_files`` files of ``max_bytes`` as base64 (or raw)."""
+    base64_bytes = -(-max_bytes // 3) * 4
+    return await within_limit(request, max_files * (base64_bytes + 8) + MULTIPART_ALLOWANCE, max_bytes).body()
+
+
+async def read_uploads(request: Request, field: str, max_files: int, max_bytes: int) -> list[Upload]:
+    """(file name, bytes) of the files in multipart ``field``; bodies over the limits are refused unread."""
+    bounded = within_limit(request, max_files * max_bytes + MULTIPART_ALLOWANCE, max_bytes)
     try:
-        async with Request(request.scope, receive_within_limit).form(max_files=max_files, max_fields=10) as form:
+        async with bounded.form(max_files=max_files, max_fields=10) as form:
             files = [value for value in form.getlist(field) if isinstance(value, UploadFile)]
             if not files:
                 got = "a text field" if field in form else f"fields {sorted(form)}" if form else "no form fields"
