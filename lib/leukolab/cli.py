@@ -1,5 +1,5 @@
-"""The ``leukolab`` command: run the pipeline, show its graph, its runs and each stage's parameters, serve the
-champion, open the MLflow UI."""
+"""The ``leukolab`` command: run the pipeline, show its graph, its runs and each stage's parameters, score images
+with a registered model, serve the champion, open the MLflow UI."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 
 from leukolab.config import available, parse_value
 from leukolab.logs import configure_logging
+from leukolab.scoring.options import add_predict_arguments, run_predict
 from leukolab.serving.options import add_serve_arguments
 
 
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
     add_serve_arguments(commands.add_parser("serve", help="serve a registered model over HTTP (foreground)"))
 
+    add_predict_arguments(commands.add_parser("predict", help="score image files and folders with a registered model: a CSV row per file"))
+
     ui = commands.add_parser("mlflow-ui", help="the MLflow UI on the workspace's tracking store")
     ui.add_argument("--port", type=int, default=5000)
 
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return _runs(args)
     if args.command == "params":
         return _params(args)
+    if args.command == "predict":
+        return run_predict(args)
     if args.command == "serve":
         from leukolab.serving.launch import serve_forever
 
