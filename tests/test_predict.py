@@ -93,6 +93,6 @@ def test_predict_refuses_a_missing_path_and_a_bad_batch_size(model_env, smears, 
 @pytest.mark.timeout(240)
 def test_the_spark_job_gives_the_local_rows(model_env, smears, tmp_path):
     local = predict_paths([smears], batch_size=4, progress=False)
-    on_spark = predict_paths([smears], batch_size=4, spark_master="local[2]", explain_dir=tmp_path, progress=False)
+    on_spark = predict_paths([smears], batch_size=4, spark_master="local[1]", explain_dir=tmp_path, progress=False)
     pd.testing.assert_frame_equal(on_spark.drop(columns="heatmap"), local, check_exact=False, rtol=0, atol=1e-6)
     assert on_spark["heatmap"].dropna().map(lambda p: (tmp_path / p).is_file()).sum() == 9
