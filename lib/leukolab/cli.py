@@ -1,5 +1,5 @@
-"""The ``leukolab`` command: run the pipeline, show its graph, its runs and each stage's parameters, score images
-with a registered model, serve the champion, open the MLflow UI."""
+"""The ``leukolab`` command: run the pipeline, show its graph, its runs, what changed between two runs and each
+stage's parameters, score images with a registered model, serve the champion, open the MLflow UI."""
 
 from __future__ import annotations
 
@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     show = runs_commands.add_parser("show", help="one run's stages: status, time, key, MLflow run")
     show.add_argument("run_id")
 
+    compare = commands.add_parser("compare", help="what changed between two pipeline runs: parameters, data, code, stages, metrics")
+    compare.add_argument("run_a")
+    compare.add_argument("run_b")
+    compare.add_argument("--markdown", action="store_true", help="print Markdown tables (for notes) instead of text")
+
     params = commands.add_parser("params", help="what a stage accepts: its parameters with types and defaults")
     params.add_argument("stage", help="a stage of the pipeline file (etl, segment, classify, evaluate, publish, serve)")
     params.add_argument("--pipeline", help="a stage graph YAML (default: params/pipeline.yaml)")
@@ -60,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return _dag(args)
     if args.command == "runs":
         return _runs(args)
+    if args.command == "compare":
+        return _compare(args)
     if args.command == "params":
         return _params(args)
     if args.command == "predict":
@@ -176,6 +183,18 @@ def _runs(args) -> int:
     except ValueError as error:
         print(f"leukolab runs: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _compare(args) -> int:
+    from leukolab.pipeline.comparison import compare_runs
+
+    try:
+        comparison = compare_runs(args.run_a, args.run_b)
+    except ValueError as error:
+        print(f"leukolab compare: {error}", file=sys.stderr)
+        return 2
+    print(comparison.markdown() if args.markdown else comparison.text())
     return 0
 
 
