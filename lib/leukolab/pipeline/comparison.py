@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from leukolab.evaluation.compare import HEADLINE
+from leukolab.metrics import HEADLINE
 from leukolab.pipeline.lineage import read_lineage
 from leukolab.pipeline.parameters import notebook_parameters
 
