@@ -1,6 +1,6 @@
-"""The ``leukolab`` command: run the pipeline, show its graph, its runs and each stage's parameters, sweep an
-experiment's hyperparameters, serve the champion, open JupyterLab and the MLflow UI, start a Spark standalone
-cluster on this machine."""
+"""The ``leukolab`` command: run the pipeline, show its graph, its runs, what changed between two runs and each
+stage's parameters, sweep an experiment's hyperparameters, score images with a registered model, serve the
+champion, open JupyterLab and the MLflow UI, start a Spark standalone cluster on this machine."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 
 from leukolab.config import available, parse_value
 from leukolab.logs import configure_logging
+from leukolab.scoring.options import add_predict_arguments, run_predict
 from leukolab.serving.options import add_serve_arguments
 from leukolab.sweep.command import add_sweep_arguments
 
@@ -41,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     show = runs_commands.add_parser("show", help="one run's stages: status, time, key, MLflow run")
     show.add_argument("run_id")
 
+    compare = commands.add_parser("compare", help="what changed between two pipeline runs: parameters, data, code, stages, metrics")
+    compare.add_argument("run_a")
+    compare.add_argument("run_b")
+    compare.add_argument("--markdown", action="store_true", help="print Markdown tables (for notes) instead of text")
+
     params = commands.add_parser("params", help="what a stage accepts: its parameters with types and defaults")
     params.add_argument("stage", help="a stage of the pipeline file (etl, segment, classify, evaluate, publish, serve)")
     params.add_argument("--pipeline", help="a stage graph YAML (default: params/pipeline.yaml)")
@@ -50,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     add_sweep_arguments(sweep)
 
     add_serve_arguments(commands.add_parser("serve", help="serve a registered model over HTTP (foreground)"))
+
+    add_predict_arguments(commands.add_parser("predict", help="score image files and folders with a registered model: a CSV row per file"))
 
     lab = commands.add_parser("lab", help="JupyterLab on the notebooks (kernel Python (leukolab); token: $JUPYTER_TOKEN)")
     lab.add_argument("--port", type=int, default=8888)
@@ -75,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return _dag(args)
     if args.command == "runs":
         return _runs(args)
+    if args.command == "compare":
+        return _compare(args)
     if args.command == "params":
         return _params(args)
     if args.command == "cluster":
@@ -83,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         from leukolab.sweep.command import sweep_command
 
         return sweep_command(args, _overrides(args.param))
+    if args.command == "predict":
+        return run_predict(args)
     if args.command == "serve":
         from leukolab.serving.launch import serve_forever
 
@@ -222,6 +234,18 @@ def _runs(args) -> int:
     except ValueError as error:
         print(f"leukolab runs: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _compare(args) -> int:
+    from leukolab.pipeline.comparison import compare_runs
+
+    try:
+        comparison = compare_runs(args.run_a, args.run_b)
+    except ValueError as error:
+        print(f"leukolab compare: {error}", file=sys.stderr)
+        return 2
+    print(comparison.markdown() if args.markdown else comparison.text())
     return 0
 
 

@@ -9,6 +9,7 @@ if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.b
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from PIL import Image
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from leukolab.images import image_array
@@ -210,5 +211,28 @@ def risk_coverage(curve: pd.DataFrame, referral: dict):
     ax.set_title("risk–coverage of the calibrated confidence")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_overlay(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.5, max_side: int = 512) -> Image.Image:
+    """``image`` (shrunk to at most ``max_side`` px) under ``heatmap`` (HxW in [0, 1], any size; colour map ``jet``)."""
+    image = image.convert("RGB")
+    image.thumbnail((max_side, max_side))
+    scaled = Image.fromarray(np.round(np.clip(heatmap, 0, 1) * 255).astype(np.uint8)).resize(image.size, Image.Resampling.BILINEAR)
+    colours = np.round(matplotlib.colormaps["jet"](np.asarray(scaled) / 255)[..., :3] * 255).astype(np.uint8)
+    return Image.blend(image, Image.fromarray(colours), alpha)
+
+
+def contact_sheet(images: list[Image.Image | None], titles: list[str], columns: int = 6):
+    """Thumbnails of ``images`` (None: a file that is not an image, shown blank) with their ``titles``."""
+    rows = max(-(-len(images) // columns), 1)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.5 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, title in zip(axes.ravel(), images, titles):
+        if image is not None:
+            ax.imshow(image)
+        ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return fig

@@ -21,13 +21,13 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from leukolab.data.dataset import SmearDataset, load_manifest, load_split
+from leukolab.metrics import HEADLINE
 from leukolab.metrics.intervals import classification_intervals, mean_interval
 from leukolab.metrics.scores import classification_metrics, segmentation_scores
 from leukolab.publishing.model import SmearModel, load_smear_model
 from leukolab.stages import read_outputs
 
 EXPERIMENT_STAGES = ("segment", "classify")
-HEADLINE = ("accuracy", "macro_f1", "roc_auc_ovr", "ece", "dice", "iou", "latency_ms_per_image")
 
 
 def experiment_runs(run_dir) -> pd.DataFrame:

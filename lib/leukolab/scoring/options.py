@@ -1,0 +1,41 @@
+"""The options of ``leukolab predict`` and what the command does with them (imported by the ``leukolab`` command:
+the model and its dependencies load only when ``predict`` runs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, and folders to walk for images "
+                        "(.jpg .jpeg .png .bmp .tif .tiff, recursively)")
+    parser.add_argument("--model-uri", help="a registered model (default: models:/leukolab@champion)")
+    parser.add_argument("--out", metavar="FILE.csv", help="where to write the CSV (default: stdout)")
+    parser.add_argument("--explain", metavar="DIR", help="write a heatmap overlay per image to DIR (Grad-CAM of the predicted class)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--spark-master", metavar="URL", help="run the scoring as a Spark job (local[2], spark://host:7077)")
+    parser.add_argument("--contact-sheet", metavar="FILE.png", help="a picture of the first 24 rows")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Score ``args.paths`` and write the CSV (and the contact sheet); 2 with a message for a bad argument."""
+    from mlflow.exceptions import MlflowException
+
+    from leukolab.scoring.predict import predict_paths, write_contact_sheet, write_csv
+    from leukolab.serving.model import DEFAULT_MODEL_URI
+
+    try:
+        frame = predict_paths(args.paths, args.model_uri or DEFAULT_MODEL_URI, args.batch_size, args.explain,
+                              args.spark_master)
+    except (ValueError, FileNotFoundError, ConnectionError, MlflowException) as error:
+        print(f"leukolab predict: {error}", file=sys.stderr)
+        return 2
+    write_csv(frame, args.out)
+    if args.contact_sheet:
+        write_contact_sheet(frame, args.contact_sheet)
+    refused = frame["reason"].value_counts()
+    summary = ", ".join(f"{n} {reason}" for reason, n in refused.items())
+    print(f"{len(frame)} files, {len(frame) - refused.sum()} scored" + (f"; not used: {summary}" if summary else "")
+          + (f"; CSV: {args.out}" if args.out else ""), file=sys.stderr)
+    return 0
