@@ -256,3 +256,18 @@ def keep_screenshot(driver, folder: Path, name: str) -> Path:
     assert driver.save_screenshot(str(screenshot))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copy(screenshot, ARTIFACTS / name))
+
+
+def check_disjoint_rank_shards(trained: dict) -> None:
+    """Two data-parallel ranks (their ``rank-N.json`` under ``trained["checkpoints"]``) each trained on its own half
+    of train, and rank 0's shard is the one the fit result reports."""
+    import json
+
+    from leukolab.data.dataset import load_datasets
+
+    ranks = [json.loads((trained["checkpoints"] / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    train_size = len(load_datasets(trained["dataset_dir"], ("train",), "classification")["train"])
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert set(ranks[0]["indices"]).isdisjoint(ranks[1]["indices"])
+    assert ranks[0]["samples"] == ranks[1]["samples"] == train_size // 2
+    assert sorted(trained["result"].shard) == ranks[0]["indices"]

@@ -16,10 +16,11 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import check_disjoint_rank_shards
 from leukolab import cli, tracking
 from leukolab.cluster import ClusterError, master_status, read_state, standalone_cluster, start_cluster
 from leukolab.config.experiment import SHORTCUTS, stage_experiment
-from leukolab.data.dataset import load_datasets, load_manifest, load_split
+from leukolab.data.dataset import load_manifest, load_split
 from leukolab.data.etl import run_etl
 from leukolab.data.etl_params import EtlParams
 from leukolab.data.spark import spark_session
@@ -159,12 +160,7 @@ def test_the_master_comes_from_the_command_line(trained, cluster):
 
 
 def test_each_rank_trains_its_own_shard_on_the_cluster(trained):
-    ranks = [json.loads((trained["checkpoints"] / f"rank-{r}.json").read_text()) for r in (0, 1)]
-    train_size = len(load_datasets(trained["dataset_dir"], ("train",), "classification")["train"])
-    assert [r["world_size"] for r in ranks] == [2, 2]
-    assert set(ranks[0]["indices"]).isdisjoint(ranks[1]["indices"])
-    assert ranks[0]["samples"] == ranks[1]["samples"] == train_size // 2
-    assert sorted(trained["result"].shard) == ranks[0]["indices"]
+    check_disjoint_rank_shards(trained)
 
 
 def test_one_mlflow_run_holds_the_cluster_training(trained):

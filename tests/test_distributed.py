@@ -1,11 +1,11 @@
 """Distributed training: two DDP processes through Spark's TorchDistributor on ``local[2]``."""
 
-import json
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import check_disjoint_rank_shards
 from leukolab import tracking
 from leukolab.data.dataset import load_datasets, load_manifest
 from leukolab.data.etl import run_etl
@@ -43,12 +43,7 @@ def trained(tmp_path_factory):
 
 
 def test_each_rank_trains_on_its_own_shard(trained):
-    ranks = [json.loads((trained["checkpoints"] / f"rank-{r}.json").read_text()) for r in (0, 1)]
-    train_size = len(load_datasets(trained["dataset_dir"], ("train",), "classification")["train"])
-    assert [r["world_size"] for r in ranks] == [2, 2]
-    assert set(ranks[0]["indices"]).isdisjoint(ranks[1]["indices"])
-    assert ranks[0]["samples"] == ranks[1]["samples"] == train_size // 2
-    assert sorted(trained["result"].shard) == ranks[0]["indices"]
+    check_disjoint_rank_shards(trained)
 
 
 def test_rank_zero_logs_the_run_once_per_epoch(trained):
