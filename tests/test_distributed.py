@@ -1,6 +1,5 @@
 """Distributed training: two DDP processes through Spark's TorchDistributor on ``local[2]``."""
 
-
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
