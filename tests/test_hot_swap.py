@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 NAME = "leukolab-hotswap"
-POLL_SECONDS = 1.0
+POLL_SECONDS = 3.0  # long enough for the tiny model to load and warm on 2 busy cores
 
 
 def on_the_server(test):
@@ -154,7 +154,7 @@ def test_moving_the_alias_swaps_versions_while_requests_flow_without_an_error(se
     assert not flow.exceptions and {status for status, _ in flow.answers} == {200}, flow.exceptions or flow.answers
     log = server.log_path.read_text()
     load_seconds = float(re.search(rf"loaded models:/{NAME}@champion \({NAME}/{new}\) in (\S+) s", log)[1])
-    assert swap_seconds <= 2 * POLL_SECONDS + load_seconds + 0.5, (  # 0.5 s: this test's polling of /version
+    assert swap_seconds <= 2 * POLL_SECONDS, (
         f"version {new} answered {swap_seconds:.1f} s after the alias moved, {load_seconds} s of it loading")
     versions = [version for _, version in flow.answers]
     assert f"{NAME}/{before}" in versions and versions[-1] == f"{NAME}/{new}"
@@ -175,7 +175,7 @@ def test_an_alias_moved_to_a_version_that_cannot_load_leaves_the_old_one_answeri
     shutil.rmtree(artifacts)  # the version's artifacts are gone
     point_alias_to(broken)
     wait_for(lambda: swaps(server.url)["failed"] == counted["failed"] + 1, 60, "the failed swap counted")
-    time.sleep(3 * POLL_SECONDS)  # polls that find the same version do not try it again
+    time.sleep(2 * POLL_SECONDS)  # polls that find the same version do not try it again
     now = swaps(server.url)
     assert now["failed"] == counted["failed"] + 1 and now["swapped"] == counted["swapped"]
     assert served_version(server.url) == before and now["info_versions"] == [before]
