@@ -49,8 +49,8 @@ def sweep_command(args: argparse.Namespace, overrides: dict) -> int:
         print(f"trials {result['retried']} were left running by an earlier sweep: marked failed and asked again")
     ran = len(result["ran"])
     if ran:
-        print(f"{ran} trials in {result['seconds']:.1f} s ({result['seconds'] / ran:.1f} s per trial with {args.jobs} "
-              f"jobs); study {result['storage']}, MLflow run {result['parent_run_id']}")
+        print(f"{ran} trial{'s' * (ran > 1)} in {result['seconds']:.1f} s ({result['seconds'] / ran:.1f} s per trial, "
+              f"{args.jobs} at a time); study {result['storage']}, MLflow run {result['parent_run_id']}")
     if result["best"]:
         path, best = result["best"]
         print(f"best: trial {best.number}, val {sweep_plan.metric} {best.value:.4f}: {path}")
