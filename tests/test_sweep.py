@@ -154,7 +154,7 @@ def test_a_sweep_runs_trials_under_one_mlflow_run_writes_the_best_experiment_and
 
         again = leukolab(workspace, *args, "--trials", "3", timeout=300)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-        assert "1 trials in" in again.stdout
+        assert "1 trial in" in again.stdout
         study = optuna.load_study(study_name="t", storage=f"sqlite:///{workspace / 'sweeps' / 't.db'}")
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     finally:
