@@ -1,135 +1,57 @@
-"""The ``leukolab`` command: run the pipeline, show its graph, its runs, what changed between two runs and each
-stage's parameters, sweep an experiment's hyperparameters, score images with a registered model, serve the
-champion, open JupyterLab and the MLflow UI, start a Spark standalone cluster on this machine."""
+"""The ``leukolab`` command: each subcommand's work (the parser and its help texts: ``leukolab.cli_parser``).
+Exit status: 0 done, 1 the work failed, 2 a bad argument or input (one line on stderr), 130/143 interrupted."""
 
 from __future__ import annotations
 
-import argparse
+import json
+import logging
 import sys
 
-from leukolab.config import available, parse_value
+from leukolab.cli_parser import build_parser
 from leukolab.logs import configure_logging
-from leukolab.scoring.options import add_predict_arguments, run_predict
-from leukolab.serving.options import add_serve_arguments
-from leukolab.sweep.command import add_sweep_arguments
+from leukolab.scoring.options import run_predict
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="leukolab", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    run = commands.add_parser("run", help="run the pipeline on a profile, reusing every stage that is up to date",
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog=_stage_parameters() if argv[:1] == ["run"] and {"-h", "--help"} & set(argv) else None)
-    _plan_arguments(run)
-    run.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
-    run.add_argument("--force", action="append", default=[], metavar="STAGE",
-                     help="run STAGE (a stage, or one task such as classify-simple-cnn) even if it is up to date; repeatable")
-    run.add_argument("--from", dest="from_stage", metavar="STAGE", help="run STAGE and everything after it, up to date or not")
-    run.add_argument("--until", metavar="STAGE", help="stop after STAGE (run only what it needs)")
-    run.add_argument("--only", metavar="STAGE", help="run STAGE alone, reusing earlier results for what it needs")
-    run.add_argument("--resume", metavar="RUN_ID", help="continue run RUN_ID from its first unfinished stage")
-    run.add_argument("--jobs", type=int, default=1, metavar="N", help="independent stages (the experiments) to run at once")
-
-    dag = commands.add_parser("dag", help="print the stage graph of a profile and draw it as a PNG")
-    _plan_arguments(dag)
-    dag.add_argument("--png", help="where to write the picture (default: runs/dag-<profile>.png in the workspace)")
-
-    runs = commands.add_parser("runs", help="list pipeline runs, or show one run's stages")
-    runs_commands = runs.add_subparsers(dest="runs_command", required=True)
-    runs_commands.add_parser("list", help="every run in the workspace")
-    show = runs_commands.add_parser("show", help="one run's stages: status, time, key, MLflow run")
-    show.add_argument("run_id")
-
-    compare = commands.add_parser("compare", help="what changed between two pipeline runs: parameters, data, code, stages, metrics")
-    compare.add_argument("run_a")
-    compare.add_argument("run_b")
-    compare.add_argument("--markdown", action="store_true", help="print Markdown tables (for notes) instead of text")
-
-    params = commands.add_parser("params", help="what a stage accepts: its parameters with types and defaults")
-    params.add_argument("stage", help="a stage of the pipeline file (etl, segment, classify, evaluate, publish, serve)")
-    params.add_argument("--pipeline", help="a stage graph YAML (default: params/pipeline.yaml)")
-
-    sweep = commands.add_parser("sweep", help="search an experiment's hyperparameters with Optuna, one stage notebook run per trial")
-    _plan_arguments(sweep)
-    add_sweep_arguments(sweep)
-
-    add_serve_arguments(commands.add_parser("serve", help="serve a registered model over HTTP (foreground)"))
-
-    add_predict_arguments(commands.add_parser("predict", help="score image files and folders with a registered model: a CSV row per file"))
-
-    lab = commands.add_parser("lab", help="JupyterLab on the notebooks (kernel Python (leukolab); token: $JUPYTER_TOKEN)")
-    lab.add_argument("--port", type=int, default=8888)
-    lab.add_argument("--ip", default="127.0.0.1")
-    lab.add_argument("--notebook-dir", help="the folder to open (default: the clone's notebooks/)")
-    lab.add_argument("--no-browser", action="store_true", help="do not open a browser")
-
-    ui = commands.add_parser("mlflow-ui", help="the MLflow UI on the workspace's tracking store (one worker, no job runner)")
-    ui.add_argument("--port", type=int, default=5000)
-
-    cluster = commands.add_parser("cluster", help="a Spark standalone cluster on 127.0.0.1: start, stop, show it")
-    cluster.add_argument("action", choices=("up", "down", "status"),
-                         help="up: start (state and logs in <workspace>/cluster/); down: stop all it started; status: show it")
-    cluster.add_argument("--workers", type=int, default=1, help="workers to start (up; default 1)")
-    cluster.add_argument("--cores", type=int, default=2, help="cores each worker offers (up; default 2)")
-    cluster.add_argument("--memory", default="2g", help="memory each worker offers, e.g. 2g (up; default 2g)")
-
-    args = parser.parse_args(argv)
-    configure_logging()
-    if args.command == "run":
-        return _run(args)
-    if args.command == "dag":
-        return _dag(args)
-    if args.command == "runs":
-        return _runs(args)
-    if args.command == "compare":
-        return _compare(args)
-    if args.command == "params":
-        return _params(args)
-    if args.command == "cluster":
-        return _cluster(args)
-    if args.command == "sweep":
-        from leukolab.sweep.command import sweep_command
-
-        return sweep_command(args, _overrides(args.param))
-    if args.command == "predict":
-        return run_predict(args)
-    if args.command == "serve":
-        from leukolab.serving.launch import serve_forever
-
-        serve_forever(model_uri=args.model_uri, host=args.host, port=args.port,
-                      model_poll_seconds=args.model_poll_seconds)
-        return 0
+    wants_stage_help = bool({"-h", "--help"} & set(argv)) and "run" in argv
+    try:
+        args = build_parser(_stage_parameters() if wants_stage_help else None).parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a bad argument (its one line is printed)
+        return done.code
+    configure_logging(_log_level(args.verbose, args.quiet))
+    handler = COMMANDS.get(args.command)
+    if handler:
+        return handler(args)
     from leukolab import workbench
 
     if args.command == "lab":
-        workbench.exec_command(workbench.lab_command(args.notebook_dir or workbench.NOTEBOOKS_DIR, args.ip, args.port,
+        workbench.exec_command(workbench.lab_command(args.notebook_dir or workbench.NOTEBOOKS_DIR, args.host, args.port,
                                                      open_browser=not args.no_browser))
-    workbench.exec_command(*workbench.mlflow_ui_command(args.port))
+    if args.command == "demo":
+        workbench.exec_command(*workbench.demo_command(args.host, args.port, args.model_uri,
+                                                       open_browser=not args.no_browser))
+    workbench.exec_command(*workbench.mlflow_ui_command(args.port, args.host))
 
 
-def _plan_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="default", help=f"one of {available('profiles')}, or a profile YAML file")
-    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a parameter for every stage (KEY) or one stage (STAGE.KEY); repeatable")
-    parser.add_argument("--pipeline", help="a stage graph YAML (default: params/pipeline.yaml)")
+def _log_level(verbose: int, quiet: int) -> int:
+    """INFO by default; -v DEBUG; -q WARNING, -qq ERROR."""
+    if verbose:
+        return logging.DEBUG
+    return (logging.INFO, logging.WARNING)[quiet] if quiet < 2 else logging.ERROR
 
 
-def _overrides(items: list[str]) -> dict:
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--param needs KEY=VALUE, got {item!r}")
-        overrides[key] = parse_value(value)
-    return overrides
+def _overrides(pairs: list[tuple[str, object]]) -> dict:
+    """``--param`` pairs (parsed by ``key_value``) as a dict; a later KEY wins."""
+    return dict(pairs)
 
 
 def _run(args) -> int:
     from leukolab.pipeline.interrupts import Terminated
     from leukolab.pipeline.runner import StageFailed, run_pipeline
 
+    if args.dry_run:
+        return _status(args)
     if args.resume and (args.param or args.pipeline or args.run_id):
         print("--resume takes the run's own profile, parameters and pipeline: leave out --param, --pipeline, --run-id",
               file=sys.stderr)
@@ -227,10 +149,13 @@ def _cluster(args) -> int:
 
 
 def _runs(args) -> int:
-    from leukolab.pipeline.report import run_table, runs_table
+    from leukolab.pipeline.report import run_record, run_table, runs_records, runs_table
 
     try:
-        print(runs_table() if args.runs_command == "list" else run_table(args.run_id))
+        if args.json:
+            _print_json(runs_records() if args.runs_command == "list" else run_record(args.run_id))
+        else:
+            print(runs_table() if args.runs_command == "list" else run_table(args.run_id))
     except ValueError as error:
         print(f"leukolab runs: {error}", file=sys.stderr)
         return 2
@@ -245,8 +170,60 @@ def _compare(args) -> int:
     except ValueError as error:
         print(f"leukolab compare: {error}", file=sys.stderr)
         return 2
-    print(comparison.markdown() if args.markdown else comparison.text())
+    if args.json:
+        _print_json(comparison.records())
+    else:
+        print(comparison.markdown() if args.markdown else comparison.text())
     return 0
+
+
+def _status(args) -> int:
+    from leukolab.pipeline.status import status_table, would_run
+
+    try:
+        rows = would_run(args.profile, _overrides(args.param), args.pipeline, force=args.force,
+                         from_stage=args.from_stage, until=args.until, only=args.only)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"leukolab {args.command}: {error}", file=sys.stderr)
+        return 2
+    if getattr(args, "json", False):
+        _print_json(rows)
+    else:
+        print(status_table(rows))
+    return 0
+
+
+def _report(args) -> int:
+    from leukolab.pipeline.html_report import write_run_report
+
+    try:
+        path = write_run_report(args.run_id, args.out)
+    except ValueError as error:
+        print(f"leukolab report: {error}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0
+
+
+def _sweep(args) -> int:
+    from leukolab.sweep.command import sweep_command
+
+    return sweep_command(args, _overrides(args.param))
+
+
+def _serve(args) -> int:
+    from leukolab.serving.launch import serve_forever
+
+    serve_forever(model_uri=args.model_uri, host=args.host, port=args.port, model_poll_seconds=args.model_poll_seconds)
+    return 0
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+COMMANDS = {"run": _run, "status": _status, "dag": _dag, "runs": _runs, "compare": _compare, "report": _report,
+            "params": _params, "cluster": _cluster, "sweep": _sweep, "predict": run_predict, "serve": _serve}
 
 
 if __name__ == "__main__":

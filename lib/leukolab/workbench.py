@@ -35,6 +35,16 @@ def mlflow_ui_command(port: int = 5000, host: str = "127.0.0.1") -> tuple[list[s
     return command, {**os.environ, **LEAN_MLFLOW_ENV}
 
 
+def demo_command(host: str = "127.0.0.1", port: int = 8866, model_uri: str | None = None,
+                 open_browser: bool = True) -> tuple[list[str], dict[str, str]]:
+    """Voila's command line for the demo notebook, and its environment (``LEUKOLAB_MODEL_URI`` when given)."""
+    command = [sys.executable, "-m", "voila", str(NOTEBOOKS_DIR / "demo.ipynb"), f"--Voila.ip={host}",
+               f"--port={port}"]
+    if not open_browser:
+        command.append("--no-browser")
+    return command, {**os.environ, **({"LEUKOLAB_MODEL_URI": model_uri} if model_uri else {})}
+
+
 def exec_command(command: list[str], env: dict[str, str] | None = None) -> NoReturn:
     """Become ``command`` (no extra process stays behind to forward signals)."""
     sys.stdout.flush()

@@ -10,6 +10,7 @@ metrics of the evaluated champion and segmenter on each split, with their 95% in
 from __future__ import annotations
 
 import ast
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,13 @@ class RunComparison:
         """The four tables as Markdown, for a paper's notes."""
         return "\n\n".join(f"### {title}\n\n{markdown_table(_shown(frame, self)) if len(frame) else '(none)'}"
                            for title, frame in self._sections())
+
+    def records(self) -> dict:
+        """The four tables as lists of records, for ``--json``."""
+        frames = {"provenance": self.provenance, "parameters": self.parameters, "stages": self.stages,
+                  "metrics": self.metrics}
+        return {"a": self.a, "b": self.b, **{name: json.loads(frame.to_json(orient="records"))
+                                              for name, frame in frames.items()}}
 
     def _sections(self) -> list[tuple[str, pd.DataFrame]]:
         return [(f"runs {self.a} (A) and {self.b} (B)", self.provenance), ("parameters that differ", self.parameters),

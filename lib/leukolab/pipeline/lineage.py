@@ -73,6 +73,24 @@ def find_cached(key: str, runs: list[dict], still_logged) -> tuple[str, dict] | 
     return None
 
 
+def finished_in_store(client):
+    """``still_logged(mlflow_run_id)`` for :func:`find_cached`: whether ``client``'s store still has that run, finished
+    (memoized)."""
+    from mlflow.exceptions import MlflowException
+
+    seen: dict[str, bool] = {}
+
+    def still_logged(run_id: str) -> bool:
+        if run_id not in seen:
+            try:
+                seen[run_id] = client.get_run(run_id).info.status == "FINISHED"
+            except MlflowException:
+                seen[run_id] = False
+        return seen[run_id]
+
+    return still_logged
+
+
 def _outputs_exist(record: dict, still_logged) -> bool:
     output_file = Path(record.get("outputs", {}).get("json", ""))
     if not output_file.is_file():

@@ -22,7 +22,6 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from mlflow.entities import RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -31,7 +30,7 @@ from leukolab.pipeline.execute import Executor
 from leukolab.pipeline.graph import Plan, Selection, Task, plan, select
 from leukolab.pipeline.interrupts import describe, sigterm_as_interrupt
 from leukolab.pipeline.keys import library_digest, task_key
-from leukolab.pipeline.lineage import FINISHED, all_runs, find_cached, now, read_lineage, runs_dir, seconds_between, write_lineage
+from leukolab.pipeline.lineage import FINISHED, all_runs, find_cached, finished_in_store, now, read_lineage, runs_dir, seconds_between, write_lineage
 from leukolab.pipeline.parameters import RUNNER_PARAMETERS, notebook_parameters
 from leukolab.pipeline.progress import Progress
 from leukolab.tracking import EXPERIMENT_NAME, configure, git_tags, log_file_to_run, tracking_uri
@@ -82,9 +81,9 @@ class PipelineRun:
         self.lock = threading.Lock()
         self.interrupted: str | None = None  # what stopped the run: SIGTERM or Ctrl-C
         self.earlier_runs = all_runs()
-        self._logged: dict[str, bool] = {}
         configure()
         self.client = MlflowClient()
+        self._still_logged = finished_in_store(self.client)
         self.git = git_tags()
         self.lineage = previous or {
             "run_id": run_id, "profile": the_plan.profile, "overrides": the_plan.overrides, "pipeline": str(the_plan.pipeline_file),
@@ -244,14 +243,6 @@ class PipelineRun:
     def _output(self, name: str) -> dict | None:
         path = self.run_dir / f"{name}.json"
         return json.loads(path.read_text()) if path.is_file() else None
-
-    def _still_logged(self, mlflow_run_id: str) -> bool:
-        if mlflow_run_id not in self._logged:
-            try:
-                self._logged[mlflow_run_id] = self.client.get_run(mlflow_run_id).info.status == "FINISHED"
-            except MlflowException:
-                self._logged[mlflow_run_id] = False
-        return self._logged[mlflow_run_id]
 
     def _child_runs(self, name: str) -> list:
         """The MLflow runs the task's notebook opened in this attempt (tag ``leukolab.task``), newest first."""

@@ -4,13 +4,15 @@ the model and its dependencies load only when ``predict`` runs)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, and folders to walk for images "
                         "(.jpg .jpeg .png .bmp .tif .tiff, recursively)")
-    parser.add_argument("--model-uri", help="a registered model (default: models:/leukolab@champion)")
+    parser.add_argument("--model-uri", default=os.environ.get("LEUKOLAB_MODEL_URI"),
+                        help="a registered model (default: $LEUKOLAB_MODEL_URI or models:/leukolab@champion)")
     parser.add_argument("--out", metavar="FILE.csv", help="where to write the CSV (default: stdout)")
     parser.add_argument("--explain", metavar="DIR", help="write a heatmap overlay per image to DIR (Grad-CAM of the predicted class)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default: %(default)s)")

@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from leukolab.config.arguments import positive_int
+
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     """The options after ``--profile``, ``--param`` and ``--pipeline`` (which ``leukolab run`` shares)."""
     parser.add_argument("--experiment", required=True, help="the experiment to search (a name in params/experiments/)")
     parser.add_argument("--space", metavar="FILE", help="YAML: experiment key -> {low, high, log} or {choices} "
                         "(default: learning rate, weight decay, batch size and augmentation strengths around the experiment's)")
-    parser.add_argument("--trials", type=int, required=True, metavar="N",
+    parser.add_argument("--trials", type=positive_int, required=True, metavar="N",
                         help="finished (completed or pruned) trials the study should hold; a resumed study runs only the rest")
-    parser.add_argument("--jobs", type=int, default=1, metavar="J", help="trials to run at once, each with cores / J threads")
+    parser.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+                        help="trials to run at once (at least 1), each with cores / N threads (default: %(default)s)")
     parser.add_argument("--stage", choices=("classify", "segment"),
                         help="the stage notebook each trial runs (default: segment for segmentation experiments, else classify)")
     parser.add_argument("--study", metavar="NAME", help="the Optuna study, in <workspace>/sweeps/NAME.db; the same name "
@@ -26,9 +29,6 @@ def sweep_command(args: argparse.Namespace, overrides: dict) -> int:
     from leukolab.pipeline.runner import StageFailed
     from leukolab.sweep.run import plan_sweep, run_sweep
 
-    if args.trials < 1 or args.jobs < 1:
-        print("leukolab sweep: --trials and --jobs must be at least 1", file=sys.stderr)
-        return 2
     try:
         sweep_plan = plan_sweep(args.profile, args.experiment, overrides, args.pipeline, args.space, args.stage, args.study)
         print(f"sweep {sweep_plan.study}: {args.experiment} in stage {sweep_plan.task.stage} of profile {args.profile}, "
