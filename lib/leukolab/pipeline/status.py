@@ -42,7 +42,7 @@ def would_run(profile: str = "default", overrides: dict | None = None, pipeline_
         if name in selection.forced:
             action, why = "run", "forced (--force or --from)"
         elif waiting:
-            action, why = "run", f"stale: {', '.join(waiting)} runs first"
+            action, why = "run", f"stale: {', '.join(waiting)} {'runs' if len(waiting) == 1 else 'run'} first"
         elif found:
             action, why = "reuse", f"up to date: from run {found[1].get('cached_from', found[0])}"
         else:
