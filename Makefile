@@ -92,7 +92,7 @@ check-tools: env
 
 # The documentation site (mkdocs, the `docs` extra), strict: a broken link or a page missing from the nav fails.
 docs: env
-	$(BIN)/python -m mkdocs build --strict --quiet --site-dir runs/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet --site-dir runs/site
 
 test: env check-tools docs
 	$(BIN)/python -m pytest $(TESTS)

@@ -11,13 +11,14 @@ from leukolab.cli_parser import EXIT_CODES, build_parser
 def cli_reference_markdown() -> str:
     """Markdown: the global options, a section per command (and per ``runs`` action), the exit codes."""
     parser = build_parser()
-    parts = ["## Global options", "", _arguments(parser)]
+    parts = ["## Global options", "", _arguments(parser), ""]
     for name, sub in _subcommands(parser):
         parts += [f"## `leukolab {name}`", "", _escape(sub.description or ""), "",
-                  "```text", sub.format_usage().replace("usage: ", "").strip(), "```", "", _arguments(sub)]
+                  "```text", sub.format_usage().replace("usage: ", "").strip(), "```", "", _arguments(sub), ""]
         for action_name, action in _subcommands(sub):
             parts += [f"### `leukolab {name} {action_name}`", "", _escape(action.description or ""), "",
-                      "```text", action.format_usage().replace("usage: ", "").strip(), "```", "", _arguments(action)]
+                      "```text", action.format_usage().replace("usage: ", "").strip(), "```", "", _arguments(action),
+                      ""]
     parts += ["## Exit codes", "", "| code | meaning |", "|---|---|",
               *[f"| {code} | {_escape(meaning)} |" for code, meaning in EXIT_CODES.items()]]
     return "\n".join(parts) + "\n"

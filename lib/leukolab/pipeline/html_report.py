@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -55,7 +56,7 @@ def _stages(run_id: str) -> str:
     run = run_record(run_id)
     header = pd.DataFrame([{k: run[k] for k in ("profile", "status", "started", "seconds", "git_commit", "git_dirty",
                                                  "mlflow_parent_run_id", "folder")}])
-    tasks = pd.DataFrame(run["tasks"])
+    tasks = pd.DataFrame(run["tasks"]).assign(key=lambda frame: frame["key"].str[:12])
     errors = "".join(f"<p class='failed'>{html.escape(t['task'])}: {html.escape(t['error'])}</p>"
                      for t in run["tasks"] if t["error"])
     return _section("Stages", _table(header) + _table(tasks.drop(columns=["error"])) + errors)
@@ -76,7 +77,7 @@ def _metrics(run_dir: Path) -> str:
     table = pd.DataFrame(result.get("table", []))
     columns = [c for c in ("run_name", "task", "split", *HEADLINE) if c in table]
     chosen = result.get("champion") or {}
-    note = (f"<p>Champion <b>{html.escape(str(chosen.get('run_name', '')))}</b>, chosen on "
+    note = (f"<p>Champion <b>{html.escape(str(chosen.get('experiment', '')))}</b>, chosen on "
             f"<b>{html.escape(str(result.get('selection_split')))}</b>; {html.escape(str(result.get('report_split')))} "
             "reports it and chose nothing.</p>")
     return _section("Metrics", note + _table(table[columns].round(4) if columns else table))
@@ -97,6 +98,7 @@ def _notebooks(lineage: dict) -> str:
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter()
+    exporter.log.setLevel(logging.ERROR)  # not a warning per figure without alternative text
     parts = []
     for name, record in lineage["tasks"].items():
         notebook = Path(record.get("outputs", {}).get("notebook", ""))
