@@ -73,13 +73,6 @@ def test_host_is_the_one_spelling_and_model_uri_defaults_to_the_environment(monk
     assert "--port=9999" in command and "--no-browser" in command and env["LEUKOLAB_MODEL_URI"] == "models:/leukolab/3"
 
 
-def test_predict_reads_the_model_uri_from_the_environment(tmp_path):
-    (tmp_path / "a.jpg").write_bytes(b"not really")
-    result = leukolab(tmp_path, "predict", str(tmp_path / "a.jpg"), timeout=300,
-                      env={"LEUKOLAB_MODEL_URI": "models:/no-such-model@champion"})
-    assert result.returncode == 2 and "no-such-model" in result.stderr, result.stderr[-2000:]
-
-
 def test_every_etl_key_can_be_given_to_00_etl():
     declared = notebook_parameters(ROOT / "notebooks" / "00_etl.ipynb")
     assert not set(EtlParams.model_fields) - set(declared), sorted(set(EtlParams.model_fields) - set(declared))
