@@ -87,6 +87,6 @@ def test_make_test_as_a_user_who_is_not_root(user, tmp_path):
     assert result.returncode == 0, output[-4000:]
     assert "apt-get needs root to install Debian's" in output and "chromium-driver" in output, output[-4000:]
     assert "going on without them: their tests skip" in output
-    assert " passed" in result.stdout and (clone / "runs" / "site" / "cli" / "index.html").is_file(), output[-3000:]
+    assert " passed" in result.stdout and (clone / "runs" / "site" / "cli.html").is_file(), output[-3000:]
     assert not (home / "sudo-was-called").exists(), "make test used sudo"
     assert (clone / ".venv").is_symlink() and (clone / ".venv").readlink() == venv
