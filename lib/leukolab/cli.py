@@ -8,6 +8,7 @@ import logging
 import sys
 
 from leukolab.cli_parser import build_parser
+from leukolab.config.arguments import key_value
 from leukolab.logs import configure_logging
 from leukolab.scoring.options import run_predict
 
@@ -15,10 +16,7 @@ from leukolab.scoring.options import run_predict
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     wants_stage_help = bool({"-h", "--help"} & set(argv)) and "run" in argv
-    try:
-        args = build_parser(_stage_parameters() if wants_stage_help else None).parse_args(argv)
-    except SystemExit as done:  # --help, --version, or a bad argument (its one line is printed)
-        return done.code
+    args = build_parser(_stage_parameters() if wants_stage_help else None).parse_args(argv)  # exits 2 on a bad one
     configure_logging(_log_level(args.verbose, args.quiet))
     handler = COMMANDS.get(args.command)
     if handler:
@@ -41,9 +39,10 @@ def _log_level(verbose: int, quiet: int) -> int:
     return (logging.INFO, logging.WARNING)[quiet] if quiet < 2 else logging.ERROR
 
 
-def _overrides(pairs: list[tuple[str, object]]) -> dict:
-    """``--param`` pairs (parsed by ``key_value``) as a dict; a later KEY wins."""
-    return dict(pairs)
+def _overrides(items: list) -> dict:
+    """``--param`` values as a dict (a later KEY wins): ``(KEY, VALUE)`` pairs as ``key_value`` parses them, or the
+    ``KEY=VALUE`` strings themselves."""
+    return dict(key_value(item) if isinstance(item, str) else item for item in items)
 
 
 def _run(args) -> int:

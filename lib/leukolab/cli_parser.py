@@ -39,13 +39,13 @@ def build_parser(stage_help: str | None = None) -> CommandParser:
     """The whole command line; ``stage_help`` is the epilog of ``leukolab run --help`` (each stage's parameters)."""
     parser = CommandParser(prog="leukolab", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"leukolab {__version__}")
-    _log_level_arguments(parser, 0)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (DEBUG)")
+    parser.add_argument("-q", "--quiet", action="count", default=0,
+                        help="fewer log lines: -q warnings and errors only, -qq errors only")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do (below)")
 
     def command(name: str, help: str, **kwargs) -> CommandParser:
-        sub = commands.add_parser(name, help=help, description=help, **kwargs)
-        _log_level_arguments(sub, argparse.SUPPRESS)
-        return sub
+        return commands.add_parser(name, help=help, description=help, **kwargs)
 
     run = command("run", "run the pipeline on a profile, reusing every stage that is up to date",
                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=stage_help)
@@ -123,13 +123,6 @@ def build_parser(stage_help: str | None = None) -> CommandParser:
     cluster.add_argument("--cores", type=positive_int, default=2, help="cores each worker offers (up; default 2)")
     cluster.add_argument("--memory", default="2g", help="memory each worker offers, e.g. 2g (up; default 2g)")
     return parser
-
-
-def _log_level_arguments(parser: argparse.ArgumentParser, default) -> None:
-    """``-v``/``-q`` before or after the subcommand (after it, SUPPRESS keeps a value given before)."""
-    parser.add_argument("-v", "--verbose", action="count", default=default, help="more log lines (DEBUG)")
-    parser.add_argument("-q", "--quiet", action="count", default=default,
-                        help="fewer log lines: -q warnings and errors only, -qq errors only")
 
 
 def _plan_arguments(parser: argparse.ArgumentParser) -> None:
