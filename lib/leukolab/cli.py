@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         from leukolab.serving.launch import serve_forever
 
         serve_forever(model_uri=args.model_uri, host=args.host, port=args.port,
-                      model_poll_seconds=args.model_poll_seconds)
+                      model_poll_seconds=args.model_poll_seconds, insecure=args.insecure)
         return 0
     from leukolab import workbench
 
