@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import os
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -21,6 +22,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from leukolab.serving.errors import ApiError
 
+TOKEN_VARIABLE = "LEUKOLAB_API_TOKEN"
+"""Where the token comes from (``ServingSettings.api_token`` reads it)."""
 bearer = HTTPBearer(auto_error=False, description="LEUKOLAB_API_TOKEN, when the server has one")
 
 
@@ -39,6 +42,12 @@ async def authorized(request: Request,
 
 
 Authorized = Depends(authorized)
+
+
+def client_headers() -> dict[str, str]:
+    """What a client of the API (the demo) sends: the bearer token of ``LEUKOLAB_API_TOKEN`` when it is set."""
+    token = os.environ.get(TOKEN_VARIABLE)
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def is_loopback(host: str) -> bool:

@@ -98,17 +98,18 @@ def serve_forever(model_uri: str | None = None, host: str = DEFAULT_HOST, port: 
     its forward passes: on a small machine, two one-thread passes side by side beat one two-thread pass, whose
     threads spin while the event loop and the decoders hold the cores.
     """
+    from leukolab.serving.auth import TOKEN_VARIABLE, check_exposure
+
+    check_exposure(host, os.environ.get(TOKEN_VARIABLE, ""), insecure)  # before the slow imports: fail fast
     configure_logging()
+    follow_parent(terminate_self)
     import uvicorn
 
     from leukolab.serving.app import create_app
-    from leukolab.serving.auth import check_exposure
     from leukolab.serving.drain import DrainingServer
     from leukolab.serving.settings import ServingSettings
 
     settings = ServingSettings.from_env()
-    check_exposure(host, settings.api_token, insecure)
-    follow_parent(terminate_self)
     if model_poll_seconds is not None:
         settings = replace(settings, model_poll_seconds=model_poll_seconds)
     if not settings.torch_threads:
