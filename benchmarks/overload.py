@@ -3,7 +3,8 @@
 One scratch model (``serve.py``'s: simple-cnn, random weights, 128 px) and two API servers in turn, one with
 ``LEUKOLAB_MAX_PENDING=--max-pending`` and one with no limit (0). A client in this process keeps ``--concurrency``
 requests to ``POST /predict`` in flight for ``--seconds`` each (every request with a ``--timeout`` s client
-timeout, every request to 127.0.0.1, bounded in time) and counts answers by status: the accepted ones' requests/s
+timeout, waiting ``Retry-After`` after a 503, every request to 127.0.0.1, bounded in time) and counts answers by
+status: the accepted ones' requests/s
 and p50/p99 latency, the 503s' p99 latency (with ``Retry-After``), and client timeouts. Run on a busy shared
 machine, compare the two rows, not the absolute figures.
 
@@ -30,7 +31,7 @@ from serve import api_request, register_scratch_model, synthetic_jpegs  # noqa: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, default=128)
-    parser.add_argument("--max-pending", type=int, default=16, help="the bounded server's LEUKOLAB_MAX_PENDING")
+    parser.add_argument("--max-pending", type=int, default=32, help="the bounded server's LEUKOLAB_MAX_PENDING")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--timeout", type=float, default=5.0, help="each request's client timeout, in seconds")
     parser.add_argument("--markdown", action="store_true")
@@ -80,7 +81,7 @@ async def load(requests: list, concurrency: int, seconds: float, timeout: float)
                         if response.status == 503:
                             rejected.append(took)
                             retry_after.add(response.headers.get("Retry-After", "missing"))
-                            await asyncio.sleep(0.05)  # a client that backs off a little, not by Retry-After
+                            await asyncio.sleep(float(response.headers.get("Retry-After", 1)))  # as asked
                         else:
                             (accepted if response.status == 200 else other).append(took)
                 except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
