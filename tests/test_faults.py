@@ -99,7 +99,7 @@ def stable(metrics: dict) -> dict:
     return {split: {k: v for k, v in values.items() if k not in UNSTABLE_METRICS} for split, values in metrics.items()}
 
 
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(1500, func_only=True)  # the shared smoke_run fixture has its own bound
 def test_sigkills_in_every_stage_then_resume_give_the_uninterrupted_runs_champion(smoke_run, tmp_path, monkeypatch):
     reference_workspace, _ = smoke_run
     workspace = tmp_path / "workspace"
