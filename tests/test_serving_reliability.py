@@ -71,6 +71,7 @@ def test_admission_holds_up_to_its_limit_then_refuses_with_retry_after():
         admission.admit()
     assert draining.value.reason == "draining"
     text = metrics.exposition().decode()
+    assert metric(text, "leukolab_pending_requests") == 2
     assert metric(text, "leukolab_rejected_requests_total", reason="overloaded") == 1
     assert metric(text, "leukolab_rejected_requests_total", reason="draining") == 1
     assert not asyncio.run(admission.drained(0.05))  # two still held
@@ -190,6 +191,12 @@ async def predict_all(url: str, count: int) -> list[int]:
     return [response.status_code for response in responses]
 
 
+def admitted(metrics_text: str) -> float:
+    """Batch requests the server holds or has answered."""
+    return metric(metrics_text, "leukolab_pending_requests") + metric(
+        metrics_text, "leukolab_requests_total", route="/predict/batch", status="200")
+
+
 @pytest.mark.integration
 def test_sigterm_drains_requests_in_flight_then_exits_0_and_never_logs_the_token(model_env, tmp_path, monkeypatch):
     """Sixteen batch requests in flight at SIGTERM: readiness turns 503 at once, new work is refused, all are
@@ -202,10 +209,9 @@ def test_sigterm_drains_requests_in_flight_then_exits_0_and_never_logs_the_token
         assert predict_for_demo(SMEAR, api_url=server.url)["decision"] in ("accept", "refer")  # the demo sends the token
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(asyncio.run, predict_all(server.url, 16))
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and metric(httpx.get(f"{server.url}/metrics").text,
-                                                         "leukolab_batch_size_count") < 1:
-                time.sleep(0.05)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and admitted(httpx.get(f"{server.url}/metrics").text) < 16:
+                time.sleep(0.05)  # until the server has taken all sixteen (held, or answered already)
             stopped_at = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
             time.sleep(0.2)

@@ -43,6 +43,7 @@ class Admission:
         if self.max_pending and self.pending >= self.max_pending:
             self._refuse(f"the server holds {self.pending} prediction requests, its limit (max_pending)", "overloaded")
         self.pending += 1
+        self.metrics.pending.set(self.pending)
         self._idle.clear()
 
     def _refuse(self, detail: str, reason: str) -> None:
@@ -52,6 +53,7 @@ class Admission:
 
     def release(self) -> None:
         self.pending -= 1
+        self.metrics.pending.set(self.pending)
         if not self.pending:
             self._idle.set()
 

@@ -58,6 +58,8 @@ class ServingMetrics:
                                   ["reason"], registry=self.registry)
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason=reason)
+        self.pending = Gauge("leukolab_pending_requests", "Prediction requests held now (queued or in a forward pass); "
+                             "past the server's max_pending they are refused", registry=self.registry)
         self.inference_seconds = Histogram(
             "leukolab_inference_seconds", "Per image: seconds of the batched forward pass (with postprocessing) that answered it",
             buckets=INFERENCE_BUCKETS, registry=self.registry)
