@@ -62,6 +62,10 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128, help="input size of the scratch model")
     parser.add_argument("--tta", action="store_true", help="the scratch model averages the 8 rotations/mirrors, as the "
                                                            "published simple-cnn does (8 forward passes an image)")
+    parser.add_argument("--experiment", default="simple-cnn", help="the scratch model's experiment (e.g. "
+                        "resnet10t-classifier, the real profile's champion)")
+    parser.add_argument("--tta-gate", type=float, help="tag the scratch model's version with this tta_gate: only "
+                        "images whose plain confidence is under it take the 8 views (leukolab.publishing.tta)")
     parser.add_argument("--images", type=int, default=64, help="distinct synthetic smears sent in turn")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per concurrency level")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each level")
@@ -86,7 +90,7 @@ def main() -> None:
         else:
             os.environ["LEUKOLAB_WORKSPACE"] = scratch
             os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch}/mlflow.db"
-            model_uri = register_scratch_model(args.image_size, args.tta, images[:2])
+            model_uri = register_scratch_model(args.image_size, args.tta, images[:2], args.experiment, args.tta_gate)
         print(f"{model_uri}, {len(images)} JPEGs of 224 px; {os.cpu_count()} CPUs, {platform.machine()}, "
               f"load average {os.getloadavg()[0]:.2f}; Python {platform.python_version()}")
         if args.soak is not None:
@@ -123,8 +127,10 @@ def synthetic_jpegs(count: int) -> list[bytes]:
     return jpegs
 
 
-def register_scratch_model(image_size: int, tta: bool, examples: list[bytes]) -> str:
-    """Log simple-cnn (random weights; test-time augmentation only with ``tta``) as ``leukolab@champion``."""
+def register_scratch_model(image_size: int, tta: bool, examples: list[bytes], experiment_name: str = "simple-cnn",
+                           tta_gate: float | None = None) -> str:
+    """Log ``experiment_name`` (random weights; test-time augmentation only with ``tta``, gated by ``tta_gate``) as
+    ``leukolab@champion``."""
     import mlflow
 
     from leukolab.data.synthetic import CLASS_NAMES
@@ -135,12 +141,13 @@ def register_scratch_model(image_size: int, tta: bool, examples: list[bytes]) ->
     from leukolab.tracking import configure
 
     configure()
-    experiment = load_experiment("simple-cnn", {"inference": {"tta": tta}})
+    experiment = load_experiment(experiment_name, {"inference": {"tta": tta}})
     meta = {"experiment": experiment, "class_names": list(CLASS_NAMES), "image_size": image_size,
             "mean": [0.8, 0.65, 0.7], "std": [0.15, 0.2, 0.15], "temperature": 1.0}
     with mlflow.start_run(run_name="serve-benchmark"):
         logged = log_smear_model(build_model(experiment, len(CLASS_NAMES)), meta, examples)
-    version = register(logged.model_uri, "leukolab", "champion")
+    tags = {} if tta_gate is None else {"tta_gate": repr(tta_gate)}
+    version = register(logged.model_uri, "leukolab", "champion", tags)
     return f"models:/{version.name}@champion"
 
 

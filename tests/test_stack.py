@@ -46,7 +46,8 @@ DOCKERFILES = ["workspace.Dockerfile", "api.Dockerfile"]
 
 SERVICES = {"jupyter", "mlflow", "api", "voila", "prometheus", "grafana"}
 SPARK_SERVICES = {"spark-master", "spark-worker"}
-SECRETS = ("JUPYTER_TOKEN", "GRAFANA_ADMIN_PASSWORD")
+SECRETS = ("JUPYTER_TOKEN", "GRAFANA_ADMIN_PASSWORD", "LEUKOLAB_API_TOKEN", "MLFLOW_TRACKING_PASSWORD",
+           "MLFLOW_FLASK_SERVER_SECRET_KEY")
 PROMETHEUS_SERIES = {"up"}
 """Series Prometheus makes itself, which queries may use beside the API's."""
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "5m", "$__interval": "15s"}
@@ -138,8 +139,15 @@ def test_compose_wiring(tools, tmp_path):
                 assert Path(volume["source"]).exists(), f"{name} mounts {volume['source']}, which does not exist"
                 assert Path(volume["source"]).resolve().is_relative_to(ROOT), volume["source"]
 
+    mlflow_admin = services["mlflow"]["environment"]
     for name in ("jupyter", "api", "voila"):
-        assert services[name]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        environment = services[name]["environment"]
+        assert environment["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert environment["MLFLOW_TRACKING_USERNAME"] == mlflow_admin["MLFLOW_AUTH_ADMIN_USERNAME"]
+        assert environment["MLFLOW_TRACKING_PASSWORD"] == mlflow_admin["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    # The API wants its token, the demo sends it; SIGKILL comes only after the API's drain deadline.
+    assert services["api"]["environment"]["LEUKOLAB_API_TOKEN"] == services["voila"]["environment"]["LEUKOLAB_API_TOKEN"]
+    assert float(services["api"]["environment"]["LEUKOLAB_DRAIN_SECONDS"]) + 5 <= grace_seconds(services["api"])
     assert "--port=5000" in services["mlflow"]["command"]
     assert services["voila"]["environment"]["LEUKOLAB_API_URL"] == "http://api:8000"
     assert services["api"]["command"][-2:] == ["--port", "8000"]
@@ -179,6 +187,12 @@ def test_compose_wiring(tools, tmp_path):
     assert services["spark-worker"]["command"][-1] == f"spark://spark-master:{master[master.index('--port') + 1]}"
     assert services["jupyter"]["hostname"] == "jupyter"
     assert services["spark-worker"]["volumes"] == services["jupyter"]["volumes"]
+
+
+def grace_seconds(service: dict) -> float:
+    """A service's ``stop_grace_period`` in seconds (compose's default: 10)."""
+    period = service.get("stop_grace_period", "10s")
+    return sum(float(amount) * {"h": 3600, "m": 60, "s": 1}[unit] for amount, unit in re.findall(r"([\d.]+)([hms])", period))
 
 
 @pytest.mark.integration
@@ -415,9 +429,11 @@ def wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float) -> 
 
 
 @pytest.mark.integration
-def test_mlflow_service_command_runs_and_accepts_service_names(tools, tmp_path):
-    """The mlflow service's command line, paths moved to a temporary folder and on 127.0.0.1, with this MLflow."""
+def test_mlflow_service_command_runs_behind_basic_auth_and_accepts_service_names(tools, tmp_path, monkeypatch):
+    """The mlflow service's command line, paths moved to a temporary folder and on 127.0.0.1, with this MLflow: 401
+    without the .env credentials, 200 with them, and no secret in its log."""
     service = resolved(tools, env_file(tmp_path))["services"]["mlflow"]
+    environment = service["environment"]
     port = free_port()
     local = {"sqlite:////mlflow/db/": f"sqlite:///{tmp_path}/", "/mlflow/artifacts": str(tmp_path / "artifacts"),
              "--host=0.0.0.0": "--host=127.0.0.1", "--port=5000": f"--port={port}"}
@@ -426,26 +442,42 @@ def test_mlflow_service_command_runs_and_accepts_service_names(tools, tmp_path):
         for old, new in local.items():
             arg = arg.replace(old, new)
         command.append(arg)
-    assert command[:2] == ["mlflow", "server"]
+    assert command[:2] == ["mlflow", "server"] and "--app-name=basic-auth" in command
+    mounts = {volume["target"]: Path(volume["source"]) for volume in service["volumes"] if volume["type"] == "bind"}
+    auth_config = Path(environment["MLFLOW_AUTH_CONFIG_PATH"])
+    local_config = tmp_path / "basic_auth.ini"
+    local_config.write_text((mounts[str(auth_config.parent)] / auth_config.name).read_text()
+                            .replace("sqlite:////mlflow/db/", f"sqlite:///{tmp_path}/"))
     log = tmp_path / "mlflow.log"
     with open(log, "wb") as output:
         server = subprocess.Popen([sys.executable, "-m", *command], stdout=output, stderr=subprocess.STDOUT,
-                                  env={**os.environ, **service["environment"]}, start_new_session=True)
+                                  env={**os.environ, **environment, "MLFLOW_AUTH_CONFIG_PATH": str(local_config)},
+                                  start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    user, password = environment["MLFLOW_AUTH_ADMIN_USERNAME"], environment["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert password == "test-only-mlflow_tracking_password"  # from .env, nowhere else
     try:
-        wait_for(f"{url}/health", server, log, 120)
+        wait_for(f"{url}/health", server, log, 120)  # open: the health check needs no credentials
         search = "/api/2.0/mlflow/experiments/search?max_results=1"
+        for credentials in (None, (user, "wrong-password"), ("nobody", password)):
+            assert httpx.get(url + search, auth=credentials, trust_env=False).status_code == 401, credentials
         for host in ("mlflow:5000", "mlflow", f"localhost:{port}"):
-            assert httpx.get(url + search, headers={"Host": host}, trust_env=False).status_code == 200, host
-        assert httpx.get(url + search, headers={"Host": "attacker.example"}, trust_env=False).status_code in (400, 403)
+            response = httpx.get(url + search, headers={"Host": host}, auth=(user, password), trust_env=False)
+            assert response.status_code == 200, host
+        response = httpx.get(url + search, headers={"Host": "attacker.example"}, auth=(user, password), trust_env=False)
+        assert response.status_code in (400, 403)
         from mlflow.tracking import MlflowClient
 
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)  # what the clients in compose are given
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
         client = MlflowClient(tracking_uri=url, registry_uri=url)
         run = client.create_run(client.create_experiment("stack-check"))
         client.log_text(run.info.run_id, "served through the tracking server", "note.txt")
         assert list((tmp_path / "artifacts").rglob("note.txt")), "artifacts are not stored by the server"
     finally:
         stop(server)
+    text = log.read_text(errors="replace")
+    assert password not in text and environment["MLFLOW_FLASK_SERVER_SECRET_KEY"] not in text
 
 
 @pytest.mark.integration

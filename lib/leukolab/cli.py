@@ -213,7 +213,8 @@ def _sweep(args) -> int:
 def _serve(args) -> int:
     from leukolab.serving.launch import serve_forever
 
-    serve_forever(model_uri=args.model_uri, host=args.host, port=args.port, model_poll_seconds=args.model_poll_seconds)
+    serve_forever(model_uri=args.model_uri, host=args.host, port=args.port, model_poll_seconds=args.model_poll_seconds,
+                  insecure=args.insecure)
     return 0
 
 

@@ -27,6 +27,7 @@ from PIL import Image
 from leukolab.images import ANY_SIZE, decode_image
 from leukolab.publishing.model import SmearModel
 from leukolab.publishing.referral import REFER
+from leukolab.serving.auth import client_headers
 from leukolab.serving.model import DEFAULT_MODEL_URI, load_model
 from leukolab.serving.schemas import Prediction
 
@@ -69,7 +70,7 @@ def with_mask(result: dict, image_bytes: bytes, segmenter: SmearModel) -> dict:
 def _predict_remote(image_bytes: bytes, api_url: str, explain: bool) -> dict:
     url = f"{api_url.rstrip('/')}/predict" + ("?explain=true" if explain else "")
     try:
-        response = httpx.post(url, files={"file": ("image", image_bytes)}, timeout=60.0)
+        response = httpx.post(url, files={"file": ("image", image_bytes)}, headers=client_headers(), timeout=60.0)
     except httpx.HTTPError as error:
         raise DemoError(f"the API at {api_url} is not reachable ({type(error).__name__}: {error})") from None
     if response.is_error:

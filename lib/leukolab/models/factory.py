@@ -7,6 +7,8 @@ so training, evaluation and serving treat them alike.
 
 from __future__ import annotations
 
+import contextlib
+
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
@@ -51,6 +53,19 @@ class SmearNet(nn.Module):
             return {"mask": out}
         mask, logits = out
         return {"mask": mask, "logits": logits}
+
+
+@contextlib.contextmanager
+def without_tta(model: nn.Module):
+    """Switch a :class:`SmearNet`'s test-time augmentation off for a while (other modules pass through as they are)."""
+    tta = getattr(model, "tta", None)
+    if tta is not None:
+        model.tta = False
+    try:
+        yield model
+    finally:
+        if tta is not None:
+            model.tta = tta
 
 
 class EncoderClassifier(nn.Module):

@@ -30,8 +30,9 @@ from PIL import Image
 from leukolab.config import PROJECT_ROOT
 from leukolab.config.experiment import Experiment, parse_experiment
 from leukolab.images import ImageRules, decode_image, encode_png, resize_square
-from leukolab.models.factory import build_model
+from leukolab.models.factory import build_model, without_tta
 from leukolab.models.inputs import normalize
+from leukolab.publishing.tta import gated_outputs
 
 SERVING_PACKAGES = ("torch", "torchvision", "segmentation-models-pytorch", "timm", "mlflow", "pandas", "numpy", "pillow", "pyyaml",
                     "grad-cam", "ttach", "opencv-python-headless")
@@ -39,6 +40,10 @@ SERVING_PACKAGES = ("torch", "torchvision", "segmentation-models-pytorch", "timm
 
 class SmearModel(mlflow.pyfunc.PythonModel):
     """Preprocessing, the network and postprocessing in one object."""
+
+    tta_gate: float | None = None
+    """For a model with test-time augmentation: only images whose plain confidence is under this get the eight views
+    (:mod:`leukolab.publishing.tta`; the server sets it from the version's ``tta_gate`` tag); None: all do."""
 
     def __init__(self, network: torch.nn.Module | None = None, meta: dict | None = None):
         self.network, self.meta = network, meta and {**meta, "experiment": _experiment(meta).model_dump(mode="json")}
@@ -75,8 +80,16 @@ class SmearModel(mlflow.pyfunc.PythonModel):
 
     @torch.no_grad()
     def forward(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
-        """Class probabilities (temperature-scaled) and mask probabilities for a uint8 batch."""
+        """Class probabilities (temperature-scaled) and mask probabilities for a uint8 batch (test-time augmentation
+        gated by :attr:`tta_gate` when it is set)."""
         self.network.eval()
+        if self.tta_gate is None or not getattr(self.network, "tta", False) or self.task != "classification":
+            return self._outputs(batch)
+        with without_tta(self.network):
+            plain = self._outputs(batch)
+        return gated_outputs(plain, lambda rows: self._outputs(batch[torch.from_numpy(rows)]), self.tta_gate)
+
+    def _outputs(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
         out = self.network(normalize(batch, self.meta["mean"], self.meta["std"]))
         result = {}
         if "logits" in out:

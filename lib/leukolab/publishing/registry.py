@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from leukolab.publishing.card import render_model_card
 from leukolab.publishing.model import load_smear_model
 from leukolab.publishing.referral import referral_tags
+from leukolab.publishing.tta import tta_tags
 from leukolab.tracking import configure, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ def register(model_uri: str, name: str, alias: str, tags: dict | None = None, de
 
 
 def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run_id: str | None,
-            figures: dict[str, str] | None = None, external: list[dict] | None = None, referral: dict | None = None) -> dict:
+            figures: dict[str, str] | None = None, external: list[dict] | None = None, referral: dict | None = None,
+            dataset_dir: str | None = None) -> dict:
     """Register an evaluated candidate under the alias the gate chose, with lineage tags and a model card.
 
     ``candidate`` is ``30_evaluate``'s summary (chosen on its selection split;
@@ -40,7 +42,8 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
     ``figures`` maps captions to image files shown in the card; ``external``
     are the domain-shift rows of :mod:`leukolab.evaluation.external`; ``referral`` (``30_evaluate``'s threshold)
     goes into the card and the version's tags (:func:`~leukolab.publishing.referral.referral_tags`, also set on
-    a version registered already, which the server reads at its next start). The card and
+    a version registered already, which the server reads at its next start); with ``dataset_dir``, a classifier
+    with TTA gets its ``tta_gate`` measured on the selection split (:mod:`leukolab.publishing.tta`). The card and
     its figures are logged under ``model_card/`` in the candidate's run and the
     card becomes the version's description. Returns what the publish stage hands on.
     """
@@ -71,8 +74,9 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
         **(referral_tags(referral) if referral else {}),
     }
     alias = gate["alias"]
-    version = register(candidate["model_uri"], name, alias, tags)
     model = load_smear_model(candidate["model_uri"])
+    tags.update(tta_tags(model, dataset_dir, candidate["selection_split"], referral["threshold"] if referral else None))
+    version = register(candidate["model_uri"], name, alias, tags)
     lineage = {"source run": candidate["run_id"], "pipeline run": tags["pipeline_run_id"], "git commit": tags["git_commit"],
                "tracking URI": tracking_uri()}
     card = _log_card(client, candidate["run_id"], render_model_card(

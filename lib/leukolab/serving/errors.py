@@ -24,11 +24,12 @@ IMAGE_REJECTION_STATUS = {"not_an_image": 415, "too_many_pixels": 413}
 
 
 class ApiError(Exception):
-    """A request the API refuses: answered with ``status`` and ``{"detail": detail, "reason": reason}``."""
+    """A request the API refuses: answered with ``status``, ``{"detail": detail, "reason": reason}`` and ``headers``
+    (e.g. ``Retry-After``)."""
 
-    def __init__(self, status: int, detail: str, reason: str):
+    def __init__(self, status: int, detail: str, reason: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
-        self.status, self.detail, self.reason = status, detail, reason
+        self.status, self.detail, self.reason, self.headers = status, detail, reason, headers
 
     @classmethod
     def from_image_rejection(cls, error: ImageRejected) -> ApiError:
@@ -65,7 +66,7 @@ def install_error_handlers(app: FastAPI, metrics: ServingMetrics) -> None:
             body = V2Error(error=error.detail, reason=error.reason)
         else:
             body = ErrorBody(detail=error.detail, reason=error.reason)
-        return JSONResponse(body.model_dump(), status_code=error.status)
+        return JSONResponse(body.model_dump(), status_code=error.status, headers=error.headers)
 
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
         return respond(request, error)

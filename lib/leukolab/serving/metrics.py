@@ -24,6 +24,7 @@ INFERENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 CONFIDENCE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 SWAP_OUTCOMES = ("swapped", "failed")
+REJECTION_REASONS = ("overloaded", "draining")
 
 
 class ServingMetrics:
@@ -52,6 +53,13 @@ class ServingMetrics:
                                  "referral_threshold): refer to a haematologist", registry=self.registry)
         self.prediction_errors = Counter("leukolab_prediction_errors", "Refused or failed predictions by reason",
                                          ["reason"], registry=self.registry)
+        self.rejections = Counter("leukolab_rejected_requests", "Prediction requests refused at once with 503 and "
+                                  "Retry-After, by reason: overloaded (max_pending held) or draining (shutting down)",
+                                  ["reason"], registry=self.registry)
+        for reason in REJECTION_REASONS:
+            self.rejections.labels(reason=reason)
+        self.pending = Gauge("leukolab_pending_requests", "Prediction requests held now (queued or in a forward pass); "
+                             "past the server's max_pending they are refused", registry=self.registry)
         self.inference_seconds = Histogram(
             "leukolab_inference_seconds", "Per image: seconds of the batched forward pass (with postprocessing) that answered it",
             buckets=INFERENCE_BUCKETS, registry=self.registry)
@@ -121,6 +129,10 @@ class ServingMetrics:
             window_full = len(self._recent_colours) == self._recent_colours.maxlen
         self.colour_distance.set(distance)
         self.colour_drift_alert.set(int(window_full and distance > self.colour_drift_threshold))
+
+    def observe_rejection(self, reason: str) -> None:
+        """Count a prediction request refused before any work (:mod:`leukolab.serving.admission`)."""
+        self.rejections.labels(reason=reason).inc()
 
     def observe_error(self, reason: str) -> None:
         self.prediction_errors.labels(reason=reason).inc()

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from leukolab.publishing.model import SmearModel, load_smear_model
 from leukolab.publishing.referral import threshold_from_tags
+from leukolab.publishing.tta import gate_from_tags
 from leukolab.tracking import configure, tracking_uri
 
 DEFAULT_MODEL_URI = "models:/leukolab@champion"
@@ -26,6 +27,8 @@ class ModelInfo:
     run_id: str | None = None
     dataset_fingerprint: str | None = None
     referral_threshold: float | None = None
+    tta_gate: float | None = None
+    """The version's ``tta_gate`` tag (:mod:`leukolab.publishing.tta`); None: every image gets the full TTA."""
 
     @property
     def label(self) -> str:
@@ -58,7 +61,8 @@ def resolve_model(uri: str) -> tuple[str, ModelInfo]:
         except MlflowException:  # the run was deleted; the version still serves
             pass
     threshold = threshold_from_tags(version.tags, f"{version.name}/{version.version}")
-    info = ModelInfo(uri, version.name, str(version.version), version.run_id, fingerprint, threshold)
+    info = ModelInfo(uri, version.name, str(version.version), version.run_id, fingerprint, threshold,
+                     gate_from_tags(version.tags, f"{version.name}/{version.version}"))
     return f"models:/{version.name}/{version.version}", info
 
 
@@ -67,4 +71,6 @@ def load_model(uri: str, resolved: tuple[str, ModelInfo] | None = None) -> tuple
     what :func:`resolve_model` gave for it, when already asked)."""
     configure()
     pinned_uri, info = resolved or resolve_model(uri)
-    return load_smear_model(pinned_uri), info
+    model = load_smear_model(pinned_uri)
+    model.tta_gate = info.tta_gate
+    return model, info

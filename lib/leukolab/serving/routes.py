@@ -12,11 +12,13 @@ import asyncio
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 import leukolab
+from leukolab.serving.admission import Admission, Admitted
+from leukolab.serving.auth import Authorized
 from leukolab.serving.dependencies import LoadedModel, LoadedNow, Metrics, ReadyModel, Settings, Slot, predict_arrays
 from leukolab.serving.errors import ApiError
 from leukolab.serving.metrics import ServingMetrics
@@ -24,7 +26,13 @@ from leukolab.serving.schemas import BatchPrediction, ErrorBody, Health, Predict
 from leukolab.serving.uploads import Upload, prepare_all, uploads_in
 
 router = APIRouter()
-NOT_READY = {503: {"model": ErrorBody, "description": "The model is loading or failed to load"}}
+NOT_READY = {503: {"model": ErrorBody, "description": "The model is loading or failed to load, or the server is "
+                                                     "draining (shutting down)"}}
+UNAUTHORIZED = {401: {"model": ErrorBody, "description": "The server has a token (LEUKOLAB_API_TOKEN) and the request "
+                                                         "did not send it as Authorization: Bearer"}}
+BUSY = {503: {"model": ErrorBody, "description": "The model is loading or failed to load; or, with Retry-After, the "
+                                                 "server holds max_pending requests (reason overloaded) or is shutting "
+                                                 "down (reason draining): retry later or elsewhere"}}
 IMAGE_FORMATS = "JPEG, PNG, TIFF, BMP, GIF (first frame) or WebP"
 
 
@@ -59,7 +67,7 @@ def refusals(many: bool) -> dict:
         415: {"model": ErrorBody, "description": f"{files.capitalize()} is not an image"},
         422: {"model": ErrorBody, "description": f"No file in the multipart field '{'files' if many else 'file'}', "
                                                  "or explain is not a boolean"},
-        **NOT_READY,
+        **UNAUTHORIZED, **BUSY,
     }
 
 
@@ -69,11 +77,20 @@ async def health(slot: Slot) -> Health:
 
 
 @router.get("/ready", response_model=Readiness, responses=NOT_READY, summary="Readiness: 200 once the model is loaded")
-async def ready(_: LoadedNow) -> Readiness:
+async def ready(_: LoadedNow, request: Request) -> Readiness:
+    refuse_while_draining(request.app.state.admission)
     return Readiness(status="ready")
 
 
-@router.get("/version", response_model=VersionInfo, responses=NOT_READY, summary="The served model")
+def refuse_while_draining(admission: Admission) -> None:
+    """The 503 of a readiness route once the server drains (so load balancers stop sending it work)."""
+    if admission.draining:
+        raise ApiError(503, "the server is shutting down: it finishes the requests it holds and takes no new ones",
+                       "draining")
+
+
+@router.get("/version", response_model=VersionInfo, responses={**NOT_READY, **UNAUTHORIZED}, summary="The served model",
+            dependencies=[Authorized])
 async def version(served: ReadyModel) -> VersionInfo:
     model, info = served.model, served.info
     return VersionInfo(model_uri=info.uri, name=info.name, version=info.version, run_id=info.run_id,
@@ -83,8 +100,8 @@ async def version(served: ReadyModel) -> VersionInfo:
 
 
 @router.post("/predict", response_model=Prediction, summary="Classify (and segment) one smear image",
-             openapi_extra=upload_body("file", many=False), responses=refusals(many=False))
-async def predict(started: Started, served: ReadyModel,
+             openapi_extra=upload_body("file", many=False), responses=refusals(many=False), dependencies=[Authorized])
+async def predict(_: Admitted, started: Started, served: ReadyModel,
                   uploads: Annotated[list[Upload], Depends(uploads_in("file", many=False))],
                   settings: Settings, metrics: Metrics, explain: Explain = False) -> Prediction:
     answers = await predict_uploads(served, uploads, settings.max_pixels, metrics, explain)
@@ -92,8 +109,8 @@ async def predict(started: Started, served: ReadyModel,
 
 
 @router.post("/predict/batch", response_model=BatchPrediction, summary="Classify (and segment) several smear images",
-             openapi_extra=upload_body("files", many=True), responses=refusals(many=True))
-async def predict_batch(started: Started, served: ReadyModel,
+             openapi_extra=upload_body("files", many=True), responses=refusals(many=True), dependencies=[Authorized])
+async def predict_batch(_: Admitted, started: Started, served: ReadyModel,
                         uploads: Annotated[list[Upload], Depends(uploads_in("files", many=True))],
                         settings: Settings, metrics: Metrics, explain: Explain = False) -> BatchPrediction:
     answers = await predict_uploads(served, uploads, settings.max_pixels, metrics, explain)

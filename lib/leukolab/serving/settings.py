@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from leukolab.images import DEFAULT_MAX_PIXELS
 from leukolab.serving.model import DEFAULT_MODEL_URI
@@ -31,6 +31,17 @@ class ServingSettings:
     torch_threads: int = 0
     """Threads of each forward pass (``torch.set_num_threads``); 0: the server gives each worker its share of the
     cores (see :func:`leukolab.serving.launch.serve_forever`), an app made in another process leaves torch as it is."""
+    max_pending: int = 64
+    """Most prediction requests held at once (queued or in a forward pass); past it a request is refused at once with
+    503 and ``Retry-After`` (:mod:`leukolab.serving.admission`); 0: no limit."""
+    retry_after_seconds: float = 1.0
+    """The ``Retry-After`` of those 503s (whole seconds, at least 1)."""
+    drain_seconds: float = 20.0
+    """On SIGTERM: how long the requests already held may take to finish before the server exits anyway (keep
+    compose's ``stop_grace_period`` above it)."""
+    api_token: str = field(default="", repr=False)
+    """The bearer token every route but health, readiness and metrics requires (``Authorization: Bearer ...``);
+    empty: none (see :mod:`leukolab.serving.auth`). Never logged."""
     low_confidence_threshold: float = 0.5
     low_confidence_run: int = 5
     colour_drift_threshold: float = 0.1

@@ -14,12 +14,14 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
 import leukolab
+from leukolab.serving.admission import Admitted
+from leukolab.serving.auth import Authorized
 from leukolab.serving.dependencies import LoadedModel, LoadedNow, Metrics, ReadyModel, Settings
 from leukolab.serving.errors import ApiError
 from leukolab.serving.protocol import (BINARY_HEADER, EXTENSIONS, IMAGE_INPUT, SERVER_NAME, InferenceRequest,
                                        InferenceResponse, Liveness, ModelMetadata, ModelReadiness, ServerMetadata,
                                        ServerReadiness, TensorMetadata, V2Error, output_metadata)
-from leukolab.serving.routes import Started, predict_uploads, prediction
+from leukolab.serving.routes import Started, predict_uploads, prediction, refuse_while_draining
 from leukolab.serving.schemas import Prediction
 from leukolab.serving.tensors import Tensor, encode_response, image_files, parse_request, requested_outputs
 from leukolab.serving.uploads import read_body
@@ -30,10 +32,13 @@ REFUSALS = {
          "truncated, corrupt or unusable image (too small, too elongated); a model that only segments",
     404: "No model of that name, or no such version",
     413: "An image over max_upload_bytes or max_pixels, or more images than max_batch_files",
-    415: "An element that is not an image",
+    401: "The server has a token (LEUKOLAB_API_TOKEN) and the request did not send it as Authorization: Bearer",
+    415: "A body that is neither application/json nor application/octet-stream, or an element that is not an image",
     422: "A parameter of the wrong type",
-    503: "The model is loading or failed to load",
+    503: "The model is loading or failed to load; or, with Retry-After, the server holds max_pending requests "
+         "(reason overloaded) or is shutting down (reason draining)",
 }
+INFER_MEDIA = ("application/json", "application/octet-stream")
 MODEL = "/v2/models/{name}"
 VERSION = "/v2/models/{name}/versions/{version}"
 INFER_BODY = {"requestBody": {"required": True, "content": {
@@ -72,7 +77,8 @@ async def live() -> Liveness:
 
 
 @router.get("/v2/health/ready", response_model=ServerReadiness, responses=refusals(503), summary="v2 readiness")
-async def server_ready(_: LoadedNow) -> ServerReadiness:
+async def server_ready(_: LoadedNow, request: Request) -> ServerReadiness:
+    refuse_while_draining(request.app.state.admission)
     return ServerReadiness(ready=True)
 
 
@@ -81,37 +87,45 @@ async def server_metadata() -> ServerMetadata:
     return ServerMetadata(name=SERVER_NAME, version=leukolab.__version__, extensions=EXTENSIONS)
 
 
-@router.get(MODEL, response_model=ModelMetadata, responses=refusals(404, 422, 503), summary="v2 model metadata")
+@router.get(MODEL, response_model=ModelMetadata, responses=refusals(401, 404, 422, 503),
+            summary="v2 model metadata",
+            dependencies=[Authorized])
 async def model_metadata(name: str, served: LoadedNow) -> ModelMetadata:
     return metadata(named(served, name))
 
 
-@router.get(VERSION, response_model=ModelMetadata, responses=refusals(404, 422, 503), summary="v2 model version metadata")
+@router.get(VERSION, response_model=ModelMetadata, responses=refusals(401, 404, 422, 503),
+            summary="v2 model version metadata",
+            dependencies=[Authorized])
 async def version_metadata(name: str, version: str, served: LoadedNow) -> ModelMetadata:
     return metadata(named(served, name, version))
 
 
-@router.get(f"{MODEL}/ready", response_model=ModelReadiness, responses=refusals(404, 422, 503), summary="v2 model readiness")
+@router.get(f"{MODEL}/ready", response_model=ModelReadiness, responses=refusals(401, 404, 422, 503),
+            summary="v2 model readiness",
+            dependencies=[Authorized])
 async def model_ready(name: str, served: LoadedNow) -> ModelReadiness:
     return ModelReadiness(name=model_name(named(served, name)), ready=True)
 
 
-@router.get(f"{VERSION}/ready", response_model=ModelReadiness, responses=refusals(404, 422, 503),
-            summary="v2 model version readiness")
+@router.get(f"{VERSION}/ready", response_model=ModelReadiness, responses=refusals(401, 404, 422, 503),
+            summary="v2 model version readiness", dependencies=[Authorized])
 async def version_ready(name: str, version: str, served: LoadedNow) -> ModelReadiness:
     return ModelReadiness(name=model_name(named(served, name, version)), ready=True)
 
 
 @router.post(f"{MODEL}/infer", response_model=InferenceResponse, summary="v2 inference: classify smear images",
-             openapi_extra=INFER_BODY, responses={200: BINARY_ANSWER, **refusals(400, 404, 413, 415, 422, 503)})
-async def infer(name: str, request: Request, started: Started, served: ReadyModel, settings: Settings,
+             openapi_extra=INFER_BODY, responses={200: BINARY_ANSWER, **refusals(400, 401, 404, 413, 415, 422, 503)},
+             dependencies=[Authorized])
+async def infer(_: Admitted, name: str, request: Request, started: Started, served: ReadyModel, settings: Settings,
                 metrics: Metrics) -> Response:
     return await answer(request, named(served, name), started, settings, metrics)
 
 
 @router.post(f"{VERSION}/infer", response_model=InferenceResponse, summary="v2 inference on a version",
-             openapi_extra=INFER_BODY, responses={200: BINARY_ANSWER, **refusals(400, 404, 413, 415, 422, 503)})
-async def infer_version(name: str, version: str, request: Request, started: Started, served: ReadyModel,
+             openapi_extra=INFER_BODY, responses={200: BINARY_ANSWER, **refusals(400, 401, 404, 413, 415, 422, 503)},
+             dependencies=[Authorized])
+async def infer_version(_: Admitted, name: str, version: str, request: Request, started: Started, served: ReadyModel,
                         settings: Settings, metrics: Metrics) -> Response:
     return await answer(request, named(served, name, version), started, settings, metrics)
 
@@ -144,6 +158,7 @@ async def answer(request: Request, served: LoadedModel, started: float, settings
     """Read the inference request, predict its images as ``/predict`` does, answer the outputs it asks for."""
     if served.model.task == "segmentation":
         raise ApiError(400, "this model only segments; v2 inference answers classes", "cannot_classify")
+    refuse_other_media(request.headers.get("content-type"))
     body = await read_body(request, settings.max_batch_files, settings.max_upload_bytes)
     inference, raw = parse_request(body, request.headers.get(BINARY_HEADER))
     wanted = requested_outputs(inference)
@@ -153,6 +168,14 @@ async def answer(request: Request, served: LoadedModel, started: float, settings
     head = InferenceResponse(model_name=model_name(served), model_version=served.info.version, id=inference.id,
                              outputs=[])
     return encode_response(head, [(tensors[name], binary) for name, binary in wanted])
+
+
+def refuse_other_media(content_type: str | None) -> None:
+    """A 415 unless the body is JSON, the binary extension's octet stream, or unlabelled (as some clients send it)."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media and media not in INFER_MEDIA:
+        raise ApiError(415, f"an inference request is {' or '.join(INFER_MEDIA)}, not {media!r}",
+                       "unsupported_media_type")
 
 
 def output_tensors(predictions: list[Prediction], class_names: list[str]) -> dict[str, Tensor]:

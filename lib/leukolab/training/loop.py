@@ -9,7 +9,6 @@ the final weights are kept.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import logging
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 from leukolab.config.experiment import Experiment
 from leukolab.data.dataset import SmearDataset
 from leukolab.metrics.scores import classification_metrics, segmentation_metrics
+from leukolab.models.factory import without_tta
 from leukolab.models.inputs import normalize
 from leukolab.training.augment import augment_batch, label_mixer
 from leukolab.training.losses import TaskLoss, class_weights
@@ -207,7 +207,7 @@ def _end_epoch(result: FitResult, epoch, epochs, losses, train_seconds, optimize
         val_started = time.perf_counter()
         # Epoch validation sees each image once: test-time augmentation would make it 8 times dearer for an
         # early-stopping signal it barely changes; the restored model is evaluated with it afterwards.
-        with _without_tta(kept):
+        with without_tta(kept):
             metrics.update({f"val_{k}": v for k, v in evaluate(kept, val_set, mean, std, class_names, task, device).items()})
         metrics["val_seconds"] = time.perf_counter() - val_started
     result.history.append({"epoch": epoch + 1, **metrics})
@@ -221,19 +221,6 @@ def _end_epoch(result: FitResult, epoch, epochs, losses, train_seconds, optimize
     if on_epoch_end:
         on_epoch_end(epoch + 1, metrics)
     return best_state
-
-
-@contextlib.contextmanager
-def _without_tta(model):
-    """Switch a :class:`~leukolab.models.factory.SmearNet`'s test-time augmentation off for a while."""
-    tta = getattr(model, "tta", None)
-    if tta is not None:
-        model.tta = False
-    try:
-        yield model
-    finally:
-        if tta is not None:
-            model.tta = tta
 
 
 def _scheduler(optimizer, name: str, epochs: int, steps_per_epoch: int, lr: float):
