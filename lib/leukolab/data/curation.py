@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from leukolab.data import labels as csv_labels
+from leukolab.data.acquisition import acquisition_columns, acquisition_manifest
 from leukolab.data.etl_params import EtlParams
 from leukolab.data.leakage import leakage_report
 from leukolab.data.masks import audit_masks, masks_manifest
@@ -73,6 +74,7 @@ def curate(meta: pd.DataFrame, params: EtlParams) -> tuple[pd.DataFrame, list[di
     fractions = split_fractions(params.train_fraction, params.val_fraction, params.test_fraction,
                                 params.holdouts, params.holdout_fraction)
     originals["split"] = assign_splits(originals.assign(group=originals["group_id"]), fractions, params.seed)
+    originals = originals.join(acquisition_columns(originals, fractions, params))
     classes = params.classes or sorted(originals["class_name"].unique())
     originals["label"] = originals["class_name"].map({name: i for i, name in enumerate(classes)})
     paths, hashes = originals["source_path"], originals["content_hash"]
@@ -136,4 +138,5 @@ def build_manifest(name, raw_dir, layout, params, fingerprint, meta, table, quar
         "duplicate_groups": duplicates.groups,
         "near_duplicate_pairs": duplicates.near_pairs,
         "leakage": leakage_report(table, duplicates.near_pairs, params),
+        "acquisition": acquisition_manifest(table, list(classes), params),
     }

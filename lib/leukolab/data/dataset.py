@@ -23,12 +23,22 @@ def load_manifest(dataset_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_split(dataset_dir: str | Path, split: str | None = None) -> pd.DataFrame:
-    """Rows of one split (or all) in a stable order, with the encoded image and mask bytes."""
-    filters = [("split", "=", split)] if split else None
+SPLIT_STRATEGIES = {"grouped": "split", "acquisition": "acquisition_split"}
+"""Split strategy -> the dataset column holding its assignment (:mod:`leukolab.data.acquisition`)."""
+
+
+def load_split(dataset_dir: str | Path, split: str | None = None, strategy: str = "grouped") -> pd.DataFrame:
+    """Rows of one split (or all) of a split ``strategy`` in a stable order, with the encoded image and mask bytes."""
+    if strategy not in SPLIT_STRATEGIES:
+        raise ValueError(f"unknown split strategy {strategy!r}; choose one of {sorted(SPLIT_STRATEGIES)}")
+    if strategy == "acquisition" and not load_manifest(dataset_dir).get("acquisition", {}).get("available"):
+        reason = load_manifest(dataset_dir).get("acquisition", {}).get("reason", "the dataset predates them")
+        raise ValueError(f"{dataset_dir} has no acquisition-aware splits: {reason}. Name files with a running number "
+                         "in acquisition order (e.g. Pro-001.jpg) and run the ETL again, or use the grouped strategy")
+    filters = [(SPLIT_STRATEGIES[strategy], "=", split)] if split else None
     frame = pq.read_table(Path(dataset_dir) / "data", filters=filters).to_pandas()
     if split and frame.empty:
-        raise ValueError(f"split {split!r} is empty in {dataset_dir}")
+        raise ValueError(f"split {split!r} ({strategy}) is empty in {dataset_dir}")
     return frame.sort_values("source_path").reset_index(drop=True)
 
 
@@ -75,12 +85,13 @@ class SmearDataset(Dataset):
         return part
 
 
-def load_datasets(dataset_dir: str | Path, splits: tuple[str, ...], task: str) -> dict[str, SmearDataset]:
+def load_datasets(dataset_dir: str | Path, splits: tuple[str, ...], task: str,
+                  strategy: str = "grouped") -> dict[str, SmearDataset]:
     """In-memory datasets of the named splits for a task: a ``segmentation`` task gets only the rows with a
     (plausible) mask, a ``joint`` one every row with its mask where there is one, ``classification`` no masks."""
     datasets = {}
     for name in splits:
-        frame = load_split(dataset_dir, name)
+        frame = load_split(dataset_dir, name, strategy)
         if task == "segmentation":
             frame = frame[frame["mask"].notna()].reset_index(drop=True)
             if frame.empty:

@@ -29,6 +29,9 @@ class EtlParams(BaseModel):
     JPEG noise on black), lose components under ``mask_min_component`` of the field and (``mask_fill_holes``) their
     holes; exact binary masks stay as they are. A mask with a cell fraction under ``mask_min_fraction``, or covering
     less than ``mask_min_agreement`` of the original's stained nuclei, is implausible: dropped, its image kept.
+
+    Acquisition-aware splits (:mod:`leukolab.data.acquisition`): per class, ``acquisition_blocks`` contiguous blocks
+    in file-name number order, whole blocks for val/test/holdouts, ``acquisition_embargo`` neighbours withheld.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -64,6 +67,10 @@ class EtlParams(BaseModel):
     mask_fill_holes: bool = True
     mask_min_fraction: Fraction = Field(0.005, description="a mask with less cell than this is implausible")
     mask_min_agreement: Fraction = Field(0.5, description="implausible when covering less of the stained nuclei")
+    acquisition_splits: bool = Field(True, description="also write acquisition-aware splits when file names carry a "
+                                     "running number (leukolab.data.acquisition)")
+    acquisition_blocks: int = Field(20, ge=2, description="contiguous blocks per class in acquisition order")
+    acquisition_embargo: int = Field(4, ge=0, description="images withheld from train on each side of an evaluation block")
 
     @field_validator("labels_files", mode="before")
     @classmethod

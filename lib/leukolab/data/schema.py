@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """2: Parquet gained ``group_id`` and ``phash``; the manifest ``near_duplicate_pairs``, ``quarantine_reasons``, ``patients``.
 3: the manifest gained ``leakage``; masks are derived and audited (:mod:`leukolab.data.masks`): Parquet gained
 ``mask_fraction``, ``mask_raw_fraction``, ``mask_status`` and ``mask_reason`` (``mask`` is null for an implausible mask);
-the manifest a ``masks`` section."""
+the manifest a ``masks`` section.
+4: Parquet gained ``acquisition_split`` (``embargo``: withheld from training), ``acquisition_block`` and
+``acquisition_rank`` (null without an acquisition key); the manifest an ``acquisition`` section."""
 PROCESSED_SCHEMA = (
     "source_path string, role string, class_name string, stem string, patient_id string, status string, "
     "reason string, message string, content_hash string, phash string, width int, height int, png binary, "
@@ -22,6 +24,7 @@ DATASET_SCHEMA = pa.schema([
     ("split", pa.string()), ("source_path", pa.string()), ("content_hash", pa.string()), ("patient_id", pa.string()),
     ("original_width", pa.int32()), ("original_height", pa.int32()), ("group_id", pa.int64()), ("phash", pa.string()),
     ("mask_fraction", pa.float64()), ("mask_raw_fraction", pa.float64()), ("mask_status", pa.string()), ("mask_reason", pa.string()),
+    ("acquisition_split", pa.string()), ("acquisition_block", pa.int64()), ("acquisition_rank", pa.int64()),
 ])
 DATASET_COLUMNS = tuple(DATASET_SCHEMA.names)
 """Columns of the dataset Parquet, in order; later stages read them by name."""

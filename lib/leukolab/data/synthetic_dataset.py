@@ -7,7 +7,8 @@
 false colour on black, JPEG-compressed (ringing at the edges), with a few small specks,
 and a per-class share of failed segmentations (nothing, or a fragment of one cell).
 ``domain_shift`` turns the stain hues, scales the illumination and blurs: the same
-classes from another lab's microscope, for external tests. Images are the same as
+classes from another lab's microscope, for external tests. ``sessions`` photographs consecutive
+numbers in acquisition sessions whose look follows the class (:mod:`leukolab.data.synthetic_sessions`). Images are the same as
 without the options (domain shift aside); the artefacts draw from their own seeds.
 """
 
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from leukolab import CLASS_NAMES
 from leukolab.data.synthetic import CLASS_PROFILES, image_rng, render_smear
+from leukolab.data.synthetic_sessions import Sessions
 
 SEGMENTATIONS = ("mask", "false_colour")
 _STEM = re.compile(r"^(?P<class_name>.+)_\d{4}\.(jpg|png)$")
@@ -56,13 +58,14 @@ class DomainShift:
 
 def generate_dataset(root, images_per_class: int | dict[str, int], image_size: int = 224, seed: int = 0,
                      classes=CLASS_NAMES, *, segmentation: str = "mask", failed_segmentation: dict[str, float] | None = None,
-                     domain_shift: DomainShift | dict | None = None) -> Path:
+                     domain_shift: DomainShift | dict | None = None, sessions: Sessions | dict | None = None) -> Path:
     """Write ``<root>/Original/<class>/<class>_<i:04d>.jpg`` (JPEG quality 95) and its segmentation.
 
     ``images_per_class``: one count for every class of ``classes``, or a dict class -> count (which names the
     classes). ``segmentation``: ``"mask"`` (exact 0/255 L-mode PNG) or ``"false_colour"`` (JPEG as real
     datasets ship it); ``failed_segmentation``: class -> share of its false-colour segmentations that fail.
-    ``domain_shift``: a :class:`DomainShift` or a dict of its fields.
+    ``domain_shift``: a :class:`DomainShift` or a dict of its fields; ``sessions``: a :class:`Sessions` or a dict
+    of its fields.
 
     Idempotent and deterministic by seed: files already written with the same settings (recorded in
     ``<root>/.synthetic.json``) are kept, anything else is rewritten, and generated files that the
@@ -77,6 +80,9 @@ def generate_dataset(root, images_per_class: int | dict[str, int], image_size: i
         settings.update(segmentation=segmentation, failed_segmentation=failed)
     if shift:
         settings["domain_shift"] = asdict(shift)
+    sessions = Sessions(**sessions) if isinstance(sessions, dict) else sessions
+    if sessions:
+        settings["sessions"] = asdict(sessions)
     stamp = root / ".synthetic.json"
     keep_existing = stamp.is_file() and json.loads(stamp.read_text()) == settings
     stamp.unlink(missing_ok=True)
@@ -89,6 +95,7 @@ def generate_dataset(root, images_per_class: int | dict[str, int], image_size: i
             continue
         image, mask = render_smear(image_rng(seed, name, i), name, image_size)
         image = shift.apply(image) if shift else image
+        image = sessions.apply(image, seed, name, i) if sessions else image
         _save(Image.fromarray(image), image_path, format="JPEG", quality=95)
         if segmentation == "mask":
             _save(Image.fromarray(mask * np.uint8(255)), segmented_path, format="PNG")

@@ -79,3 +79,33 @@ def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def cluster_intervals(labels: np.ndarray, predictions: np.ndarray, clusters: np.ndarray, classes: int,
+                      samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Intervals of accuracy, balanced accuracy and macro-F1 by a cluster bootstrap: each resample draws whole
+    clusters (acquisition blocks, duplicate groups, patients) with replacement, so images that share a cluster
+    are resampled together and the interval is not narrowed by their likeness."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    _, cluster_index = np.unique(np.asarray(clusters), return_inverse=True)
+    count = cluster_index.max() + 1 if len(cluster_index) else 0
+    draws = _resamples(count, samples, seed)
+    times = np.stack([np.bincount(row, minlength=count) for row in draws]).astype(float)  # draws of each cluster
+    pairs = np.zeros((len(labels), classes * classes))
+    pairs[np.arange(len(labels)), labels * classes + predictions] = 1
+    matrices = (times[:, cluster_index] @ pairs).reshape(samples, classes, classes)
+    return {name: _percentiles(values, level) for name, values in confusion_scores(matrices).items()}
+
+
+def confusion_scores(matrices: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy (mean recall over the classes present) and macro-F1 of confusion matrices
+    ``(..., true, predicted)``."""
+    true_positives = np.diagonal(matrices, axis1=-2, axis2=-1)
+    actual, predicted = matrices.sum(-1), matrices.sum(-2)
+    recall = true_positives / np.maximum(actual, 1e-12)
+    precision = true_positives / np.maximum(predicted, 1e-12)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    present = actual > 0
+    return {"accuracy": true_positives.sum(-1) / np.maximum(matrices.sum((-2, -1)), 1e-12),
+            "balanced_accuracy": (recall * present).sum(-1) / np.maximum(present.sum(-1), 1),
+            "macro_f1": (f1 * present).sum(-1) / np.maximum(present.sum(-1), 1)}

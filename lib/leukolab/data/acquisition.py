@@ -1,0 +1,158 @@
+"""Acquisition-aware splits: whole blocks of acquisition order for evaluation, with an embargo around them.
+
+Images taken in one acquisition session (same smear, same lamp, same stain
+batch) share background tint, illumination and stain, and their file names
+carry neighbouring running numbers. A random split (even grouped by
+duplicates) puts near-twins of every test image in train, and a model can
+score by recognising the session. Here, within each class, images are
+ordered by an acquisition key (the last number in the file name, or a column
+of the labels CSV) and cut into ``blocks`` contiguous blocks of about equal
+size. Each evaluation split (val, test, holdouts) takes a run of whole
+consecutive blocks at a seeded place; the ``embargo`` images on each side of
+every evaluation run are withheld from training (split ``embargo``). Groups
+(duplicates, patients) never straddle: a group's images outside its
+evaluation split are withheld too.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from leukolab.data.splits import _stable_seed
+
+EMBARGO = "embargo"
+"""The acquisition split of images withheld from training because they neighbour an evaluation block."""
+_LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+
+
+def name_keys(source_paths: pd.Series) -> pd.Series:
+    """The last number in each file's name (without its extension), as a float; NaN where the name has none."""
+    stems = source_paths.map(lambda path: path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+    return stems.map(lambda stem: float(m.group(1)) if (m := _LAST_NUMBER.search(stem)) else np.nan)
+
+
+def acquisition_keys(rows: pd.DataFrame, column: str | None = None) -> tuple[pd.Series | None, str]:
+    """Each row's acquisition key and where it came from; ``(None, why)`` when the data has none.
+
+    ``column``: a column of ``rows`` (from the labels CSV) holding the key; otherwise the last number in the
+    file name, used only when every image's name carries one and they are not all equal within every class.
+    """
+    if column is not None:
+        if column not in rows or rows[column].isna().any():
+            raise ValueError(f"acquisition column {column!r} is missing or has empty values; give every image a key")
+        return pd.to_numeric(rows[column], errors="raise").astype(float), f"column {column!r}"
+    keys = name_keys(rows["source_path"])
+    if keys.isna().any():
+        missing = rows.loc[keys.isna(), "source_path"].head(3).tolist()
+        return None, f"{int(keys.isna().sum())} file names carry no number (e.g. {missing})"
+    if (keys.groupby(rows["class_name"]).nunique() <= 1).all():
+        return None, "every file name of a class carries the same last number"
+    return keys, "the last number in the file name"
+
+
+def blocked_splits(rows: pd.DataFrame, keys: pd.Series, fractions: dict[str, float], blocks: int, embargo: int,
+                   seed: int) -> pd.DataFrame:
+    """Per row (aligned on ``rows.index``): ``acquisition_split``, ``acquisition_block`` and ``acquisition_rank``.
+
+    ``rows`` has ``source_path``, ``class_name`` and ``group``; ``fractions`` name ``train`` and the evaluation splits. Each
+    evaluation split with a positive fraction gets ``max(1, round(fraction * blocks))`` consecutive blocks of
+    every class. ``acquisition_block`` numbers the blocks (unique across classes: the clusters of a cluster
+    bootstrap); ``acquisition_rank`` is the row's place in its class's order.
+    """
+    if blocks < 2:
+        raise ValueError(f"acquisition_blocks must be at least 2, got {blocks}")
+    evaluation = [name for name in fractions if name != "train"]
+    runs = {name: max(1, round(fractions[name] * blocks)) for name in evaluation}
+    if sum(runs.values()) >= blocks:
+        raise ValueError(f"{blocks} acquisition blocks leave none for train after {runs}; use more blocks")
+    rng = np.random.default_rng(_stable_seed(seed, "acquisition"))
+    result = pd.DataFrame(index=rows.index, columns=["acquisition_split", "acquisition_block", "acquisition_rank"])
+    result["acquisition_split"] = "train"
+    next_block = 0
+    for _, members in rows.assign(key=keys).groupby("class_name", sort=True):
+        ordered = members.sort_values(["key", "source_path"]).index
+        n = len(ordered)
+        block_of = np.minimum(np.arange(n) * blocks // max(n, 1), blocks - 1)
+        split_of_block = _place_runs(rng, runs, blocks)
+        split = split_of_block[block_of]
+        split[(split == "train") & (_distance_to(split != "train") <= embargo)] = EMBARGO
+        result.loc[ordered, "acquisition_split"] = split
+        result.loc[ordered, "acquisition_block"] = block_of + next_block
+        result.loc[ordered, "acquisition_rank"] = np.arange(n)
+        next_block += blocks
+    _keep_groups_whole(result, rows["group"])
+    return result.astype({"acquisition_block": "int64", "acquisition_rank": "int64"})
+
+
+def _place_runs(rng: np.random.Generator, runs: dict[str, int], blocks: int) -> np.ndarray:
+    """The split of each block: each evaluation split one run of consecutive blocks, in a seeded order at seeded
+    places, with at least one train block between two runs; train elsewhere."""
+    order = list(rng.permutation(list(runs)))
+    spare = blocks - sum(runs.values()) - (len(order) - 1)  # train blocks beyond the one between two runs
+    if spare < 0:
+        raise ValueError(f"{blocks} acquisition blocks cannot keep the evaluation runs {runs} apart; use more blocks")
+    bars = np.sort(rng.choice(spare + len(order), size=len(order), replace=False))  # stars and bars
+    before = np.diff(bars, prepend=-1) - 1  # spare train blocks before each run
+    labels, position = np.full(blocks, "train", dtype=object), 0
+    for index, name in enumerate(order):
+        position += int(before[index]) + (1 if index else 0)
+        labels[position:position + runs[name]] = name
+        position += runs[name]
+    return labels
+
+
+def _distance_to(marked: np.ndarray) -> np.ndarray:
+    """For each position, how many places away the nearest marked position is (a large number when none is)."""
+    where = np.flatnonzero(marked)
+    if not len(where):
+        return np.full(len(marked), np.iinfo(np.int64).max)
+    positions = np.arange(len(marked))
+    right = np.searchsorted(where, positions).clip(max=len(where) - 1)
+    left = (right - 1).clip(min=0)
+    return np.minimum(np.abs(where[right] - positions), np.abs(where[left] - positions))
+
+
+def _keep_groups_whole(result: pd.DataFrame, groups: pd.Series) -> None:
+    """A group with images in an evaluation split keeps them in the split holding most of them; the rest of its
+    images are withheld from training (``embargo``), so no group straddles train and an evaluation split."""
+    split = result["acquisition_split"]
+    evaluated = split[~split.isin(["train", EMBARGO])]
+    if evaluated.empty:
+        return
+    home = evaluated.groupby(groups[evaluated.index]).agg(lambda s: s.value_counts().index[0])
+    in_group = groups.map(home)
+    moved = in_group.notna() & (split != in_group)
+    result.loc[moved, "acquisition_split"] = EMBARGO
+
+
+def acquisition_columns(table: pd.DataFrame, fractions: dict[str, float], params) -> pd.DataFrame:
+    """The curated ``table``'s acquisition columns (null throughout when ``params`` turn them off or the data has
+    no acquisition key); ``params`` is :class:`leukolab.data.etl_params.EtlParams`."""
+    keys, _ = acquisition_keys(table) if params.acquisition_splits and len(table) else (None, "")
+    if keys is None:
+        return pd.DataFrame({"acquisition_split": None, "acquisition_block": pd.NA, "acquisition_rank": pd.NA},
+                            index=table.index).astype({"acquisition_block": "Int64", "acquisition_rank": "Int64"})
+    return blocked_splits(table.assign(group=table["group_id"]), keys, fractions, params.acquisition_blocks,
+                          params.acquisition_embargo, params.seed)
+
+
+def acquisition_manifest(table: pd.DataFrame, classes: list[str], params) -> dict:
+    """The manifest's ``acquisition`` section: whether the dataset has acquisition-aware splits, on which key, its
+    images per split and class (``embargo`` included) and the groups straddling train and evaluation (0)."""
+    if not params.acquisition_splits:
+        return {"available": False, "reason": "turned off (acquisition_splits=False)"}
+    keys, source = acquisition_keys(table) if len(table) else (None, "no images")
+    if keys is None or table["acquisition_split"].isna().all():
+        return {"available": False, "reason": source}
+    split = table["acquisition_split"]
+    counts = table.groupby(["acquisition_split", "class_name"]).size()
+    in_train = set(table.loc[split == "train", "group_id"])
+    evaluated = table[~split.isin(["train", EMBARGO])]
+    return {
+        "available": True, "key": source, "blocks": params.acquisition_blocks, "embargo": params.acquisition_embargo,
+        "counts": {name: {c: int(counts.get((name, c), 0)) for c in classes} for name in sorted(split.unique())},
+        "straddling_images": int(evaluated["group_id"].isin(in_train).sum()),
+    }
