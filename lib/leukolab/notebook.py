@@ -46,6 +46,6 @@ def finish_experiment(stage: str, run_dir: str | Path, result: ExperimentResult)
     path = stages.write_output(run_dir, f"{stage}-{result.experiment.name}", {
         "experiment": result.experiment.name, "task": result.experiment.task, "mlflow_run_id": run_id,
         "model_uri": result.model_uri, "val_metrics": result.val_metrics, "test_metrics": result.test_metrics,
-        "resampling": result.resampling})
+        "resampling": result.resampling, "acquisition_aware": result.acquisition_aware})
     mlflow.end_run()
     return path

@@ -92,6 +92,8 @@ class Experiment(Section):
     seed: int = 42
     cv_folds: int | None = Field(None, ge=2, description="also k grouped folds of train+val, as child runs")
     seeds: list[int] | None = Field(None, description="also retrain once per seed, as child runs")
+    acquisition_aware: bool = Field(False, description="classifiers: also train and score on the acquisition-aware "
+                                    "splits (a child run), when the dataset has them")
 
     @property
     def monitor(self) -> str:
@@ -111,7 +113,8 @@ def parse_experiment(values: dict, where: str = "experiment") -> Experiment:
 
 
 SHORTCUTS = {"seed": ("seed",), "epochs": ("training", "epochs"), "num_processes": ("distributed", "num_processes"),
-             "spark_master": ("distributed", "master"), "cv_folds": ("cv_folds",), "seeds": ("seeds",)}
+             "spark_master": ("distributed", "master"), "cv_folds": ("cv_folds",), "seeds": ("seeds",),
+             "acquisition_aware": ("acquisition_aware",)}
 """Parameters of the experiment stages that set one experiment key (``epochs`` is ``training.epochs``; ``spark_master``,
 named like the ETL's, is ``distributed.master``)."""
 

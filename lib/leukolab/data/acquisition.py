@@ -9,7 +9,8 @@ ordered by an acquisition key (the last number in the file name, or a column
 of the labels CSV) and cut into ``blocks`` contiguous blocks of about equal
 size. Each evaluation split (val, test, holdouts) takes a run of whole
 consecutive blocks at a seeded place; the ``embargo`` images on each side of
-every evaluation run are withheld from training (split ``embargo``). Groups
+every evaluation run are withheld from training (split ``embargo``; less in a
+class so small that it would withhold more than half of its train images). Groups
 (duplicates, patients) never straddle: a group's images outside its
 evaluation split are withheld too.
 """
@@ -78,7 +79,8 @@ def blocked_splits(rows: pd.DataFrame, keys: pd.Series, fractions: dict[str, flo
         block_of = np.minimum(np.arange(n) * blocks // max(n, 1), blocks - 1)
         split_of_block = _place_runs(rng, runs, blocks)
         split = split_of_block[block_of]
-        split[(split == "train") & (_distance_to(split != "train") <= embargo)] = EMBARGO
+        distance = _distance_to(split != "train")
+        split[(split == "train") & (distance <= _affordable_embargo(distance[split == "train"], embargo))] = EMBARGO
         result.loc[ordered, "acquisition_split"] = split
         result.loc[ordered, "acquisition_block"] = block_of + next_block
         result.loc[ordered, "acquisition_rank"] = np.arange(n)
@@ -102,6 +104,13 @@ def _place_runs(rng: np.random.Generator, runs: dict[str, int], blocks: int) -> 
         labels[position:position + runs[name]] = name
         position += runs[name]
     return labels
+
+
+def _affordable_embargo(train_distances: np.ndarray, embargo: int) -> int:
+    """``embargo``, or less where it would withhold more than half of a class's train images (tiny classes)."""
+    while embargo > 0 and (train_distances <= embargo).sum() > len(train_distances) / 2:
+        embargo -= 1
+    return embargo
 
 
 def _distance_to(marked: np.ndarray) -> np.ndarray:

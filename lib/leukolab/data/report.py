@@ -20,26 +20,35 @@ import pyarrow.parquet as pq
 from matplotlib.ticker import MaxNLocator
 
 from leukolab import plots
+from leukolab.data.acquisition_report import acquisition_blocks_plot, acquisition_counts_table, embargo_table
 from leukolab.data.dataset import load_manifest
+from leukolab.data.probes import DEFAULT_WARN_ABOVE, probe_table, shortcut_probes, shortcut_warning
 from leukolab.images import image_array
 
 METADATA_COLUMNS = ["source_path", "class_name", "split", "content_hash", "patient_id", "original_width",
-                    "original_height", "group_id", "mask_fraction", "mask_raw_fraction", "mask_status"]
+                    "original_height", "group_id", "mask_fraction", "mask_raw_fraction", "mask_status",
+                    "acquisition_split", "acquisition_block", "acquisition_rank"]
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class DataReport:
-    """The report's figures and tables by name (``counts``, ``samples``, ``sizes``, ``colours``, ``mask_coverage``;
-    ``counts``, ``quarantine``, ``quarantine_reasons``, ``duplicates``, ``leakage``, ``mask_coverage``, ``masks_implausible``)."""
+    """The report's figures and tables by name (``counts``, ``samples``, ``sizes``, ``colours``, ``mask_coverage``,
+    ``acquisition_blocks``; ``counts``, ``quarantine``, ``quarantine_reasons``, ``duplicates``, ``leakage``,
+    ``mask_coverage``, ``masks_implausible``, ``acquisition_counts``, ``embargo``, ``shortcut_probes``), the shortcut
+    probes (:mod:`leukolab.data.probes`) and their warning."""
 
     manifest: dict
     figures: dict = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    probes: list[dict] = field(default_factory=list)
+    probe_warning: str | None = None
 
 
-def build_report(dataset_dir: str | Path, samples_per_class: int = 4, colour_images_per_class: int = 64) -> DataReport:
-    """Every figure and table of the data report of one ETL output."""
+def build_report(dataset_dir: str | Path, samples_per_class: int = 4, colour_images_per_class: int = 64,
+                 probe_samples: int = 1000, probe_warn_above: float = DEFAULT_WARN_ABOVE) -> DataReport:
+    """Every figure and table of the data report of one ETL output; ``probe_samples`` bootstrap resamples behind
+    each probe's interval (0: no probes)."""
     manifest = load_manifest(dataset_dir)
     table = pq.read_table(Path(dataset_dir) / "data", columns=METADATA_COLUMNS).to_pandas()
     classes = manifest["classes"]
@@ -58,6 +67,14 @@ def build_report(dataset_dir: str | Path, samples_per_class: int = 4, colour_ima
     report.tables["masks_implausible"] = pd.DataFrame(manifest["masks"]["implausible"],
                                                       columns=["source_path", "mask_path", "reason", "message"])
     report.figures["mask_coverage"] = mask_coverage_plot(table, classes)
+    if manifest.get("acquisition", {}).get("available"):
+        report.figures["acquisition_blocks"] = acquisition_blocks_plot(table, classes)
+        report.tables["acquisition_counts"] = acquisition_counts_table(manifest)
+        report.tables["embargo"] = embargo_table(table)
+    if probe_samples:
+        report.probes = shortcut_probes(dataset_dir, probe_samples)
+        report.tables["shortcut_probes"] = probe_table(report.probes)
+        report.probe_warning = shortcut_warning(report.probes, probe_warn_above)
     for figure in report.figures.values():
         plt.close(figure)  # shown where the notebook displays them, not all at once
     return report
@@ -182,11 +199,13 @@ def log_report(report: DataReport, artifact_dir: str = "report") -> None:
     for name, figure in report.figures.items():
         mlflow.log_figure(figure, f"{artifact_dir}/{name}.png")
     for name, frame in report.tables.items():
-        mlflow.log_text(frame.to_csv(index=name in ("counts", "mask_coverage")), f"{artifact_dir}/{name}.csv")
-    warning = report.manifest["masks"]["shortcut_warning"]
-    if warning:
-        mlflow.set_tag("mask_shortcut_warning", warning[:5000])
-        mlflow.log_text(warning, f"{artifact_dir}/mask_shortcut_warning.txt")
+        mlflow.log_text(frame.to_csv(index=name in ("counts", "mask_coverage", "acquisition_counts", "shortcut_probes")),
+                        f"{artifact_dir}/{name}.csv")
+    for tag, warning in (("mask_shortcut_warning", report.manifest["masks"]["shortcut_warning"]),
+                         ("shortcut_warning", report.probe_warning)):
+        if warning:
+            mlflow.set_tag(tag, warning[:5000])
+            mlflow.log_text(warning, f"{artifact_dir}/{tag}.txt")
 
 
 def mask_coverage_table(manifest: dict) -> pd.DataFrame:
@@ -225,7 +244,11 @@ def mask_coverage_plot(table: pd.DataFrame, classes: list[str]):
 
 def shortcut_banner(manifest: dict) -> str | None:
     """The manifest's mask shortcut warning framed to be seen (also logged as a warning), or ``None``."""
-    warning = manifest["masks"]["shortcut_warning"]
+    return warning_banner(manifest["masks"]["shortcut_warning"])
+
+
+def warning_banner(warning: str | None) -> str | None:
+    """``warning`` framed to be seen (also logged as a warning), or ``None`` when there is none."""
     if not warning:
         return None
     log.warning(warning)

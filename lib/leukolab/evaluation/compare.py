@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from leukolab.data.dataset import SmearDataset, load_manifest, load_split
 from leukolab.metrics import HEADLINE
-from leukolab.metrics.intervals import classification_intervals, mean_interval
+from leukolab.metrics.intervals import classification_intervals, interval_columns, mean_interval
 from leukolab.metrics.scores import classification_metrics, segmentation_scores
 from leukolab.publishing.model import SmearModel, load_smear_model
 from leukolab.stages import read_outputs
@@ -90,11 +90,6 @@ def evaluate_model(model: SmearModel, dataset: SmearDataset, batch_size: int = 3
             metrics.update(interval_columns({"dice": mean_interval(dice, bootstrap_samples, seed),
                                               "iou": mean_interval(iou, bootstrap_samples, seed)}))
     return metrics, outputs
-
-
-def interval_columns(intervals: dict[str, tuple[float, float]]) -> dict[str, float]:
-    """``{name: (low, high)}`` as the table's ``<name>_ci_low`` / ``<name>_ci_high`` columns."""
-    return {f"{name}_ci_{end}": value for name, (low, high) in intervals.items() for end, value in (("low", low), ("high", high))}
 
 
 def load_run_model(run) -> SmearModel:

@@ -19,6 +19,7 @@ from leukolab.config import workspace
 from leukolab.config.experiment import Experiment
 from leukolab.data.dataset import SmearDataset, load_datasets, load_manifest
 from leukolab.models.factory import build_model
+from leukolab.experiments.acquisition import run_acquisition_aware
 from leukolab.experiments.resampling import run_resampling
 from leukolab.images import ImageRules
 from leukolab.publishing.model import log_smear_model
@@ -45,6 +46,7 @@ class ExperimentResult:
     model_uri: str
     figures: dict  # name -> matplotlib figure, as logged under plots/
     resampling: dict | None = None  # folds/seeds summary (leukolab.experiments.resampling); None when the experiment sets neither
+    acquisition_aware: dict | None = None  # leukolab.experiments.acquisition; None when the experiment does not ask for it
 
 
 def run_experiment(experiment: Experiment, dataset_dir: str | Path,
@@ -99,7 +101,7 @@ def run_experiment(experiment: Experiment, dataset_dir: str | Path,
     info = log_smear_model(model, meta, examples)
     resampling = run_resampling(experiment, dataset_dir)
     return ExperimentResult(experiment, model, result, val_metrics, test_metrics, class_names, manifest,
-                            splits["test"], info.model_uri, figures, resampling)
+                            splits["test"], info.model_uri, figures, resampling, run_acquisition_aware(experiment, dataset_dir))
 
 
 def _log_epoch(epoch: int, metrics: dict, on_epoch: Callable[[int, dict], None] | None) -> None:

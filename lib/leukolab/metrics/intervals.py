@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 def classification_intervals(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str],
                              samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Intervals of accuracy, macro-F1, per-class precision/recall/F1, ECE and (when computable) one-vs-rest ROC-AUC."""
+    """Intervals of accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1, ECE and (when computable) one-vs-rest ROC-AUC."""
     labels = np.asarray(labels)
     k = len(class_names)
     predictions = probabilities.argmax(1)
@@ -26,7 +26,9 @@ def classification_intervals(labels: np.ndarray, probabilities: np.ndarray, clas
     precision = true_positives / np.maximum(matrices.sum(1), 1)
     recall = true_positives / np.maximum(matrices.sum(2), 1)
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    present = matrices.sum(2) > 0
     values = {"accuracy": true_positives.sum(1) / len(labels), "macro_f1": f1.mean(1),
+              "balanced_accuracy": (recall * present).sum(1) / np.maximum(present.sum(1), 1),
               "ece": _calibration_errors(labels, probabilities, draws)}
     for i, name in enumerate(class_names):
         values.update({f"precision_{name}": precision[:, i], f"recall_{name}": recall[:, i], f"f1_{name}": f1[:, i]})
@@ -36,6 +38,11 @@ def classification_intervals(labels: np.ndarray, probabilities: np.ndarray, clas
     if len(aucs) >= samples // 2:
         values["roc_auc_ovr"] = np.asarray(aucs)
     return {name: _percentiles(v, level) for name, v in values.items()}
+
+
+def interval_columns(intervals: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """``{name: (low, high)}`` as the table's ``<name>_ci_low`` / ``<name>_ci_high`` columns."""
+    return {f"{name}_ci_{end}": value for name, (low, high) in intervals.items() for end, value in (("low", low), ("high", high))}
 
 
 def mean_interval(values: np.ndarray, samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -90,7 +97,8 @@ def cluster_intervals(labels: np.ndarray, predictions: np.ndarray, clusters: np.
     _, cluster_index = np.unique(np.asarray(clusters), return_inverse=True)
     count = cluster_index.max() + 1 if len(cluster_index) else 0
     draws = _resamples(count, samples, seed)
-    times = np.stack([np.bincount(row, minlength=count) for row in draws]).astype(float)  # draws of each cluster
+    flat = (np.arange(samples)[:, None] * count + draws).ravel()
+    times = np.bincount(flat, minlength=samples * count).reshape(samples, count).astype(float)  # draws of each cluster
     pairs = np.zeros((len(labels), classes * classes))
     pairs[np.arange(len(labels)), labels * classes + predictions] = 1
     matrices = (times[:, cluster_index] @ pairs).reshape(samples, classes, classes)

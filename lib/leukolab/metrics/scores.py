@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str]) -> dict[str, float]:
-    """Accuracy, macro-F1, per-class precision/recall/F1, one-vs-rest ROC-AUC (when every class is present), ECE."""
+    """Accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1, one-vs-rest ROC-AUC (when every class is present), ECE."""
     labels = np.asarray(labels)
     predictions = probabilities.argmax(1)
     indices = list(range(len(class_names)))
     precision, recall, f1, _ = precision_recall_fscore_support(labels, predictions, labels=indices, zero_division=0)
     metrics = {
         "accuracy": float(accuracy_score(labels, predictions)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, predictions)),
         "macro_f1": float(f1_score(labels, predictions, labels=indices, average="macro", zero_division=0)),
     }
     for i, name in enumerate(class_names):

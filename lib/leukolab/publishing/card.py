@@ -25,10 +25,12 @@ INTENDED_USE = (
 
 def render_model_card(*, model_name: str, version: str, alias: str, candidate: dict, experiment: Experiment, manifest: dict,
                       gate: dict, temperature: float | None, lineage: dict, figures: dict[str, str],
-                      external: list[dict] | None = None, referral: dict | None = None) -> str:
+                      external: list[dict] | None = None, referral: dict | None = None, evaluation: dict | None = None,
+                      override: dict | None = None) -> str:
     """The card as Markdown; ``figures`` maps a caption to an image path relative to the card, ``external`` are the
     domain-shift rows (in-domain first) of :mod:`leukolab.evaluation.external`, ``referral`` the threshold of
-    :func:`leukolab.evaluation.selective.select_referral` with its coverage and risk."""
+    :func:`leukolab.evaluation.selective.select_referral` with its coverage and risk, ``evaluation`` the output of
+    ``30_evaluate`` (both figures, probes) and ``override`` a promotion override's record."""
     model = experiment.model
     selection, report = candidate["selection_split"], candidate["report_split"]
     lines = [
@@ -87,6 +89,7 @@ def render_model_card(*, model_name: str, version: str, alias: str, candidate: d
         lines += ["", "## External test sets (domain shift)", "",
                   "The model on other datasets it never saw, beside its in-domain figures (never used for selection):",
                   "", _external(external)]
+    lines += provenance_sections(candidate, evaluation, override)
     lines += ["", "## Selection", "",
               f"Chosen by {gate.get('metric', '')} on the **{selection}** split among the pipeline run's experiments; "
               f"{report} and holdout figures are reported for the chosen model only. Gate against the registered "
@@ -180,3 +183,40 @@ def _limitations(manifest: dict, candidate: dict) -> list[str]:
         "Labels are per image; images with several white cells of different kinds are not modelled.",
     ]
     return items
+
+
+SIDE_BY_SIDE = ("accuracy", "balanced_accuracy", "macro_f1")
+"""The metrics the card shows for the image-level and the acquisition-aware figure."""
+
+
+def provenance_sections(candidate: dict, evaluation: dict | None, override: dict | None) -> list[str]:
+    """Markdown lines: image-level vs acquisition-aware figures, the probe table with its warning, any override."""
+    evaluation = evaluation or {}
+    lines = ["", "## Image-level and acquisition-aware figures", ""]
+    aware = evaluation.get("acquisition_aware")
+    rows = [["image-level (grouped split, " + candidate["report_split"] + ")",
+             *[_value(candidate["metrics"], m) for m in SIDE_BY_SIDE]]]
+    if aware:
+        rows.append([f"acquisition-aware (blocks + embargo {aware['embargo']}, test; cluster bootstrap)",
+                     *[_value(aware["metrics"], m) for m in SIDE_BY_SIDE]])
+    lines.append(_table(["figure", *SIDE_BY_SIDE], rows))
+    lines += ["", f"Chosen on the {'acquisition-aware' if evaluation.get('selection_strategy') == 'acquisition' else 'image-level'} "
+              "validation split." if evaluation else "No evaluation provenance was handed to the registry."]
+    if not aware:
+        lines += ["", "No acquisition-aware figure: the image-level figure may be inflated by acquisition sessions."]
+    probes = evaluation.get("shortcut_probes") or []
+    lines += ["", "## Shortcut probes", ""]
+    if probes:
+        lines += ["Balanced accuracy on test of cheap models that see only what is not the white cell (chance "
+                  f"{probes[0]['chance']:.2f}):", "",
+                  _table(["probe", "split strategy", "balanced accuracy [95% CI]"],
+                         [[p["name"], p["split_strategy"], f"{p['balanced_accuracy']:.3f} [{p['ci_low']:.3f}, {p['ci_high']:.3f}]"]
+                          for p in probes])]
+        if evaluation.get("shortcut_warning"):
+            lines += ["", f"**{evaluation['shortcut_warning']}**"]
+    else:
+        lines.append("No probe table was made for this version.")
+    if override:
+        lines += ["", "## Promotion override", "", f"Promoted to @champion without full provenance: {override['reason']}. "
+                  "Missing: " + "; ".join(override["problems"]) + "."]
+    return lines

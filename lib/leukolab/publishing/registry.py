@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from leukolab.publishing.card import render_model_card
 from leukolab.publishing.model import load_smear_model
+from leukolab.publishing.provenance import promotion_check, provenance_problems
 from leukolab.publishing.referral import referral_tags
 from leukolab.publishing.tta import tta_tags
 from leukolab.tracking import configure, tracking_uri
@@ -34,7 +35,8 @@ def register(model_uri: str, name: str, alias: str, tags: dict | None = None, de
 
 def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run_id: str | None,
             figures: dict[str, str] | None = None, external: list[dict] | None = None, referral: dict | None = None,
-            dataset_dir: str | None = None) -> dict:
+            dataset_dir: str | None = None, evaluation: dict | None = None,
+            promotion_override: str | None = None) -> dict:
     """Register an evaluated candidate under the alias the gate chose, with lineage tags and a model card.
 
     ``candidate`` is ``30_evaluate``'s summary (chosen on its selection split;
@@ -46,6 +48,11 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
     with TTA gets its ``tta_gate`` measured on the selection split (:mod:`leukolab.publishing.tta`). The card and
     its figures are logged under ``model_card/`` in the candidate's run and the
     card becomes the version's description. Returns what the publish stage hands on.
+
+    ``@champion`` needs provenance (:mod:`leukolab.publishing.provenance`) in ``evaluation`` (``30_evaluate``'s
+    output) and ``manifest``; without it :class:`~leukolab.publishing.provenance.PromotionRefused` is raised
+    before anything is registered, unless ``promotion_override`` gives a reason, which is recorded as the
+    version's ``promotion_override`` tag and in its card.
     """
     configure()
     client = MlflowClient()
@@ -58,6 +65,10 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
                 "source_run_id": candidate["run_id"], "test_metrics": metrics, "gate": gate,
                 "model_card": version.tags.get("model_card", "")}
     source = client.get_run(candidate["run_id"])
+    override = None
+    if gate["alias"] == "champion":
+        override = promotion_check(provenance_problems(evaluation or {}, manifest, source.data.tags.get("dataset_fingerprint")),
+                                   promotion_override)
     tags = {
         "pipeline_run_id": pipeline_run_id or "interactive",
         "source_run_id": candidate["run_id"],
@@ -72,6 +83,8 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
         **{f"test_{k}_ci95": f"[{metrics[f'{k}_ci_low']:.4f}, {metrics[f'{k}_ci_high']:.4f}]"
            for k in metrics if f"{k}_ci_low" in metrics},
         **(referral_tags(referral) if referral else {}),
+        **({"promotion_override": override["reason"][:5000], "promotion_problems": "; ".join(override["problems"])[:5000]}
+           if override else {}),
     }
     alias = gate["alias"]
     model = load_smear_model(candidate["model_uri"])
@@ -83,7 +96,7 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
         model_name=name, version=version.version, alias=alias, candidate=candidate, experiment=model.experiment,
         manifest=manifest, gate=gate, temperature=model.meta.get("temperature"), lineage=lineage,
         figures={caption: Path(path).name for caption, path in (figures or {}).items()}, external=external,
-        referral=referral), figures or {})
+        referral=referral, evaluation=evaluation, override=override), figures or {})
     description = card["text"] if len(card["text"]) <= DESCRIPTION_LIMIT else (
         card["text"][:DESCRIPTION_LIMIT - 200].rsplit("\n## ", 1)[0] + f"\n\n(The full card: {card['uri']}.)")
     client.update_model_version(name, version.version, description=description)

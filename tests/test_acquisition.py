@@ -1,0 +1,170 @@
+"""Acquisition-aware splits, the cluster bootstrap, the shortcut probes' features and warning, the session stand-in and
+the promotion gate's provenance check: unit tests, no Spark or MLflow."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leukolab.data.acquisition import EMBARGO, acquisition_keys, blocked_splits, name_keys
+from leukolab.data.probes import probe_features, shortcut_warning
+from leukolab.data.synthetic_sessions import Sessions
+from leukolab.metrics.intervals import classification_intervals, cluster_intervals
+from leukolab.publishing.provenance import PromotionRefused, promotion_check, provenance_problems
+
+FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+def numbered(per_class: int = 100, classes: str = "AB") -> pd.DataFrame:
+    """Rows named like the ALL dataset (a running number per class), shuffled, each its own group."""
+    rows = pd.DataFrame({"source_path": [f"{c}/WBC-{c}-{i:03d}.jpg" for c in classes for i in range(1, per_class + 1)],
+                         "class_name": [c for c in classes for _ in range(per_class)]})
+    rows["group"] = range(len(rows))
+    return rows.sample(frac=1, random_state=0)
+
+
+def in_order(rows: pd.DataFrame, split: pd.DataFrame, name: str) -> np.ndarray:
+    ranked = split.loc[rows.index[rows["class_name"] == name]].sort_values("acquisition_rank")
+    return ranked["acquisition_split"].to_numpy()
+
+
+def runs_of(labels: np.ndarray) -> list[tuple[str, int]]:
+    """(label, length) of each run of equal labels."""
+    changes = np.flatnonzero(labels[1:] != labels[:-1]) + 1
+    return [(labels[start], end - start) for start, end in zip(np.r_[0, changes], np.r_[changes, len(labels)])]
+
+
+def test_the_acquisition_key_is_the_last_number_in_the_name_and_absent_keys_are_explained():
+    assert list(name_keys(pd.Series(["Pro/WBC-Malignant-Pro-012.jpg", "x/Im006_1.tif", "x/scan-2.v3.png", "x/none.jpg"]))[:3]) == [12, 1, 3]
+    assert np.isnan(name_keys(pd.Series(["x/none.jpg"]))[0])
+    keys, source = acquisition_keys(numbered(5))
+    assert source == "the last number in the file name" and sorted(keys.unique()) == [1, 2, 3, 4, 5]
+    unnamed = pd.DataFrame({"source_path": ["A/a.jpg", "A/b.jpg"], "class_name": ["A", "A"]})
+    keys, reason = acquisition_keys(unnamed)
+    assert keys is None and "carry no number" in reason
+    with pytest.raises(ValueError, match="acquisition column 'session'"):
+        acquisition_keys(unnamed, column="session")
+
+
+def test_evaluation_splits_are_whole_contiguous_blocks_with_the_embargo_around_them():
+    rows = numbered(100)
+    keys, _ = acquisition_keys(rows)
+    split = blocked_splits(rows, keys, FRACTIONS, blocks=20, embargo=4, seed=3)
+    for name in "AB":
+        labels = in_order(rows, split, name)
+        runs = runs_of(labels)
+        held_out = [(label, n) for label, n in runs if label in ("val", "test")]
+        assert sorted(held_out) == [("test", 15), ("val", 15)]  # one run each: 3 of 20 blocks of 5
+        held = np.flatnonzero(np.isin(labels, ["val", "test"]))
+        distance = np.abs(np.arange(len(labels))[:, None] - held[None, :]).min(1)
+        assert set(np.flatnonzero(labels == EMBARGO)) == set(np.flatnonzero((distance >= 1) & (distance <= 4)))
+    assert split["acquisition_block"].nunique() == 40  # blocks numbered across classes: the bootstrap's clusters
+    assert blocked_splits(rows, keys, FRACTIONS, 20, 4, seed=3).equals(split)
+    assert not blocked_splits(rows, keys, FRACTIONS, 20, 4, seed=4).equals(split)
+
+
+def test_groups_never_straddle_train_and_an_evaluation_split():
+    rows = numbered(60)
+    keys, _ = acquisition_keys(rows)
+    plain = blocked_splits(rows, keys, FRACTIONS, 10, 2, seed=1)
+    test_row = plain.index[plain["acquisition_split"] == "test"][0]
+    train_rows = plain.index[plain["acquisition_split"] == "train"][:3]
+    rows.loc[[test_row, *train_rows], "group"] = -1  # a patient (or duplicates) across the order
+    split = blocked_splits(rows, keys, FRACTIONS, 10, 2, seed=1)
+    assert split.loc[test_row, "acquisition_split"] == "test"
+    assert set(split.loc[train_rows, "acquisition_split"]) == {EMBARGO}
+    evaluated = split["acquisition_split"].isin(["val", "test"])
+    assert not set(rows.loc[evaluated, "group"]) & set(rows.loc[split["acquisition_split"] == "train", "group"])
+
+
+def test_holdouts_get_blocks_and_tiny_classes_keep_half_their_train_images():
+    rows = numbered(12)
+    keys, _ = acquisition_keys(rows)
+    split = blocked_splits(rows, keys, {**FRACTIONS, "holdout_1": 0.1}, 20, 4, seed=0)
+    for name in "AB":
+        labels = in_order(rows, split, name)
+        assert {"val", "test", "holdout_1"} <= set(labels) and (labels == "train").sum() >= (labels == EMBARGO).sum()
+    with pytest.raises(ValueError, match="use more blocks"):
+        blocked_splits(rows, keys, FRACTIONS, 2, 0, seed=0)
+
+
+def test_the_cluster_bootstrap_is_wider_than_the_image_bootstrap_when_clusters_share_their_outcome():
+    rng = np.random.default_rng(0)
+    clusters = np.repeat(np.arange(20), 10)
+    labels = np.tile([0, 1], 100)
+    correct = np.repeat(rng.random(20) < 0.7, 10)  # whole sessions right or wrong
+    predictions = np.where(correct, labels, 1 - labels)
+    clustered = cluster_intervals(labels, predictions, clusters, 2, samples=500, seed=1)
+    probabilities = np.eye(2)[predictions]
+    per_image = classification_intervals(labels, probabilities, ["a", "b"], samples=500, seed=1)
+    width = {name: high - low for name, (low, high) in clustered.items()}
+    assert width["accuracy"] > 2 * (per_image["accuracy"][1] - per_image["accuracy"][0])
+    assert clustered["balanced_accuracy"][0] < correct.mean() < clustered["balanced_accuracy"][1]
+    assert cluster_intervals(labels, predictions, clusters, 2, samples=500, seed=1) == clustered
+    perfect = cluster_intervals(labels, labels, clusters, 2, samples=100)
+    assert perfect == {"accuracy": (1.0, 1.0), "balanced_accuracy": (1.0, 1.0), "macro_f1": (1.0, 1.0)}
+
+
+def test_probe_features_see_the_background_and_the_corners_not_the_cell():
+    image = np.full((32, 32, 3), 230, np.uint8)
+    image[12:20, 12:20] = (90, 40, 130)  # a stained nucleus
+    mask = np.zeros((32, 32), bool)
+    mask[12:20, 12:20] = True
+    plain = probe_features(image, mask)
+    image[:4, :4] = 0  # a scale bar in a corner
+    marked = probe_features(image, mask)
+    assert list(plain["background_colour"]) == [230, 230, 230]
+    assert not np.allclose(plain["corner_patches"], marked["corner_patches"])
+    assert plain["cell_count_area"][0] == 1 and plain["cell_count_area"][1] == pytest.approx(64 / 1024)
+    assert plain["colour_histogram"].sum() == pytest.approx(1)
+    estimated = probe_features(image, None)  # no mask: the stained nuclei by colour
+    assert estimated["cell_count_area"][0] == 1
+
+
+def test_the_warning_names_only_probes_far_above_chance():
+    probes = [{"name": "background_colour", "split_strategy": "acquisition", "balanced_accuracy": 0.82, "ci_low": 0.7,
+               "ci_high": 0.9, "chance": 0.25},
+              {"name": "corner_patches", "split_strategy": "grouped", "balanced_accuracy": 0.4, "ci_low": 0.3,
+               "ci_high": 0.5, "chance": 0.25}]
+    warning = shortcut_warning(probes)
+    assert "SHORTCUT WARNING" in warning and "background_colour (acquisition): 0.82" in warning
+    assert "corner_patches" not in warning and shortcut_warning(probes[1:]) is None
+    assert shortcut_warning(probes, warn_above=0.5) is None
+
+
+def test_sessions_share_a_look_that_follows_the_class():
+    sessions = Sessions(size=5)
+    look = lambda index: np.r_[sessions.look(0, "Pro", index)]  # noqa: E731
+    assert np.array_equal(look(0), look(4)) and not np.array_equal(look(0), look(5))
+    gains = {name: np.mean([np.log(sessions.look(0, name, 5 * s)[0]) for s in range(40)], 0)
+             for name in ("Benign", "Pro")}
+    spread = np.std([np.log(sessions.look(0, "Pro", 5 * s)[0]) for s in range(40)], 0)
+    assert np.abs(gains["Benign"] - gains["Pro"]).max() > spread.min() / 2  # class centres apart
+    unbiased = Sessions(size=5, class_bias=0.0)
+    assert unbiased.look(0, "Pro", 0)[1] == pytest.approx(np.exp(np.random.default_rng([0, 3, 8, 0]).normal(0, 1, 5)[3] * 0.08))
+    image = np.full((8, 8, 3), 200, np.uint8)
+    assert not np.array_equal(sessions.apply(image, 0, "Pro", 0), sessions.apply(image, 0, "Pro", 5))
+    with pytest.raises(ValueError, match="size >= 1"):
+        Sessions(size=0)
+
+
+EVIDENCE = {"split_strategy": "grouped", "shortcut_probes": [{"name": "background_colour"}],
+            "acquisition_aware": {"metrics": {"balanced_accuracy": 0.9}}}
+MANIFEST = {"fingerprint": "abc", "leakage": {"grouped_exact": 0, "grouped_near": 0, "grouped_patient": None,
+                                              "grouped_test_images": 10},
+            "acquisition": {"available": True, "straddling_images": 0}}
+
+
+def test_promotion_needs_provenance_or_a_recorded_override():
+    assert provenance_problems(EVIDENCE, MANIFEST, "abc") == [] and promotion_check([], None) is None
+    bare = provenance_problems({}, MANIFEST, "other")
+    assert len(bare) == 4 and any("trained on dataset other" in p for p in bare)
+    assert any("acquisition-aware figure" in p for p in bare) and any("shortcut-probe" in p for p in bare)
+    leaky = {**MANIFEST, "leakage": {**MANIFEST["leakage"], "grouped_near": 2}}
+    assert "near" in provenance_problems(EVIDENCE, leaky, "abc")[0]
+    no_key = {**MANIFEST, "acquisition": {"available": False}}
+    assert provenance_problems({**EVIDENCE, "acquisition_aware": None}, no_key, "abc") == []
+    with pytest.raises(PromotionRefused, match="promotion_override"):
+        promotion_check(bare, None)
+    with pytest.raises(PromotionRefused):
+        promotion_check(bare, "   ")
+    assert promotion_check(bare, " reviewed by the lab ") == {"reason": "reviewed by the lab", "problems": bare}
