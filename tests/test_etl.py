@@ -147,7 +147,8 @@ def test_dataset_columns_masks_and_torch_dataset(planted_run):
     assert row["mask"] is not None and (row["original_width"], row["original_height"]) == (96, 96)
     assert row["class_name"] == "Benign" and row["label"] == 0 and len(row["phash"]) == 16
     assert table.set_index("source_path").loc["Original/Benign/alpha.Png", "mask"] is None
-    assert manifest["has_masks"] and manifest["schema_version"] == 3
+    assert manifest["has_masks"] and manifest["schema_version"] == 4
+    assert not manifest["acquisition"]["available"] and "carry no number" in manifest["acquisition"]["reason"]
     dataset = SmearDataset(table[table["mask"].notna()], with_masks=True)
     assert dataset.images.shape[1:] == (3, 48, 48) and set(dataset.masks.unique().tolist()) == {0, 1}
     assert 0.3 < np.mean(manifest["train_mean"]) < 0.95 and all(0.02 < s < 0.5 for s in manifest["train_std"])

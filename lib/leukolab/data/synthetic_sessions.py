@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from leukolab import CLASS_NAMES
 
@@ -46,10 +47,10 @@ class Sessions:
         return np.exp(draw[:3]), float(np.exp(draw[3])), float(draw[4])
 
     def apply(self, image: np.ndarray, seed: int, class_name: str, index: int) -> np.ndarray:
-        """``image`` (RGB uint8) as its session photographed it."""
-        from leukolab.data.synthetic_dataset import DomainShift
-
+        """``image`` (RGB uint8) as its session photographed it: stain hue turned (the pale background barely
+        changes: it has little saturation), then scaled per channel by illumination times tint."""
         gain, illumination, hue = self.look(seed, class_name, index)
-        turned = DomainShift(hue=hue, illumination=illumination).apply(image)
-        return np.clip(turned * gain + 0.5, 0, 255).astype(np.uint8)
-
+        hsv = np.asarray(Image.fromarray(image).convert("HSV")).astype(np.int16)
+        hsv[..., 0] = (hsv[..., 0] + round(hue / 360 * 256)) % 256
+        turned = np.asarray(Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB"), np.float32)
+        return np.clip(turned * gain * illumination + 0.5, 0, 255).astype(np.uint8)
