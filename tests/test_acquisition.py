@@ -168,3 +168,34 @@ def test_promotion_needs_provenance_or_a_recorded_override():
     with pytest.raises(PromotionRefused):
         promotion_check(bare, "   ")
     assert promotion_check(bare, " reviewed by the lab ") == {"reason": "reviewed by the lab", "problems": bare}
+
+
+def test_the_probe_finds_the_planted_session_shortcut_and_the_image_level_split_flatters_it():
+    """Smears rendered in memory (no files): with sessions that follow the class, background colour predicts the class
+    on sessions never seen (blocked split), and better still under a random split that shares sessions; without the
+    class bias it is near chance."""
+    from leukolab import CLASS_NAMES
+    from leukolab.data.probes import _fit_predict
+    from leukolab.data.synthetic import image_rng, render_smear
+    from sklearn.metrics import balanced_accuracy_score
+
+    per_class, size = 60, 48
+    smears = [(name, i, *render_smear(image_rng(5, name, i), name, size)) for name in CLASS_NAMES for i in range(per_class)]
+    rows = pd.DataFrame({"source_path": [f"{n}/{n}_{i:04d}.jpg" for n, i, *_ in smears],
+                         "class_name": [n for n, *_ in smears]}).assign(group=lambda r: range(len(r)))
+    labels = rows["class_name"].map(CLASS_NAMES.index).to_numpy()
+    keys, _ = acquisition_keys(rows)
+    blocked = blocked_splits(rows, keys, FRACTIONS, 20, 4, seed=7)["acquisition_split"].to_numpy()
+    shuffled = np.random.default_rng(0).permutation(len(rows))
+    image_level = np.where(np.isin(np.arange(len(rows)), shuffled[:len(rows) * 15 // 100]), "test", "train")
+
+    def background_probe(sessions: Sessions, split: np.ndarray) -> float:
+        features = np.stack([probe_features(sessions.apply(image, 5, name, i), mask.astype(bool))["background_colour"]
+                             for name, i, image, mask in smears])
+        train, test = split == "train", split == "test"
+        return balanced_accuracy_score(labels[test], _fit_predict(features[train], labels[train], features[test], 0))
+
+    planted = Sessions(size=8)
+    unseen_sessions, seen_sessions = background_probe(planted, blocked), background_probe(planted, image_level)
+    assert unseen_sessions > 0.25 + 0.25 and seen_sessions > unseen_sessions
+    assert background_probe(Sessions(size=8, class_bias=0.0), blocked) < unseen_sessions - 0.2

@@ -32,7 +32,7 @@ class Sessions:
     tint: float = 0.04
     illumination: float = 0.08
     stain_hue: float = 10.0
-    class_bias: float = 1.0
+    class_bias: float = 2.0
 
     def __post_init__(self):
         if self.size < 1 or min(self.tint, self.illumination, self.stain_hue, self.class_bias) < 0:
