@@ -135,3 +135,35 @@ def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_the_colour_estimate_finds_bright_real_smear_nuclei_in_a_jpeg():
+    """Colours of a brightly exposed real smear (violet nuclei near 0.8 brightness, pink red cells, a pale lilac
+    background), saved as JPEG at quality 75: the estimate still finds the nuclei and not the red cells."""
+    import io
+
+    size = 96
+    image = np.full((size, size, 3), (240, 232, 242), np.uint8)
+    for centre in ((15, 70), (80, 20), (75, 80)):
+        image[disc(size, centre, 9)] = (236, 172, 184)
+    nuclei = disc(size, (30, 28), 10) | disc(size, (60, 62), 9)
+    image[disc(size, (30, 28), 16) | disc(size, (60, 62), 14)] = (200, 196, 230)
+    image[nuclei] = (150, 104, 198)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=75)
+    estimate = nucleus_estimate(Image.open(buffer), PARAMS.mask_min_component)
+    assert (estimate & nuclei).sum() > 0.8 * nuclei.sum() and (estimate & ~nuclei).sum() < 0.1 * nuclei.sum()
+
+
+def test_a_mask_far_below_the_median_coverage_is_implausible():
+    from leukolab.data.masks import audit_masks
+
+    estimate = pack_bitmap(np.zeros((96, 96), bool))
+    fractions = [0.06, 0.07, 0.08, 0.05, 0.009, 0.006]  # two fragments: above the absolute floor, far below the median
+    masks = pd.DataFrame({"source_path": [f"m{i}" for i in range(6)], "mask_fraction": fractions,
+                          "mask_raw_fraction": fractions, "bitmap": estimate})
+    originals = pd.DataFrame({"source_path": [f"o{i}" for i in range(6)], "mask_path": list(masks["source_path"]),
+                              "bitmap": estimate})
+    audited = audit_masks(originals, masks, PARAMS)
+    assert list(audited["mask_reason"]) == [None] * 4 + ["low_coverage"] * 2
+    assert "mask_min_relative" in audited["mask_message"].iloc[4]

@@ -16,6 +16,7 @@ from leukolab.evaluation.compare import candidate_summary, evaluate_model, exper
 from leukolab.evaluation.gate import gate
 from leukolab.models.factory import build_model
 from leukolab.publishing.model import load_smear_model, log_smear_model
+from leukolab.publishing.provenance import PromotionRefused
 from leukolab.publishing.registry import publish
 
 pytestmark = pytest.mark.integration
@@ -47,7 +48,12 @@ def logged_runs(model_env):
 
 MANIFEST = {"dataset": "synthetic-gate-test", "fingerprint": "gate-fingerprint", "layout": "original_segmented",
             "classes": ["Benign", "Early", "Pre", "Pro"], "image_size": 64, "parameters": {"seed": 11},
-            "counts": {"test": {"Benign": 4, "Early": 4, "Pre": 4, "Pro": 4}}}
+            "counts": {"test": {"Benign": 4, "Early": 4, "Pre": 4, "Pro": 4}},
+            "leakage": {"grouped_exact": 0, "grouped_near": 0, "grouped_patient": None, "grouped_test_images": 16}}
+EVALUATION = {"split_strategy": "grouped", "selection_strategy": "grouped", "acquisition_aware": None,
+              "shortcut_probes": [{"name": "background_colour", "split_strategy": "grouped", "balanced_accuracy": 0.3,
+                                   "ci_low": 0.2, "ci_high": 0.4, "chance": 0.25}], "shortcut_warning": None}
+"""What 30_evaluate hands on that the promotion gate needs (a dataset without an acquisition key)."""
 
 
 def test_evaluation_has_intervals_and_is_reproducible(logged_runs, dataset):
@@ -68,7 +74,10 @@ def test_a_candidate_that_is_not_better_becomes_challenger(logged_runs, dataset,
 
     decision = gate(first, MODEL, "macro_f1", dataset, classes, margin=0.01)
     assert decision["alias"] == "champion" and "no " in decision["reason"]
-    champion = publish(first, MODEL, decision, MANIFEST, "pipeline-a")
+    with pytest.raises(PromotionRefused, match="no shortcut-probe table"):
+        publish(first, MODEL, decision, MANIFEST, "pipeline-a")  # no evaluation provenance: nothing registered
+    assert not MlflowClient().search_model_versions(f"name='{MODEL}'")
+    champion = publish(first, MODEL, decision, MANIFEST, "pipeline-a", evaluation=EVALUATION)
 
     decision = gate(second, MODEL, "macro_f1", dataset, classes, margin=0.01)
     assert decision["alias"] == "challenger" and decision["current_score"] == pytest.approx(second["metrics"]["macro_f1"])
@@ -107,7 +116,7 @@ def test_the_referral_threshold_travels_with_the_version(logged_runs, dataset, m
     referral, _ = select_referral(both, both, model_env["class_names"], 0.5, samples=50)
 
     decision = gate(candidate, name, "macro_f1", dataset, model_env["class_names"])
-    published = publish(candidate, name, decision, MANIFEST, "pipeline-r", referral=referral)
+    published = publish(candidate, name, decision, MANIFEST, "pipeline-r", referral=referral, evaluation=EVALUATION)
     version = MlflowClient().get_model_version(name, published["version"])
     assert threshold_from_tags(version.tags) == referral["threshold"] and version.tags["referral_target_risk"] == "0.5"
     assert version.tags["referral_val_coverage"] == f"{referral['selection']['coverage']:.4f}"
@@ -123,6 +132,24 @@ def test_the_referral_threshold_travels_with_the_version(logged_runs, dataset, m
     assert again.get("unchanged") and publish(candidate, name, again, MANIFEST, "pipeline-r", referral=stricter)["version"] == published["version"]
     tags = MlflowClient().get_model_version(name, published["version"]).tags
     assert threshold_from_tags(tags) == stricter["threshold"] and tags["referral_target_risk"] == "0.0"
+
+
+def test_an_override_promotes_without_provenance_and_is_recorded(logged_runs, dataset, model_env):
+    name, run = "leukolab-override-test", logged_runs.to_dict("records")[0]
+    metrics, _ = evaluate_model(load_run_model(pd.Series(run)), dataset, bootstrap_samples=0)
+    table = pd.DataFrame([{**run, "split": split, **metrics} for split in ("val", "test")])
+    candidate = candidate_summary(table[table["split"] == "val"].iloc[0], table)
+    decision = gate(candidate, name, "macro_f1", dataset, model_env["class_names"])
+    with_key = {**MANIFEST, "acquisition": {"available": True, "straddling_images": 0}}
+    with pytest.raises(PromotionRefused, match="no acquisition-aware figure"):
+        publish(candidate, name, decision, with_key, "pipeline-o", evaluation=EVALUATION)
+    published = publish(candidate, name, decision, with_key, "pipeline-o", evaluation=EVALUATION,
+                        promotion_override="validated on lab B's sessions")
+    version = MlflowClient().get_model_version(name, published["version"])
+    assert published["alias"] == "champion" and version.tags["promotion_override"] == "validated on lab B's sessions"
+    assert "acquisition-aware figure" in version.tags["promotion_problems"]
+    card = mlflow.artifacts.load_text(version.tags["model_card"])
+    assert "## Promotion override" in card and "## Shortcut probes" in card and "| background_colour | grouped | 0.300" in card
 
 
 def test_no_experiment_runs_is_a_clear_error(tmp_path):

@@ -28,7 +28,8 @@ class EtlParams(BaseModel):
     Masks (:mod:`leukolab.data.masks`): segmented images are thresholded at brightness ``mask_threshold`` (above
     JPEG noise on black), lose components under ``mask_min_component`` of the field and (``mask_fill_holes``) their
     holes; exact binary masks stay as they are. A mask with a cell fraction under ``mask_min_fraction``, or covering
-    less than ``mask_min_agreement`` of the original's stained nuclei, is implausible: dropped, its image kept.
+    less than ``mask_min_agreement`` of the original's stained nuclei, or under ``mask_min_relative`` times the median
+cell fraction of the masks that pass, is implausible: dropped, its image kept.
 
     Acquisition-aware splits (:mod:`leukolab.data.acquisition`): per class, ``acquisition_blocks`` contiguous blocks
     in file-name number order, whole blocks for val/test/holdouts, ``acquisition_embargo`` neighbours withheld.
@@ -67,6 +68,7 @@ class EtlParams(BaseModel):
     mask_fill_holes: bool = True
     mask_min_fraction: Fraction = Field(0.005, description="a mask with less cell than this is implausible")
     mask_min_agreement: Fraction = Field(0.5, description="implausible when covering less of the stained nuclei")
+    mask_min_relative: Fraction = Field(0.2, description="implausible below this times the median plausible coverage")
     acquisition_splits: bool = Field(True, description="also write acquisition-aware splits when file names carry a "
                                      "running number (leukolab.data.acquisition)")
     acquisition_blocks: int = Field(20, ge=2, description="contiguous blocks per class in acquisition order")

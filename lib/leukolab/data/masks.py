@@ -9,9 +9,11 @@ with ``mask_fill_holes``, its holes filled. The mask is then resized (nearest)
 to the dataset's size.
 
 Audit (in the driver): a mask is ``implausible`` when its cell fraction is
-below ``mask_min_fraction``, or when it covers less than
+below ``mask_min_fraction`` (``too_small``), when it covers less than
 ``mask_min_agreement`` of a colour estimate of the stained nuclei in the
-original. The two sides meet in the driver as small bitmaps
+original (``misses_cells``), or when its cell fraction is below
+``mask_min_relative`` times the median of the masks that pass the other rules
+(``low_coverage``: fragments of cells). The two sides meet in the driver as small bitmaps
 (``AUDIT_BITMAP`` x ``AUDIT_BITMAP``, hex), one per Spark row.
 """
 
@@ -31,8 +33,11 @@ SHORTCUT_COVERAGE_RATIO = 4.0
 SHORTCUT_SHARE_GAP = 0.25
 """Warn when the share of images with a plausible mask differs by more than this between classes."""
 NUCLEUS_MIN_SATURATION = 0.35
-NUCLEUS_MAX_BRIGHTNESS = 0.7
-"""Stained nuclei: blue >= red >= green, saturation (max-min)/max at least this, brightness (max) at most this."""
+NUCLEUS_MIN_BLUE_RED = 0.85
+NUCLEUS_DARKER_THAN = 0.85
+"""Stained nuclei (purple-blue, or magenta-purple in Giemsa): blue at least 0.85 x red, red >= green, saturation
+(max-min)/max at least 0.35, and brightness (max) at most 0.85 x the field's median brightness, so a brightly
+exposed field (real JPEGs: nuclei near 0.8) finds its nuclei as a dim one does."""
 
 
 def derive_mask(image: Image.Image, size: int, params) -> tuple[np.ndarray, float, float]:
@@ -70,7 +75,8 @@ def nucleus_estimate(image: Image.Image, min_component: float) -> np.ndarray:
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     top, bottom = rgb.max(-1), rgb.min(-1)
     saturation = (top - bottom) / np.maximum(top, 1e-6)
-    purple = (blue >= red) & (red >= green) & (saturation >= NUCLEUS_MIN_SATURATION) & (top <= NUCLEUS_MAX_BRIGHTNESS)
+    dark = top <= NUCLEUS_DARKER_THAN * np.median(top)
+    purple = (blue >= NUCLEUS_MIN_BLUE_RED * red) & (red >= green) & (saturation >= NUCLEUS_MIN_SATURATION) & dark
     return remove_small_components(purple, min_component)
 
 
@@ -112,7 +118,21 @@ def audit_masks(originals: pd.DataFrame, masks: pd.DataFrame, params) -> pd.Data
         rows.append((status, reason, message, mask["mask_fraction"], mask["mask_raw_fraction"]))
     audited = pd.DataFrame(rows, index=originals.index,
                            columns=["mask_status", "mask_reason", "mask_message", "mask_fraction", "mask_raw_fraction"])
+    _flag_low_coverage(audited, params.mask_min_relative)
     return originals.drop(columns=list(audited.columns), errors="ignore").join(audited)
+
+
+def _flag_low_coverage(audited: pd.DataFrame, min_relative: float) -> None:
+    """Mark ``ok`` masks covering less than ``min_relative`` x the median coverage of the ``ok`` masks as
+    ``implausible`` (``low_coverage``): a fragment of a cell passes the absolute floor but not this one."""
+    ok = audited["mask_status"] == "ok"
+    if not ok.any():
+        return
+    floor = min_relative * float(audited.loc[ok, "mask_fraction"].median())
+    low = ok & (audited["mask_fraction"] < floor)
+    audited.loc[low, ["mask_status", "mask_reason"]] = ["implausible", "low_coverage"]
+    audited.loc[low, "mask_message"] = [f"cell fraction {f:.2%} is below mask_min_relative x the median of plausible "
+                                        f"masks ({floor:.2%})" for f in audited.loc[low, "mask_fraction"]]
 
 
 def masks_manifest(table: pd.DataFrame, classes: list[str], params) -> dict:
@@ -133,7 +153,7 @@ def masks_manifest(table: pd.DataFrame, classes: list[str], params) -> dict:
     implausible = table[table["mask_status"] == "implausible"].sort_values("source_path")
     return {
         "parameters": {name: getattr(params, name) for name in ("mask_threshold", "mask_min_component", "mask_fill_holes",
-                                                                 "mask_min_fraction", "mask_min_agreement")},
+                                                                 "mask_min_fraction", "mask_min_agreement", "mask_min_relative")},
         "classes": per_class,
         "cleanup_change_mean": _round(change.mean() if len(change) else None),
         "cleanup_change_mean_abs": _round(change.abs().mean() if len(change) else None),
