@@ -1,30 +1,37 @@
-# syntax=docker/dockerfile:1.7
 # The prediction API alone: `python -m leukolab.serving` as a non-root user, healthy once /ready answers 200.
-# compose builds it from the repository root (context ..); by hand: docker build -f docker/api.Dockerfile .
+# compose builds it from the repository root (context ..); by hand: DOCKER_BUILDKIT=1 docker build -f docker/api.Dockerfile .
 # It installs the distributions in docker/requirements-api.txt (no Spark, Jupyter, Voila or test tools),
-# each held to its requirements.txt pin by `-c requirements.txt`.
+# each held to its requirements.txt pin.
+# No `# syntax=` line: the engine's built-in Dockerfile frontend (Docker 20.10 and later) builds it, cache mounts
+# included, with no frontend image to pull.
 FROM python:3.11-slim-bookworm
 
-# requirements.txt's torch/torchvision versions from TORCH_INDEX_URL, or pip's default index when it is empty
-# (see workspace.Dockerfile).
+# The first instructions, down to the torch install, are workspace.Dockerfile's, word for word: the two images share
+# that layer (most of their size) on disk and in the build cache.
+# requirements.txt's torch/torchvision versions from TORCH_INDEX_URL, or pip's default index when it is empty.
 ARG TORCH_INDEX_URL=
-ARG UID=1000
-ARG GID=1000
-
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH \
-    LEUKOLAB_WORKSPACE=/home/leukolab \
-    LEUKOLAB_MODEL_URI=models:/leukolab@champion
-
-COPY requirements.txt docker/requirements-api.txt /tmp/
+    PATH=/opt/venv/bin:$PATH
+COPY requirements.txt /tmp/requirements.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -m venv /opt/venv \
  && pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
-      "$(grep -E '^torch==' /tmp/requirements.txt)" "$(grep -E '^torchvision==' /tmp/requirements.txt)" \
- && pip install -r /tmp/requirements-api.txt -c /tmp/requirements.txt \
+      "$(grep -E '^torch==' /tmp/requirements.txt)" "$(grep -E '^torchvision==' /tmp/requirements.txt)"
+
+ARG UID=1000
+ARG GID=1000
+ENV LEUKOLAB_WORKSPACE=/home/leukolab \
+    LEUKOLAB_MODEL_URI=models:/leukolab@champion
+
+# pip refuses constraints with extras ("Constraints cannot have extras": requirements.txt pins tritonclient[http]):
+# the constraints are requirements.txt's pins without their extras.
+COPY docker/requirements-api.txt /tmp/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    sed -E 's/\[[^]]*\]//' /tmp/requirements.txt > /tmp/constraints.txt \
+ && pip install -r /tmp/requirements-api.txt -c /tmp/constraints.txt \
  && pip check
 
 WORKDIR /opt/leukolab
