@@ -23,11 +23,12 @@ export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 # The one place PYTHONPATH is set: this clone's library, for the `leukolab` command, kernels, tests and Spark workers.
 export PYTHONPATH := $(CURDIR)/lib
 
-.PHONY: help env lock stack-tools check-tools docs run smoke test test-unit test-notebooks lab mlflow-ui serve demo clean
+.PHONY: help env lock stack-tools check-tools docs run smoke test test-unit test-notebooks test-stack lab mlflow-ui serve demo clean
 
 help:
 	@echo "make run        set up if needed, then run the pipeline (PROFILE=$(PROFILE))"
 	@echo "make test       the whole test suite (unit, integration, nbval, the docs build)"
+	@echo "make test-stack the compose stack built and brought up with Docker (docs/docker.md)"
 	@echo "make env        build the environment only; .venv links to it (source .venv/bin/activate)"
 	@echo "make docs       the documentation site, built with --strict into runs/site"
 	@echo "make lock       regenerate requirements.lock from requirements.txt's pins (after adding a dependency)"
@@ -100,6 +101,14 @@ test: env check-tools docs
 
 test-unit: env
 	$(BIN)/python -m pytest tests -m "not integration"
+
+# The compose stack for real: a Docker engine (docker/engine.sh: installed and started when missing, as root), the
+# images (docker/build-images.sh: Debian stand-ins for registry base images where no registry answers), then
+# tests/test_compose_up.py brings the stack up, uses it and takes it down. See docs/docker.md.
+test-stack: env stack-tools
+	bash docker/engine.sh
+	bash docker/build-images.sh
+	$(BIN)/python -m pytest -m stack tests/test_compose_up.py
 
 # nbval runs the notebooks in order on their defaults (a tiny synthetic workspace).
 test-notebooks: env
