@@ -108,7 +108,7 @@ test-unit: env
 test-stack: env stack-tools
 	bash docker/engine.sh
 	bash docker/build-images.sh
-	$(BIN)/python -m pytest -m stack tests/test_compose_up.py
+	$(BIN)/python -m pytest -m stack --tb=short tests/test_compose_up.py
 
 # nbval runs the notebooks in order on their defaults (a tiny synthetic workspace).
 test-notebooks: env
