@@ -126,7 +126,8 @@ def test_services_come_up_healthy(stack):
         poll("mlflow, jupyter, voila and prometheus healthy",
              lambda: all(stack.health().get(name) == "healthy" for name in waiting), 300)
         assert stack.health()["api"] in {"starting", "unhealthy"}
-        assert httpx.get(f"{stack.url('API_PORT')}/ready", timeout=10, trust_env=False).status_code == 503
+        poll("the api answering /ready with 503 (up, no champion to load)",  # its port opens a little later
+             lambda: httpx.get(f"{stack.url('API_PORT')}/ready", timeout=10, trust_env=False).status_code == 503, 120)
 
 
 def test_smoke_pipeline_in_the_jupyter_container_publishes_a_champion(stack):
