@@ -155,19 +155,26 @@ def smear_jpeg() -> bytes:
     return buffer.getvalue()
 
 
+def api_token(stack: Stack) -> dict[str, str]:
+    """The bearer header of the env file's LEUKOLAB_API_TOKEN, which /version and /predict want."""
+    settings = dict(line.split("=", 1) for line in stack.env.read_text().splitlines() if "=" in line and not line.startswith("#"))
+    return {"Authorization": f"Bearer {settings['LEUKOLAB_API_TOKEN']}"}
+
+
 def test_api_swaps_in_the_champion_and_predicts_from_the_host(stack):
-    api = stack.url("API_PORT")
+    api, auth = stack.url("API_PORT"), api_token(stack)
     with shown_on_failure(stack):
         poll("the api container healthy with the champion", lambda: stack.health()["api"] == "healthy",
              POLL_SECONDS + 240)
-        version = httpx.get(f"{api}/version", timeout=10, trust_env=False).json()
+        version = httpx.get(f"{api}/version", headers=auth, timeout=10, trust_env=False).json()
         assert str(version["version"]) == stack.champion, version
         for _ in range(3):
             answer = httpx.post(f"{api}/predict", files={"file": ("smear.jpg", smear_jpeg(), "image/jpeg")},
-                                timeout=120, trust_env=False)
+                                headers=auth, timeout=120, trust_env=False)
             assert answer.status_code == 200, answer.text
             assert answer.json()["decision"] in {"accept", "refer"}, answer.json()
-        refused = httpx.post(f"{api}/predict", files={"file": ("notes.txt", b"not an image")}, timeout=60, trust_env=False)
+        refused = httpx.post(f"{api}/predict", files={"file": ("notes.txt", b"not an image")}, headers=auth, timeout=60,
+                             trust_env=False)
         assert refused.status_code == 415, refused.text
 
 
