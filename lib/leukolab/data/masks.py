@@ -37,8 +37,9 @@ NUCLEUS_MAX_BRIGHTNESS = 0.7
 
 def derive_mask(image: Image.Image, size: int, params) -> tuple[np.ndarray, float, float]:
     """A 0/1 uint8 ``size`` x ``size`` mask, and the cell fraction before and after the clean-up (native resolution)."""
-    brightness = np.asarray(image.convert("RGB")).max(-1)
-    exact = not np.any((brightness != 0) & (brightness != brightness.max()))
+    brightness = _channel_max(_rgb_array(image))
+    levels = np.flatnonzero(np.bincount(brightness.ravel(), minlength=256))
+    exact = levels.size == 1 or (levels.size == 2 and levels[0] == 0)  # only 0 and one other value
     raw = brightness > (0 if exact else params.mask_threshold)
     clean = raw if exact else clean_mask(raw, params.mask_min_component, params.mask_fill_holes)
     resized = Image.fromarray(clean.astype(np.uint8) * 255)
@@ -50,7 +51,18 @@ def derive_mask(image: Image.Image, size: int, params) -> tuple[np.ndarray, floa
 def clean_mask(bits: np.ndarray, min_component: float, fill_holes: bool) -> np.ndarray:
     """``bits`` without connected components under ``min_component`` of the field, holes filled when asked."""
     bits = remove_small_components(bits, min_component)
-    return ndimage.binary_fill_holes(bits) if fill_holes else bits
+    return fill_mask_holes(bits) if fill_holes else bits
+
+
+def fill_mask_holes(bits: np.ndarray) -> np.ndarray:
+    """``bits`` with every background region that does not reach the border set: what
+    ``scipy.ndimage.binary_fill_holes`` gives, from one labelling instead of a dilation repeated until it settles."""
+    background, _ = ndimage.label(~bits)  # 4-connected, as binary_fill_holes propagates
+    reaches_border = np.zeros(background.max() + 1, bool)
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        reaches_border[edge] = True
+    reaches_border[0] = False  # label 0 is the foreground
+    return ~reaches_border[background]
 
 
 def remove_small_components(bits: np.ndarray, min_fraction: float) -> np.ndarray:
@@ -66,12 +78,40 @@ def remove_small_components(bits: np.ndarray, min_fraction: float) -> np.ndarray
 
 def nucleus_estimate(image: Image.Image, min_component: float) -> np.ndarray:
     """Where a smear's stained nuclei are, by colour: purple, saturated and dark pixels, specks removed."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return remove_small_components(nucleus_colours(_rgb_array(image)), min_component)
+
+
+def nucleus_colours(rgb: np.ndarray) -> np.ndarray:
+    """Which pixels of an HxWx3 uint8 array have a stained nucleus's colour: blue >= red >= green, saturation
+    (max-min)/max at least ``NUCLEUS_MIN_SATURATION`` and brightness (max) at most ``NUCLEUS_MAX_BRIGHTNESS``.
+
+    Where blue >= red >= green, blue is the maximum and green the minimum, so the two thresholds are a lookup in a
+    table of (blue, green) pairs, no float image needed.
+    """
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    top, bottom = rgb.max(-1), rgb.min(-1)
+    saturated_and_dark = _NUCLEUS_BLUE_GREEN[(blue.astype(np.intp) << 8) | green]
+    return saturated_and_dark & (blue >= red) & (red >= green)
+
+
+def _nucleus_blue_green_table() -> np.ndarray:
+    """The flat 256 x 256 table of :func:`nucleus_colours`: row = max (blue), column = min (green), computed in the
+    float32 arithmetic of the thresholds' definition (channel / 255)."""
+    levels = np.arange(256, dtype=np.float32) / 255.0
+    top, bottom = levels[:, None], levels[None, :]
     saturation = (top - bottom) / np.maximum(top, 1e-6)
-    purple = (blue >= red) & (red >= green) & (saturation >= NUCLEUS_MIN_SATURATION) & (top <= NUCLEUS_MAX_BRIGHTNESS)
-    return remove_small_components(purple, min_component)
+    return ((saturation >= NUCLEUS_MIN_SATURATION) & (top <= NUCLEUS_MAX_BRIGHTNESS)).ravel()
+
+
+_NUCLEUS_BLUE_GREEN = _nucleus_blue_green_table()
+
+
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+def _channel_max(rgb: np.ndarray) -> np.ndarray:
+    """The largest of R, G, B per pixel (``rgb.max(-1)`` is ~40x slower: numpy reduces a length-3 axis poorly)."""
+    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
 
 
 def pack_bitmap(bits: np.ndarray) -> str:
