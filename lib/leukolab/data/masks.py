@@ -38,8 +38,7 @@ NUCLEUS_MAX_BRIGHTNESS = 0.7
 def derive_mask(image: Image.Image, size: int, params) -> tuple[np.ndarray, float, float]:
     """A 0/1 uint8 ``size`` x ``size`` mask, and the cell fraction before and after the clean-up (native resolution)."""
     brightness = _channel_max(_rgb_array(image))
-    levels = np.flatnonzero(np.bincount(brightness.ravel(), minlength=256))
-    exact = levels.size == 1 or (levels.size == 2 and levels[0] == 0)  # only 0 and one other value
+    exact = not np.any((brightness != 0) & (brightness != brightness.max()))
     raw = brightness > (0 if exact else params.mask_threshold)
     clean = raw if exact else clean_mask(raw, params.mask_min_component, params.mask_fill_holes)
     resized = Image.fromarray(clean.astype(np.uint8) * 255)
