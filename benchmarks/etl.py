@@ -196,8 +196,8 @@ def _process_path(job):
     """One file, read and processed in a Pool worker exactly as a Spark task does it."""
     from leukolab.data.etl import process_file
 
-    raw, relative, layout, params = job
-    return process_file(relative, (raw / relative).read_bytes(), layout, params)
+    raw, relative, layout, params, masked = job
+    return process_file(relative, (raw / relative).read_bytes(), layout, params, masked)
 
 
 def pool_etl(raw: Path, out: Path, size: int, cores: int, spark) -> None:
@@ -207,13 +207,16 @@ def pool_etl(raw: Path, out: Path, size: int, cores: int, spark) -> None:
     import pyarrow.parquet as pq
 
     from leukolab.data.curation import curate
+    from leukolab.data.etl import mask_keys
     from leukolab.data.etl_params import EtlParams
     from leukolab.data.schema import DATASET_COLUMNS, DATASET_SCHEMA
     from leukolab.data.files import walk_files
 
     params = EtlParams(image_size=size, layout="imagefolder")
     layout = params.layout_for("imagefolder")
-    jobs = [(raw, relative, layout, params) for relative in walk_files(raw)]
+    on_disk = walk_files(raw)
+    masked = mask_keys(layout, on_disk)
+    jobs = [(raw, relative, layout, params, masked) for relative in on_disk]
     with multiprocessing.get_context("fork").Pool(cores) as pool:
         rows = pool.map(_process_path, jobs, chunksize=16)
     meta = pd.DataFrame(rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -46,23 +47,43 @@ def test_waiting_items_are_grouped_up_to_the_maximum_in_order():
     assert len(recorder.threads) == 1 and recorder.threads.pop().startswith("leukolab-inference")
 
 
-def test_a_batch_waits_for_late_items_only_up_to_max_wait():
+def test_a_lone_item_goes_at_once_however_long_a_burst_may_wait():
     recorder = Recorder()
 
-    async def staggered():
-        batcher = MicroBatcher(recorder, max_batch_size=8, max_wait_s=0.2)
+    async def lone_requests():
+        batcher = MicroBatcher(recorder, max_batch_size=8, max_wait_s=3.0)
         batcher.start()
-        first = asyncio.ensure_future(batcher.submit(1))
-        await asyncio.sleep(0.02)
-        second = asyncio.ensure_future(batcher.submit(2))  # within the wait: same pass
-        answers = await asyncio.gather(first, second)
-        await asyncio.sleep(0.01)
-        answers.append(await batcher.submit(3))  # after the pass: a pass of its own
+        seconds = []
+        for item in (1, 2):  # one after the other: each finds nothing else waiting
+            started = time.perf_counter()
+            assert await batcher.submit(item) == item * item
+            seconds.append(time.perf_counter() - started)
         await batcher.stop()
-        return answers
+        return seconds
 
-    assert run(staggered()) == [1, 4, 9]
-    assert recorder.batches == [[1, 2], [3]]
+    assert max(run(lone_requests())) < 1.0  # the old rule held each for max_wait_s (3 s)
+    assert recorder.batches == [[1], [2]]
+
+
+def test_a_burst_is_batched_and_waits_for_its_stragglers_only_up_to_max_wait():
+    recorder = Recorder()
+
+    async def bursts():
+        batcher = MicroBatcher(recorder, max_batch_size=8, max_wait_s=0.3)
+        batcher.start()
+        burst = [asyncio.ensure_future(batcher.submit(item)) for item in (1, 2)]
+        await asyncio.sleep(0.03)
+        burst.append(asyncio.ensure_future(batcher.submit(3)))  # a straggler within the wait: same pass
+        answers = await asyncio.gather(*burst)
+        started = time.perf_counter()
+        answers += await asyncio.gather(*(batcher.submit(item) for item in (4, 5)))  # a burst that gets no straggler
+        waited = time.perf_counter() - started
+        await batcher.stop()
+        return answers, waited
+
+    answers, waited = run(bursts())
+    assert answers == [1, 4, 9, 16, 25] and recorder.batches == [[1, 2, 3], [4, 5]]
+    assert 0.25 < waited < 2.0  # it waited out max_wait_s for more, no longer
 
 
 def test_a_failing_batch_fails_its_items_and_the_batcher_goes_on():

@@ -28,7 +28,7 @@ import math
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -53,8 +53,13 @@ _MAX_PARTITION_BYTES = 128 * 1024 * 1024  # Spark's default ceiling on one read 
 _VALUES = np.arange(256, dtype=np.float64) / 255.0
 
 
-def process_file(relative_path: str, content: bytes, layout: Layout, params: EtlParams) -> dict:
-    """Decode, validate, resize, encode and hash one raw file (runs on Spark workers)."""
+def process_file(relative_path: str, content: bytes, layout: Layout, params: EtlParams,
+                 masked: Collection[tuple[str, str]] | None = None) -> dict:
+    """Decode, validate, resize, encode and hash one raw file (runs on Spark workers).
+
+    ``masked``: the ``(class_name, stem)`` of every mask file (:func:`mask_keys`). Only an original with a mask
+    gets the colour estimate of its nuclei that the mask audit compares (``bitmap``); ``None``: every original.
+    """
     source = layout.locate(relative_path)
     row = dict.fromkeys(PROCESSED_COLUMNS)
     row.update(source_path=relative_path, role=source.role, class_name=source.class_name, stem=source.stem,
@@ -75,12 +80,19 @@ def process_file(relative_path: str, content: bytes, layout: Layout, params: Etl
         row["png"], row["bitmap"] = encode_png(mask * 255, params.png_compress_level), pack_bitmap(mask)
         return row
     resized = resize_square(image, params.image_size)
-    row["png"], row["bitmap"] = encode_png(resized, params.png_compress_level), pack_bitmap(
-        nucleus_estimate(resized, params.mask_min_component))
+    row["png"] = encode_png(resized, params.png_compress_level)
+    if masked is None or (source.class_name, source.stem) in masked:
+        row["bitmap"] = pack_bitmap(nucleus_estimate(resized, params.mask_min_component))
     row["phash"] = perceptual_hash(resized)
     counts = np.asarray(resized.histogram(), dtype=np.float64).reshape(3, 256)  # exact, and far faster than numpy sums
     row["pixel_sum"], row["pixel_sq_sum"] = (counts @ _VALUES).tolist(), (counts @ _VALUES**2).tolist()
     return row
+
+
+def mask_keys(layout: Layout, relative_paths: Iterable[str]) -> frozenset[tuple[str, str]]:
+    """``(class_name, stem)`` of the mask files among ``relative_paths``: the key that pairs a mask with its original."""
+    located = (layout.locate(path) for path in relative_paths)
+    return frozenset((source.class_name, source.stem) for source in located if source.role == "mask")
 
 
 def perceptual_hash(image) -> str:
@@ -90,7 +102,7 @@ def perceptual_hash(image) -> str:
     return str(imagehash.phash(image))
 
 
-def _process_batches(root_uri: str, layout: Layout, params: EtlParams, parts_dir: str):
+def _process_batches(root_uri: str, layout: Layout, params: EtlParams, parts_dir: str, masked: frozenset):
     """The first pass's ``mapInPandas`` function: binaryFile rows in, metadata out, encoded images to a part file per batch.
 
     Part files get unique names, so a retried or speculative task attempt
@@ -100,7 +112,7 @@ def _process_batches(root_uri: str, layout: Layout, params: EtlParams, parts_dir
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            frame = pd.DataFrame([process_file(unquote(path)[len(root):], bytes(content), layout, params)
+            frame = pd.DataFrame([process_file(unquote(path)[len(root):], bytes(content), layout, params, masked)
                                   for path, content in zip(batch["path"], batch["content"])], columns=list(PROCESSED_COLUMNS))
             encoded = frame["png"].notna()
             frame["part"], frame["png_bytes"] = None, frame["png"].map(len, na_action="ignore")
@@ -150,7 +162,8 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
             relative = F.expr(f"substring(path, {len(root_uri) + 1})")
             files = files.filter(~relative.rlike(r"(^|/)\.")).select("path", "content")  # hidden files are not data
             processed = files.mapInPandas(
-                _process_batches(root_uri, located, params, str(staging / "processed")), META_SCHEMA)
+                _process_batches(root_uri, located, params, str(staging / "processed"), mask_keys(located, on_disk)),
+                META_SCHEMA)
             meta = _add_unread_files(processed.toPandas(), raw_dir, on_disk)
         processed_at = time.perf_counter()
         table, quarantine, duplicates = curate(meta, params)

@@ -2,12 +2,16 @@
 
 Requests :meth:`MicroBatcher.submit` one prepared image each and await its
 answer. A single loop waits for a free worker, takes the first waiting image,
-then whatever else is waiting, up to ``max_batch_size``, waiting at most
-``max_wait_s`` for more, and hands the list to ``predict_batch`` in that
-worker's thread, so the event loop keeps reading requests (and decoding them in
-other threads) while the network runs. Under load, the images that arrive
-during a pass make up the next batch: throughput grows with concurrency while
-a lone request waits only ``max_wait_s``.
+then whatever else is waiting, up to ``max_batch_size``, and hands the list to
+``predict_batch`` in that worker's thread, so the event loop keeps reading
+requests (and decoding them in other threads) while the network runs.
+
+The dispatch rule: an image that finds nothing else waiting goes at once, so
+a lone request costs what it would on an unbatched server; when others were
+waiting too (a burst), the batch waits at most ``max_wait_s`` for the rest of
+the burst. Under load, the images that arrive during a pass make up the next
+batch: throughput grows with concurrency, and no request waits for a batch
+that is not coming.
 """
 
 from __future__ import annotations
@@ -91,7 +95,8 @@ class MicroBatcher:
                 future.set_result(answer)
 
     async def _next_batch(self) -> list[tuple[Any, asyncio.Future]]:
-        """The first waiting item and those that follow within ``max_wait_s``, up to ``max_batch_size``."""
+        """The first waiting item and those waiting behind it, up to ``max_batch_size``; when there were any, also
+        those that follow within ``max_wait_s``. A lone item goes at once."""
         loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
         deadline = loop.time() + self.max_wait_s
@@ -100,7 +105,7 @@ class MicroBatcher:
                 batch.append(self._queue.get_nowait())
                 continue
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if len(batch) == 1 or remaining <= 0:  # nothing else was waiting: no burst to wait for
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))

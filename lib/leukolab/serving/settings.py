@@ -25,7 +25,7 @@ class ServingSettings:
     max_batch_size: int = 8
     """Most images in one forward pass (on CPU, larger batches of a small CNN run slower per image)."""
     max_wait_ms: float = 2.0
-    """How long a forward pass waits for more images once one is there."""
+    """How long a forward pass that found several images waiting waits for more (a lone image goes at once)."""
     inference_workers: int = 2
     """Forward passes that may run at the same time, each in its own thread."""
     torch_threads: int = 0
