@@ -67,7 +67,7 @@ test-unit: env
 test-notebooks: env
 	rm -rf runs/interactive
 	cd notebooks && $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider \
-	  00_etl.ipynb 10_segment.ipynb 20_classify.ipynb 30_evaluate.ipynb 40_publish.ipynb 50_serve.ipynb demo.ipynb
+	  00_etl.ipynb 10_segment.ipynb 20_classify.ipynb 30_evaluate.ipynb 40_publish.ipynb 50_serve.ipynb demo.ipynb review.ipynb
 
 # Both through the `leukolab` command (lib/leukolab/workbench.py), which the browser tests start too: JupyterLab
 # with --allow-root when run as root; the MLflow UI with one worker and no job runner.

@@ -9,6 +9,8 @@ import sys
 
 from leukolab.config import available, parse_value
 from leukolab.logs import configure_logging
+from leukolab.retrain import add_retrain_arguments, retrain_command
+from leukolab.review_command import add_review_arguments, review_command
 from leukolab.scoring.options import add_predict_arguments, run_predict
 from leukolab.serving.options import add_serve_arguments
 from leukolab.sweep.command import add_sweep_arguments
@@ -59,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
 
     add_predict_arguments(commands.add_parser("predict", help="score image files and folders with a registered model: a CSV row per file"))
 
+    add_review_arguments(commands.add_parser("review", help="the review store of referred cases: status, Label Studio export and import"))
+    retrain = commands.add_parser("retrain", help="retrain on the reviews and re-gate the champion, when enough new reviews exist")
+    _plan_arguments(retrain)
+    add_retrain_arguments(retrain)
+
     lab = commands.add_parser("lab", help="JupyterLab on the notebooks (kernel Python (leukolab); token: $JUPYTER_TOKEN)")
     lab.add_argument("--port", type=int, default=8888)
     lab.add_argument("--ip", default="127.0.0.1")
@@ -95,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         return sweep_command(args, _overrides(args.param))
     if args.command == "predict":
         return run_predict(args)
+    if args.command == "review":
+        return review_command(args)
+    if args.command == "retrain":
+        return retrain_command(args, _overrides(args.param))
     if args.command == "serve":
         from leukolab.serving.launch import serve_forever
 
