@@ -67,7 +67,9 @@ def test_nothing_is_kept_when_not_asked_or_accepted(referring_model, model_env, 
     monkeypatch.delenv("LEUKOLAB_KEEP_REFERRED")
     with TestClient(create_app(referring_model["uri"], SETTINGS)) as off:
         assert off.post("/predict", files={"file": ("a.jpg", smear(2))}).json()["decision"] == "refer"
-        assert "leukolab_review_kept" not in off.get("/metrics").text
+        text = off.get("/metrics").text
+    assert set(samples(text, "leukolab_review_kept_total").values()) == {0.0}
+    assert samples(text, "leukolab_review_backlog") == {(): 0.0}
     assert ReviewStore(keeping).cases() == []
 
 

@@ -45,12 +45,12 @@ def referral(answer: dict, model_name: str | None, model_version: str | None) ->
                   {name: float(p) for name, p in probabilities.items()}, model_name, model_version)
 
 
-class ReferredKeeper:
-    """The API's keeper: :meth:`keep` each referred answer's upload; ``leukolab_review_kept_total{outcome}``,
-    ``leukolab_review_dropped_total`` and the gauge ``leukolab_review_backlog`` (read from the store at each scrape)."""
+class ReviewMetrics:
+    """``leukolab_review_kept_total{outcome}``, ``leukolab_review_dropped_total`` and the gauge
+    ``leukolab_review_backlog`` (read from the followed store at each scrape; 0 while keeping is off)."""
 
-    def __init__(self, store: ReviewStore, registry: CollectorRegistry):
-        self.store = store
+    def __init__(self, registry: CollectorRegistry):
+        self.store: ReviewStore | None = None
         self.kept = Counter("leukolab_review_kept", "Referred images handed to the review store, by outcome: kept (new), "
                             "seen_again (kept before), not_kept (over the size bound), failed", ["outcome"],
                             registry=registry)
@@ -62,10 +62,20 @@ class ReferredKeeper:
         self.backlog.set_function(self._backlog)
 
     def _backlog(self) -> float:
+        if self.store is None:
+            return 0.0
         try:
             return float(self.store.backlog())
         except Exception:  # a store that cannot be read must not break /metrics
             return float("nan")
+
+
+class ReferredKeeper:
+    """The API's keeper: :meth:`keep` each referred answer's upload in ``store``, counted in ``metrics``."""
+
+    def __init__(self, store: ReviewStore, metrics: ReviewMetrics):
+        self.store, self.metrics = store, metrics
+        metrics.store = store
 
     def keep(self, uploads: list[tuple[str, bytes]], answers: list[dict], model_name: str | None,
              model_version: str | None) -> list[Kept]:
@@ -78,20 +88,22 @@ class ReferredKeeper:
             try:
                 kept = self.store.keep(image, referred, source="api")
             except Exception as error:
-                self.kept.labels(outcome="failed").inc()
+                self.metrics.kept.labels(outcome="failed").inc()
                 log.error("could not keep a referred case in the review store (%s)", type(error).__name__)
                 continue
-            self.kept.labels(outcome=kept.outcome).inc()
-            self.dropped.inc(len(kept.dropped))
+            self.metrics.kept.labels(outcome=kept.outcome).inc()
+            self.metrics.dropped.inc(len(kept.dropped))
             done.append(kept)
         return done
 
 
 def keeper_from_env(registry: CollectorRegistry) -> ReferredKeeper | None:
-    """A :class:`ReferredKeeper` on the default store when ``LEUKOLAB_KEEP_REFERRED`` asks for one, else None."""
+    """The review metrics on ``registry`` (always, zero while keeping is off), and a :class:`ReferredKeeper` on the
+    default store when ``LEUKOLAB_KEEP_REFERRED`` asks for one, else None."""
+    metrics = ReviewMetrics(registry)
     if not keeping_enabled():
         return None
-    return ReferredKeeper(ReviewStore(), registry)
+    return ReferredKeeper(ReviewStore(), metrics)
 
 
 def keep_scored_rows(rows: list[dict], model_name: str | None, model_version: str | None,
