@@ -7,6 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
+from test_etl import spark  # noqa: F401  (the ETL tests' Spark session fixture: local[2], one per module)
 
 from leukolab.data.dataset import load_manifest, load_split
 from leukolab.data.etl import run_etl
@@ -15,17 +16,6 @@ from leukolab.data.synthetic_dataset import generate_dataset
 
 pytestmark = pytest.mark.integration
 PARAMS = EtlParams(image_size=48, holdouts=1, seed=3)
-
-
-@pytest.fixture(scope="module")
-def spark(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LEUKOLAB_WORKSPACE", str(tmp_path_factory.mktemp("spark-workspace")))
-        from leukolab.data.spark import spark_session
-
-        session = spark_session("local[2]")
-        yield session
-        session.stop()
 
 
 def reviewed_folder(root, raw, test_path: str, others, odd) -> None:

@@ -110,8 +110,10 @@ def build_review(store: ReviewStore | None = None, reviewer: str = "", load: Mod
     picture = widgets.Image(format="png", layout=widgets.Layout(max_width="900px"))
     answer = widgets.HTML()
     label = widgets.ToggleButtons(options=[], value=None, description="Class")
-    name = widgets.Text(value=reviewer, description="Reviewer", placeholder="your name")
-    note = widgets.Textarea(description="Note", placeholder="optional", layout=widgets.Layout(width="600px"))
+    # continuous_update=False: the text reaches the kernel whole when the field loses focus (pressing Save does that)
+    name = widgets.Text(value=reviewer, description="Reviewer", placeholder="your name", continuous_update=False)
+    note = widgets.Textarea(description="Note", placeholder="optional", layout=widgets.Layout(width="600px"),
+                            continuous_update=False)
     save = widgets.Button(description="Save and next", button_style="primary", icon="check")
     skip = widgets.Button(description="Skip", icon="forward")
     message, progress = widgets.HTML(), widgets.HTML()
