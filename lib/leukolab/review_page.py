@@ -107,6 +107,13 @@ class ReviewPage:
 def build_review(store: ReviewStore | None = None, reviewer: str = "", load: ModelLoader | None = load_model) -> ReviewPage:
     """The review page on ``store`` (default: the workspace's); ``load`` gives a model version for the heatmaps."""
     session = ReviewSession(store or ReviewStore())
+    loaded: dict[str, SmearModel] = {}
+
+    def load_once(uri: str) -> SmearModel:  # one load per version, however many of its cases are shown
+        if uri not in loaded:
+            found = load(uri)
+            loaded[uri] = found[0] if isinstance(found, tuple) else found
+        return loaded[uri]
     picture = widgets.Image(format="png", layout=widgets.Layout(max_width="900px"))
     answer = widgets.HTML()
     label = widgets.ToggleButtons(options=[], value=None, description="Class")
@@ -127,7 +134,7 @@ def build_review(store: ReviewStore | None = None, reviewer: str = "", load: Mod
             save.disabled = skip.disabled = True
             return
         image = case.image_path.read_bytes()
-        result, why = case_result(case, image, load)
+        result, why = case_result(case, image, load_once if load else None)
         picture.value, picture.layout.display = _png(render_result(image, result)), None
         answer.value = answer_summary(case) + (f"<br><i>{html.escape(why)}</i>" if why else "")
         label.options = [*case.answer.probabilities, UNUSABLE]

@@ -6,7 +6,8 @@ A folder (``$LEUKOLAB_REVIEW_DIR``, default ``<workspace>/review``) holding ``im
 
 Crash safety: an image is written to a temporary file, flushed to disk and renamed into place before its row is
 committed (SQLite in WAL mode), so an indexed case always has its whole image; a crash between the two leaves at
-most an unindexed file, which the next bound check removes. A review is committed as it is made.
+most an unindexed file, which the next bound check removes. A review is committed, and flushed to disk, as it is
+made. (A power loss may roll back the last kept cases' rows, never a review.)
 
 The size bound (``max_bytes`` of images, ``$LEUKOLAB_REVIEW_MAX_BYTES``, default 2 GiB) drops the oldest cases
 that have no review to make room (reviewed cases are labelled data and stay); each drop is recorded in ``dropped``
@@ -25,6 +26,7 @@ import logging
 import os
 import sqlite3
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,19 +108,25 @@ class ReviewStore:
         self.max_bytes = max_bytes if max_bytes is not None else int(
             os.environ.get("LEUKOLAB_REVIEW_MAX_BYTES") or DEFAULT_MAX_BYTES)
         (self.folder / "images").mkdir(parents=True, exist_ok=True)
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
         with self._connect() as db:
             db.executescript(SCHEMA)
 
     @contextlib.contextmanager
-    def _connect(self):
-        db = sqlite3.connect(self.folder / "index.sqlite", timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            yield db
-        finally:
-            db.close()
+    def _connect(self, durable: bool = False):
+        """The store's connection to the index, one thread at a time; ``durable``: commits reach the disk before
+        they return (reviews), else they survive a crash of the process but may roll back on a power loss (keeping,
+        on the request path: milliseconds faster). One connection for the store's life: opening and closing one per
+        operation costs a WAL checkpoint each time."""
+        with self._lock:
+            if self._db is None:
+                self._db = sqlite3.connect(self.folder / "index.sqlite", timeout=30, isolation_level=None,
+                                           check_same_thread=False)
+                self._db.row_factory = sqlite3.Row
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            yield self._db
 
     # ------------------------------------------------------------------ keeping
 
@@ -167,12 +175,12 @@ class ReviewStore:
             if used - freed + size > self.max_bytes:
                 return None
             stamp = now()
-            db.execute("BEGIN IMMEDIATE")
-            for row in chosen:
-                db.execute("DELETE FROM cases WHERE hash = ?", (row["hash"],))
-                db.execute("INSERT INTO dropped VALUES (?, ?, ?, ?)", (row["hash"], row["bytes"], stamp,
-                                                                      "dropped: oldest unreviewed, to stay under the bound"))
-            db.execute("COMMIT")
+            with db:  # one transaction: committed whole, or rolled back on an error
+                db.execute("BEGIN IMMEDIATE")
+                for row in chosen:
+                    db.execute("DELETE FROM cases WHERE hash = ?", (row["hash"],))
+                    db.execute("INSERT INTO dropped VALUES (?, ?, ?, ?)",
+                               (row["hash"], row["bytes"], stamp, "dropped: oldest unreviewed, to stay under the bound"))
         for row in chosen:
             (self.folder / row["image"]).unlink(missing_ok=True)
         return [row["hash"] for row in chosen]
@@ -227,7 +235,7 @@ class ReviewStore:
         """Save a review of case ``digest`` at once (a later review of the same case replaces it); its id."""
         if not label or not reviewer.strip():
             raise ValueError("a review needs a label (a class, or 'unusable') and the reviewer's name")
-        with self._connect() as db:
+        with self._connect(durable=True) as db:
             if db.execute("SELECT 1 FROM cases WHERE hash = ?", (digest,)).fetchone() is None:
                 raise KeyError(f"no kept case {digest[:12]}")
             cursor = db.execute("INSERT INTO reviews (hash, label, reviewer, note, reviewed_at, origin) VALUES (?,?,?,?,?,?)",
@@ -250,7 +258,7 @@ class ReviewStore:
         return set(json.loads(row[0])) if row else set()
 
     def record_retrain(self, review_ids: list[int], snapshot: str, run_id: str | None, outcome: str | None) -> None:
-        with self._connect() as db:
+        with self._connect(durable=True) as db:
             db.execute("INSERT INTO retrains (started, review_ids, snapshot, run_id, outcome) VALUES (?,?,?,?,?)",
                        (now(), json.dumps(sorted(review_ids)), snapshot, run_id, outcome))
 
