@@ -117,7 +117,7 @@ def test_referred_cases_are_kept_reviewed_and_retrained_on(workspace, server, tm
     published = lineage["tasks"]["publish"]["result"]
     assert f"version {published['version']} is @{published['alias']}" in retrained.stdout
     deadline = time.monotonic() + 90
-    expected = published["version"] if published["alias"] == "champion" else "1"
+    expected = str(published["version"]) if published["alias"] == "champion" else "1"
     while (served := httpx.get(f"{server.url}/version", timeout=10).json()["version"]) != expected:
         assert time.monotonic() < deadline, f"the API serves version {served}, not {expected}:\n{server.log_tail()}"
         time.sleep(1)
