@@ -14,7 +14,7 @@ UV_VERSION := 0.13.8
 UV ?= $(TOOLS)/uv-$(UV_VERSION)/bin/uv
 # What `make test` runs: pytest on TESTS, then nbval on NOTEBOOKS (in order; empty: none).
 TESTS ?= tests
-NOTEBOOKS ?= 00_etl.ipynb 10_segment.ipynb 20_classify.ipynb 30_evaluate.ipynb 40_publish.ipynb 50_serve.ipynb demo.ipynb
+NOTEBOOKS ?= 00_etl.ipynb 10_segment.ipynb 20_classify.ipynb 30_evaluate.ipynb 40_publish.ipynb 50_serve.ipynb demo.ipynb review.ipynb
 PROFILE ?= default
 PORT ?= 8000
 export HF_HUB_OFFLINE ?= 1

@@ -204,6 +204,18 @@ def _report(args) -> int:
     return 0
 
 
+def _retrain(args) -> int:
+    from leukolab.retrain import retrain_command
+
+    return retrain_command(args, _overrides(args.param))
+
+
+def _review(args) -> int:
+    from leukolab.review_command import review_command
+
+    return review_command(args)
+
+
 def _sweep(args) -> int:
     from leukolab.sweep.command import sweep_command
 
@@ -223,7 +235,8 @@ def _print_json(value) -> None:
 
 
 COMMANDS = {"run": _run, "status": _status, "dag": _dag, "runs": _runs, "compare": _compare, "report": _report,
-            "params": _params, "cluster": _cluster, "sweep": _sweep, "predict": run_predict, "serve": _serve}
+            "params": _params, "cluster": _cluster, "sweep": _sweep, "predict": run_predict, "serve": _serve,
+            "review": _review, "retrain": _retrain}
 
 
 if __name__ == "__main__":

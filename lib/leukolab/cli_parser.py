@@ -9,6 +9,8 @@ import os
 from leukolab import __version__
 from leukolab.config import available
 from leukolab.config.arguments import key_value, positive_int
+from leukolab.retrain import add_retrain_arguments
+from leukolab.review_command import add_review_arguments
 from leukolab.scoring.options import add_predict_arguments
 from leukolab.serving.options import add_serve_arguments
 from leukolab.sweep.command import add_sweep_arguments
@@ -100,6 +102,10 @@ def build_parser(stage_help: str | None = None) -> CommandParser:
 
     add_serve_arguments(command("serve", "serve a registered model over HTTP (foreground)"))
     add_predict_arguments(command("predict", "score image files and folders with a registered model: a CSV row per file"))
+    add_review_arguments(command("review", "the review store of referred cases: status, Label Studio export and import"))
+    retrain = command("retrain", "retrain on the reviews and re-gate the champion, when enough new reviews exist")
+    _plan_arguments(retrain)
+    add_retrain_arguments(retrain)
 
     lab = command("lab", "JupyterLab on the notebooks (kernel Python (leukolab); token: $JUPYTER_TOKEN)")
     _server_arguments(lab, 8888)

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from leukolab.data import labels as csv_labels
 from leukolab.data.curation import build_manifest, curate, fingerprint
 from leukolab.data.etl_params import EtlParams
+from leukolab.data.extra_sources import add_extra_rows, resolve_extra_sources
 from leukolab.data.files import walk_files
 from leukolab.data.masks import derive_mask, nucleus_estimate, pack_bitmap
 from leukolab.data.parquet import write_dataset
@@ -102,11 +103,13 @@ def perceptual_hash(image) -> str:
     return str(imagehash.phash(image))
 
 
-def _process_batches(root_uri: str, layout: Layout, params: EtlParams, parts_dir: str, masked: frozenset):
+def _process_batches(root_uri: str, layout: Layout, params: EtlParams, parts_dir: str, masked: frozenset,
+                     prefix: str = ""):
     """The first pass's ``mapInPandas`` function: binaryFile rows in, metadata out, encoded images to a part file per batch.
 
     Part files get unique names, so a retried or speculative task attempt
-    never overwrites one that the driver's metadata points to.
+    never overwrites one that the driver's metadata points to. ``prefix`` starts every ``source_path`` (an extra
+    source's rows: :mod:`leukolab.data.extra_sources`).
     """
     root = unquote(root_uri)  # Spark's paths are URIs: a space in a name arrives as %20
 
@@ -114,6 +117,7 @@ def _process_batches(root_uri: str, layout: Layout, params: EtlParams, parts_dir
         for batch in batches:
             frame = pd.DataFrame([process_file(unquote(path)[len(root):], bytes(content), layout, params, masked)
                                   for path, content in zip(batch["path"], batch["content"])], columns=list(PROCESSED_COLUMNS))
+            frame["source_path"] = prefix + frame["source_path"]
             encoded = frame["png"].notna()
             frame["part"], frame["png_bytes"] = None, frame["png"].map(len, na_action="ignore")
             if encoded.any():
@@ -128,14 +132,15 @@ def _process_batches(root_uri: str, layout: Layout, params: EtlParams, parts_dir
 
 
 def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlParams, dataset_name: str | None = None,
-            *, tasks_per_core: int = 3) -> Path:
+            *, tasks_per_core: int = 3, extra_sources: list[str] | None = None) -> Path:
     """Run the ETL; return the dataset folder ``<output_root>/<dataset>/<fingerprint>/``.
 
     A dataset with the same fingerprint (same input files, same parameters) is
     reused, not rewritten. Raises ``ValueError`` when more than
     ``params.max_bad_fraction`` of the files are quarantined.
     ``tasks_per_core`` sets the read partitions (``defaultParallelism`` x it,
-    by bytes); it changes the speed, never the output.
+    by bytes); it changes the speed, never the output. ``extra_sources``: ``labels_csv`` folders whose images
+    join ``train`` only (:mod:`leukolab.data.extra_sources`); their files are part of the fingerprint.
     """
     raw_dir = Path(raw_dir).resolve()
     on_disk = walk_files(raw_dir)
@@ -144,34 +149,28 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
     layout = params.layout or detect_layout(raw_dir, params.label_pattern)
     located = params.layout_for(layout, raw_dir, on_disk)
     dataset_name = dataset_name or raw_dir.name
-    root_uri = raw_dir.as_uri().replace("file:///", "file:/") + "/"
+    extras = resolve_extra_sources(extra_sources, params)
     started = time.perf_counter()
     tasks = spark.sparkContext.defaultParallelism * tasks_per_core
     staging = Path(output_root).resolve() / dataset_name / f".staging-{uuid.uuid4().hex[:8]}"
     (staging / "processed").mkdir(parents=True)
     try:
         with _spark_conf(spark, _session_settings(raw_dir, on_disk, tasks)):
-            from pyspark.sql import functions as F
-
-            files = (
-                spark.read.format("binaryFile")
-                .option("recursiveFileLookup", "true")
-                .option("ignoreCorruptFiles", "false")
-                .load(str(raw_dir))
-            )
-            relative = F.expr(f"substring(path, {len(root_uri) + 1})")
-            files = files.filter(~relative.rlike(r"(^|/)\.")).select("path", "content")  # hidden files are not data
-            processed = files.mapInPandas(
-                _process_batches(root_uri, located, params, str(staging / "processed"), mask_keys(located, on_disk)),
-                META_SCHEMA)
-            meta = _add_unread_files(processed.toPandas(), raw_dir, on_disk)
+            meta = _first_pass(spark, raw_dir, on_disk, located, params, staging / "processed")
+            extra_metas = [_first_pass(spark, extra.root, extra.files, extra.layout, extra.params, staging / "processed",
+                                       extra.prefix) for extra in extras]
         processed_at = time.perf_counter()
         table, quarantine, duplicates = curate(meta, params)
         csv_labels.require_two_classes(table["class_name"], layout, params.layout is None, on_disk, params.label_map)
+        if extras:
+            table, quarantine, extra_entries = add_extra_rows(table, quarantine, extra_metas, extras, params)
+            meta = pd.concat([meta, *extra_metas], ignore_index=True)
         dataset_fingerprint = fingerprint(meta, params, layout)
         dataset_dir = staging.parent / dataset_fingerprint
         manifest = build_manifest(dataset_name, raw_dir, layout, params, dataset_fingerprint, meta, table, quarantine, duplicates)
         manifest.update(csv_labels.label_entries(located.labels, table, params.label_map))
+        if extras:
+            manifest["extra_sources"] = extra_entries
         if (dataset_dir / "manifest.json").is_file():
             log.info("dataset %s is up to date (fingerprint %s); reusing it", dataset_name, dataset_fingerprint)
             return Path(output_root) / dataset_name / dataset_fingerprint
@@ -187,6 +186,26 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
     log.info("wrote %d images to %s (process %.1f s, curate %.1f s, write %.1f s)", len(table), dataset_dir,
              processed_at - started, curated_at - processed_at, time.perf_counter() - curated_at)
     return Path(output_root) / dataset_name / dataset_fingerprint
+
+
+def _first_pass(spark, root: Path, on_disk: list[str], layout: Layout, params: EtlParams, parts_dir: Path,
+                prefix: str = "") -> pd.DataFrame:
+    """The first pass over one folder: every file's metadata (``source_path`` starting with ``prefix``), its
+    encoded image in a part file under ``parts_dir``."""
+    from pyspark.sql import functions as F
+
+    root_uri = root.as_uri().replace("file:///", "file:/") + "/"
+    files = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .option("ignoreCorruptFiles", "false")
+        .load(str(root))
+    )
+    relative = F.expr(f"substring(path, {len(root_uri) + 1})")
+    files = files.filter(~relative.rlike(r"(^|/)\.")).select("path", "content")  # hidden files are not data
+    processed = files.mapInPandas(
+        _process_batches(root_uri, layout, params, str(parts_dir), mask_keys(layout, on_disk), prefix), META_SCHEMA)
+    return _add_unread_files(processed.toPandas(), root, on_disk, prefix)
 
 
 def _session_settings(raw_dir: Path, on_disk: list[str], partitions: int) -> dict[str, str]:
@@ -220,7 +239,7 @@ def _spark_conf(spark, settings: dict[str, str]):
                 spark.conf.set(key, value)
 
 
-def _add_unread_files(meta: pd.DataFrame, raw_dir: Path, on_disk: list[str]) -> pd.DataFrame:
+def _add_unread_files(meta: pd.DataFrame, raw_dir: Path, on_disk: list[str], prefix: str = "") -> pd.DataFrame:
     """Files on disk that Spark did not hand over become quarantine rows.
 
     Spark's listing skips empty files and names starting with ``_``.
@@ -228,10 +247,10 @@ def _add_unread_files(meta: pd.DataFrame, raw_dir: Path, on_disk: list[str]) -> 
     seen = set(meta["source_path"])
     unread = []
     for relative in on_disk:
-        if relative in seen:
+        if prefix + relative in seen:
             continue
         content = (raw_dir / relative).read_bytes()
-        unread.append({"source_path": relative, "status": "quarantined", "reason": "empty" if not content else "not_read",
+        unread.append({"source_path": prefix + relative, "status": "quarantined", "reason": "empty" if not content else "not_read",
                        "message": "the file is empty (0 bytes)" if not content else
                        "Spark's file listing skips this file (names starting with '_' are skipped)",
                        "content_hash": hashlib.sha256(content).hexdigest()})

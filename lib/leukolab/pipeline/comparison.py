@@ -91,11 +91,21 @@ PROVENANCE = {
     "library digest": lambda run: str(run.get("library_digest", MISSING))[:16],
     "leukolab version": lambda run: run.get("leukolab_version", MISSING),
     "dataset fingerprint": lambda run: _result(run, "etl").get("fingerprint", MISSING),
+    "reviews in train": lambda run: _reviews(_result(run, "etl")),
     "champion": _champion,
     "referral threshold": lambda run: _threshold(_result(run, "evaluate").get("referral", {}).get("threshold")),
     "MLflow parent run": lambda run: run.get("mlflow_parent_run_id") or MISSING,
 }
 """The rows of the provenance table: a field and how to read it from a run's lineage."""
+
+
+def _reviews(etl: dict) -> str:
+    """The reviewed cases the run's dataset took into train (its ETL's extra sources): how many, and their ids."""
+    ids = sorted(i for extra in etl.get("extra_sources") or [] for i in extra.get("reviews", []))
+    if not ids:
+        return "none"
+    shown = ", ".join(map(str, ids[:20])) + (", ..." if len(ids) > 20 else "")
+    return f"{len(ids)} (review ids {shown})"
 
 
 def _threshold(value) -> str:

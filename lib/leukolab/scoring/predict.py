@@ -54,6 +54,7 @@ def predict_paths(paths: list[str | Path], model_uri: str = DEFAULT_MODEL_URI, b
     rows = list(tqdm(scored, total=len(items), desc=f"scoring with {info.label}", unit="file", disable=not progress,
                      mininterval=1))
     frame = pd.DataFrame(rows, columns=columns(model, explain is not None))
+    frame.attrs.update(model_name=info.name, model_version=info.version or info.run_id)
     seconds = time.perf_counter() - started
     usable = int(frame["reason"].isna().sum())
     log.info("%d files scored (%d usable) in %.1f s after the model loaded: %.1f images/s", len(frame), usable, seconds,

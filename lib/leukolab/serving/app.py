@@ -18,6 +18,7 @@ from dataclasses import replace
 from fastapi import FastAPI
 
 import leukolab
+from leukolab.review.keeping import keeper_from_env
 from leukolab.serving.admission import Admission
 from leukolab.serving.dependencies import ModelSlot
 from leukolab.serving.errors import install_error_handlers
@@ -41,6 +42,7 @@ def create_app(model_uri: str | None = None, settings: ServingSettings | None = 
                   description="Acute Lymphoblastic Leukemia detection in blood smear images (research use only).")
     app.state.settings, app.state.metrics, app.state.model_slot = settings, metrics, slot
     app.state.admission = Admission(settings.max_pending, metrics, settings.retry_after_seconds)
+    app.state.review_keeper = keeper_from_env(metrics.registry)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     install_error_handlers(app, metrics)
     app.include_router(router)

@@ -22,6 +22,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 
 from leukolab.publishing.model import SmearModel
+from leukolab.review.keeping import ReferredKeeper
 from leukolab.serving.batching import MicroBatcher
 from leukolab.serving.errors import ApiError
 from leukolab.serving.metrics import ServingMetrics
@@ -205,6 +206,11 @@ async def get_metrics(request: Request) -> ServingMetrics:
     return request.app.state.metrics
 
 
+async def get_review_keeper(request: Request) -> ReferredKeeper | None:
+    """The keeper of referred cases (``LEUKOLAB_KEEP_REFERRED=1``), else None."""
+    return request.app.state.review_keeper
+
+
 async def get_model_slot(request: Request) -> ModelSlot:
     return request.app.state.model_slot
 
@@ -225,5 +231,6 @@ async def loaded_model(slot: Annotated[ModelSlot, Depends(get_model_slot)]) -> A
 Settings = Annotated[ServingSettings, Depends(get_settings)]
 Metrics = Annotated[ServingMetrics, Depends(get_metrics)]
 Slot = Annotated[ModelSlot, Depends(get_model_slot)]
+Keeper = Annotated[ReferredKeeper | None, Depends(get_review_keeper)]
 ReadyModel = Annotated[LoadedModel, Depends(ready_model)]
 LoadedNow = Annotated[LoadedModel, Depends(loaded_model)]

@@ -17,9 +17,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 import leukolab
+from leukolab.review.keeping import ReferredKeeper
 from leukolab.serving.admission import Admission, Admitted
 from leukolab.serving.auth import Authorized
-from leukolab.serving.dependencies import LoadedModel, LoadedNow, Metrics, ReadyModel, Settings, Slot, predict_arrays
+from leukolab.serving.dependencies import (Keeper, LoadedModel, LoadedNow, Metrics, ReadyModel, Settings, Slot,
+                                           predict_arrays)
 from leukolab.serving.errors import ApiError
 from leukolab.serving.metrics import ServingMetrics
 from leukolab.serving.schemas import BatchPrediction, ErrorBody, Health, Prediction, Readiness, VersionInfo
@@ -103,18 +105,18 @@ async def version(served: ReadyModel) -> VersionInfo:
              openapi_extra=upload_body("file", many=False), responses=refusals(many=False), dependencies=[Authorized])
 async def predict(_: Admitted, started: Started, served: ReadyModel,
                   uploads: Annotated[list[Upload], Depends(uploads_in("file", many=False))],
-                  settings: Settings, metrics: Metrics, explain: Explain = False) -> Prediction:
+                  settings: Settings, metrics: Metrics, keeper: Keeper, explain: Explain = False) -> Prediction:
     answers = await predict_uploads(served, uploads, settings.max_pixels, metrics, explain)
-    return prediction(answers[0], served, started, metrics)
+    return (await answered(uploads, answers, served, started, metrics, keeper))[0]
 
 
 @router.post("/predict/batch", response_model=BatchPrediction, summary="Classify (and segment) several smear images",
              openapi_extra=upload_body("files", many=True), responses=refusals(many=True), dependencies=[Authorized])
 async def predict_batch(_: Admitted, started: Started, served: ReadyModel,
                         uploads: Annotated[list[Upload], Depends(uploads_in("files", many=True))],
-                        settings: Settings, metrics: Metrics, explain: Explain = False) -> BatchPrediction:
+                        settings: Settings, metrics: Metrics, keeper: Keeper, explain: Explain = False) -> BatchPrediction:
     answers = await predict_uploads(served, uploads, settings.max_pixels, metrics, explain)
-    return BatchPrediction(predictions=[prediction(answer, served, started, metrics) for answer in answers],
+    return BatchPrediction(predictions=await answered(uploads, answers, served, started, metrics, keeper),
                            model_version=served.info.label, latency_ms=(time.perf_counter() - started) * 1000)
 
 
@@ -138,6 +140,17 @@ async def predict_uploads(served: LoadedModel, uploads: list[Upload], max_pixels
     for answer, seconds in answers:
         metrics.observe_prediction(answer.get("predicted_class"), answer.get("confidence"), seconds)
     return answers
+
+
+async def answered(uploads: list[Upload], answers: list[tuple[dict, float]], served: LoadedModel, started: float,
+                   metrics: ServingMetrics, keeper: ReferredKeeper | None) -> list[Prediction]:
+    """The :class:`Prediction` of each answer (:func:`prediction`); with a ``keeper``, the referred ones' uploads go
+    to the review store (in a worker thread) before the answers leave."""
+    predictions = [prediction(answer, served, started, metrics) for answer in answers]
+    if keeper is not None:
+        dumped = [one.model_dump(exclude={"mask", "heatmap_png"}) for one in predictions]
+        await run_in_threadpool(keeper.keep, uploads, dumped, served.info.name, served.info.version or served.info.run_id)
+    return predictions
 
 
 def prediction(answer: tuple[dict, float], served: LoadedModel, started: float, metrics: ServingMetrics) -> Prediction:

@@ -16,12 +16,12 @@ from fastapi.responses import Response
 import leukolab
 from leukolab.serving.admission import Admitted
 from leukolab.serving.auth import Authorized
-from leukolab.serving.dependencies import LoadedModel, LoadedNow, Metrics, ReadyModel, Settings
+from leukolab.serving.dependencies import Keeper, LoadedModel, LoadedNow, Metrics, ReadyModel, Settings
 from leukolab.serving.errors import ApiError
 from leukolab.serving.protocol import (BINARY_HEADER, EXTENSIONS, IMAGE_INPUT, SERVER_NAME, InferenceRequest,
                                        InferenceResponse, Liveness, ModelMetadata, ModelReadiness, ServerMetadata,
                                        ServerReadiness, TensorMetadata, V2Error, output_metadata)
-from leukolab.serving.routes import Started, predict_uploads, prediction, refuse_while_draining
+from leukolab.serving.routes import Started, answered, predict_uploads, refuse_while_draining
 from leukolab.serving.schemas import Prediction
 from leukolab.serving.tensors import Tensor, encode_response, image_files, parse_request, requested_outputs
 from leukolab.serving.uploads import read_body
@@ -118,16 +118,16 @@ async def version_ready(name: str, version: str, served: LoadedNow) -> ModelRead
              openapi_extra=INFER_BODY, responses={200: BINARY_ANSWER, **refusals(400, 401, 404, 413, 415, 422, 503)},
              dependencies=[Authorized])
 async def infer(_: Admitted, name: str, request: Request, started: Started, served: ReadyModel, settings: Settings,
-                metrics: Metrics) -> Response:
-    return await answer(request, named(served, name), started, settings, metrics)
+                metrics: Metrics, keeper: Keeper) -> Response:
+    return await answer(request, named(served, name), started, settings, metrics, keeper)
 
 
 @router.post(f"{VERSION}/infer", response_model=InferenceResponse, summary="v2 inference on a version",
              openapi_extra=INFER_BODY, responses={200: BINARY_ANSWER, **refusals(400, 401, 404, 413, 415, 422, 503)},
              dependencies=[Authorized])
 async def infer_version(_: Admitted, name: str, version: str, request: Request, started: Started, served: ReadyModel,
-                        settings: Settings, metrics: Metrics) -> Response:
-    return await answer(request, named(served, name, version), started, settings, metrics)
+                        settings: Settings, metrics: Metrics, keeper: Keeper) -> Response:
+    return await answer(request, named(served, name, version), started, settings, metrics, keeper)
 
 
 def model_name(served: LoadedModel) -> str:
@@ -154,7 +154,7 @@ def metadata(served: LoadedModel) -> ModelMetadata:
 
 
 async def answer(request: Request, served: LoadedModel, started: float, settings: Settings,
-                 metrics: Metrics) -> Response:
+                 metrics: Metrics, keeper: Keeper) -> Response:
     """Read the inference request, predict its images as ``/predict`` does, answer the outputs it asks for."""
     if served.model.task == "segmentation":
         raise ApiError(400, "this model only segments; v2 inference answers classes", "cannot_classify")
@@ -163,8 +163,9 @@ async def answer(request: Request, served: LoadedModel, started: float, settings
     inference, raw = parse_request(body, request.headers.get(BINARY_HEADER))
     wanted = requested_outputs(inference)
     files = image_files(inference, raw, settings.max_batch_files, settings.max_upload_bytes)
-    answers = await predict_uploads(served, [(IMAGE_INPUT, data) for data in files], settings.max_pixels, metrics)
-    tensors = output_tensors([prediction(one, served, started, metrics) for one in answers], served.model.class_names)
+    uploads = [(IMAGE_INPUT, data) for data in files]
+    answers = await predict_uploads(served, uploads, settings.max_pixels, metrics)
+    tensors = output_tensors(await answered(uploads, answers, served, started, metrics, keeper), served.model.class_names)
     head = InferenceResponse(model_name=model_name(served), model_version=served.info.version, id=inference.id,
                              outputs=[])
     return encode_response(head, [(tensors[name], binary) for name, binary in wanted])
