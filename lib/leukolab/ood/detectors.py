@@ -97,6 +97,9 @@ class NearestNeighbours:
 
 class InputCheck:
     name, needs = "input", "images"
+    MIN_SCALE = 0.01
+    """The smallest spread a descriptor is given (each is a share or an intensity in 0..1): one that never varies
+    in training (no black pixels in any field) is measured in steps of 1%, not of rounding error."""
 
     def __init__(self, state: dict):
         self.state = state
@@ -104,7 +107,7 @@ class InputCheck:
     @classmethod
     def fit(cls, inputs: Inputs, labels: np.ndarray) -> InputCheck:
         descriptors = describe(inputs.images)
-        mean, scale = descriptors.mean(0), np.maximum(descriptors.std(0), 1e-6)
+        mean, scale = descriptors.mean(0), np.maximum(descriptors.std(0), cls.MIN_SCALE)
         standard = (descriptors - mean) / scale
         return cls({"mean": mean, "scale": scale, "precision": shrunk_precision(standard)})
 
