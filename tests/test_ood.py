@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 from leukolab.data.synthetic import image_rng, render_smear
 from leukolab.data.synthetic_shift import SHIFTS, generate_shifted_set, shifted_images
 from leukolab.ood import Inputs, OodDetector, fit_detector, in_distribution_threshold
-from leukolab.ood.detectors import Energy, InputCheck, Mahalanobis, NearestNeighbours
+from leukolab.ood.detectors import ColourCheck, Energy, KindCheck, Mahalanobis, NearestNeighbours
 from leukolab.ood.features import captured_features, features_per_image
 from leukolab.publishing.referral import decide_answer
 
@@ -58,13 +58,14 @@ def test_energy_is_lower_for_confident_logits():
     assert energy.score(Inputs(None, confident, confident)) < energy.score(Inputs(None, flat, flat))
 
 
-def test_the_input_check_tells_greyscale_and_crops_from_smear_fields():
+def test_the_input_checks_tell_other_kinds_of_image_from_smear_fields():
     fields = np.stack([render_smear(image_rng(0, "Pre", i), "Pre", 48)[0] for i in range(40)])
-    check = InputCheck.fit(Inputs(None, None, fields[:30]), np.zeros(30))
-    held_out = check.score(Inputs(None, None, fields[30:]))
-    for kind in ("greyscale", "cell_on_black"):
-        shifted = np.stack(list(shifted_images(kind, 5, 48)))
-        assert check.score(Inputs(None, None, shifted)).min() > held_out.max(), kind
+    train, held_out = Inputs(None, None, fields[:30]), Inputs(None, None, fields[30:])
+    colour, kind = ColourCheck.fit(train, np.zeros(30)), KindCheck.fit(train, np.zeros(30))
+    for check, shifts in ((colour, ("greyscale", "cell_on_black")), (kind, ("single_cell",))):
+        for shift in shifts:
+            shifted = Inputs(None, None, np.stack(list(shifted_images(shift, 5, 48))))
+            assert check.score(shifted).min() > check.score(held_out).max(), (check.name, shift)
 
 
 def test_the_combined_detector_saves_loads_and_refers_what_is_far(tmp_path):
@@ -73,7 +74,8 @@ def test_the_combined_detector_saves_loads_and_refers_what_is_far(tmp_path):
     val, _ = gaussian_inputs(rng, 200)
     far, _ = gaussian_inputs(rng, 50, shift=4.0)
     detector = fit_detector(train, labels, val, share=0.95, used=["mahalanobis", "knn"])
-    assert set(detector.detectors) == {"mahalanobis", "energy", "knn", "input"} and detector.used == ["mahalanobis", "knn"]
+    assert set(detector.detectors) == {"mahalanobis", "energy", "knn", "colour", "kind"}
+    assert detector.used == ["mahalanobis", "knn"]
     assert (~detector.out_of_distribution(detector.scores(val)["combined"])).mean() >= 0.95
     assert detector.out_of_distribution(detector.scores(far)["combined"]).all()
     loaded = OodDetector.load(detector.save(tmp_path / "ood.npz"))
@@ -84,12 +86,12 @@ def test_the_combined_detector_saves_loads_and_refers_what_is_far(tmp_path):
         fit_detector(train, labels, val, used=["entropy"])
 
 
-def test_without_features_only_the_input_check_and_energy_are_fitted():
+def test_without_features_only_the_input_checks_and_energy_are_fitted():
     rng = np.random.default_rng(3)
     train, labels = gaussian_inputs(rng, 50)
     no_features = Inputs(None, train.logits, train.images)
-    detector = fit_detector(no_features, labels, no_features, used=["mahalanobis", "input"])
-    assert set(detector.detectors) == {"energy", "input"} and detector.used == ["input"]
+    detector = fit_detector(no_features, labels, no_features, used=["mahalanobis", "colour"])
+    assert set(detector.detectors) == {"energy", "colour", "kind"} and detector.used == ["colour"]
 
 
 def test_penultimate_features_are_captured_and_tta_views_averaged():

@@ -73,8 +73,9 @@ class InferenceSpec(Section):
 class OodSpec(Section):
     """The out-of-distribution check fitted with the model (see docs/ood.md): its detectors and val share."""
 
-    detectors: list[Literal["mahalanobis", "knn", "input", "energy"]] = Field(
-        ["mahalanobis", "knn", "input"], min_length=1, description="the detectors the combined score takes the largest of")
+    detectors: list[Literal["mahalanobis", "knn", "colour", "kind", "energy"]] = Field(
+        ["mahalanobis", "knn", "colour", "kind"], min_length=1,
+        description="the detectors whose standardised scores the combined score averages")
     share: float = Field(0.99, gt=0, lt=1, description="share of val kept in distribution by the threshold")
 
 

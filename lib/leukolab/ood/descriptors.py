@@ -1,48 +1,40 @@
-"""Cheap input checks: what kind of image this is and how it is stained, as a short vector of numbers.
+"""Cheap input checks: how an image is coloured and what kind of image it is, as vectors compared with training's.
 
 A pathologist tells a smear field from another kind of image at a glance: a field of view is mostly pale background
-and pink red cells with a few purple white cells, in colour, at one magnification. The descriptors measure that on the
-image the network sees (HxWx3 uint8 at the model's input size): colour (channel means and spreads, saturation), how
-much of it is black (a segmented cell on black) or strongly stained (one cell filling a crop), edge density, and the
-image's autocorrelation at lags of 4%, 8% and 16% of its side, which falls off past the size of its cells (red cells
-of another size: another magnification, or one cell filling a crop). The detector compares them with the training
-split's (:class:`~leukolab.ood.detectors.Gaussian`), so no number here is a hand-set limit.
+and pink red cells with a few purple white cells, in colour, at one magnification. Both descriptors are measured on
+the image the network sees (HxWx3 uint8 at the model's input size) and compared with the training images' by the
+distance to the nearest ones (:mod:`leukolab.ood.detectors`), so no number here is a hand-set limit:
+
+- :func:`colour_histograms`: the joint RGB histogram (6 levels per channel), square-rooted, so that Euclidean
+  distance is the Hellinger distance between colour distributions (another stain, illumination, greyscale, black);
+- :func:`structure_spectra`: the share of the image's variance in each band of spatial frequency, square-rooted
+  (its cells' size: another magnification, one cell filling a crop, a cell on black).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-NAMES = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "saturation", "saturation_spread", "black",
-         "stained", "edges", "autocorrelation_4", "autocorrelation_8", "autocorrelation_16")
-"""The descriptors, in the order :func:`describe` returns them."""
+LEVELS = 6
+"""Levels per channel of the colour histogram (216 bins)."""
+BANDS = (0.0, 0.02, 0.04, 0.08, 0.16, 0.32, 0.71)
+"""Edges of the spatial-frequency bands, in cycles per pixel (0.71: the corner of the spectrum)."""
 
 
-def describe(images: np.ndarray) -> np.ndarray:
-    """N x len(:data:`NAMES`) descriptors of N x H x W x 3 uint8 images."""
-    rgb = np.asarray(images, np.float32) / 255.0
-    flat = rgb.reshape(len(rgb), -1, 3)
-    brightest, darkest = flat.max(2), flat.min(2)
-    saturation = (brightest - darkest) / np.maximum(brightest, 1e-3)
-    grey = rgb.mean(3)
-    return np.column_stack([
-        flat.mean(1), flat.std(1), saturation.mean(1), saturation.std(1),
-        (brightest < 0.12).mean(1),  # black: no smear field has it
-        (darkest < 0.45).mean(1),  # strongly stained: nuclei and dense cytoplasm
-        _edges(grey), *(_autocorrelation(grey, share) for share in (0.04, 0.08, 0.16)),
-    ]).astype(np.float64)
+def colour_histograms(images: np.ndarray) -> np.ndarray:
+    """N x 216 square-rooted joint colour histograms of N x H x W x 3 uint8 images."""
+    levels = np.asarray(images, np.int64) * LEVELS // 256
+    bins = ((levels[..., 0] * LEVELS + levels[..., 1]) * LEVELS + levels[..., 2]).reshape(len(levels), -1)
+    counts = np.stack([np.bincount(row, minlength=LEVELS**3) for row in bins]).astype(np.float64)
+    return np.sqrt(counts / counts.sum(1, keepdims=True))
 
 
-def _edges(grey: np.ndarray) -> np.ndarray:
-    """Mean absolute difference between neighbouring pixels, per image."""
-    return np.abs(np.diff(grey, axis=1)).mean((1, 2)) + np.abs(np.diff(grey, axis=2)).mean((1, 2))
-
-
-def _autocorrelation(grey: np.ndarray, share: float) -> np.ndarray:
-    """The correlation of each image with itself shifted by ``share`` of its side, across and down, averaged."""
-    lag = max(1, round(share * grey.shape[1]))
-    centred = grey - grey.mean((1, 2), keepdims=True)
-    variance = np.maximum((centred**2).mean((1, 2)), 1e-9)
-    across = (centred[:, :, lag:] * centred[:, :, :-lag]).mean((1, 2))
-    down = (centred[:, lag:, :] * centred[:, :-lag, :]).mean((1, 2))
-    return (across + down) / 2 / variance
+def structure_spectra(images: np.ndarray) -> np.ndarray:
+    """N x 6 square-rooted shares of each grey image's variance in the :data:`BANDS` of spatial frequency."""
+    grey = np.asarray(images, np.float64).mean(3)
+    grey -= grey.mean((1, 2), keepdims=True)
+    power = np.abs(np.fft.fft2(grey)) ** 2
+    rows, cols = np.meshgrid(np.fft.fftfreq(grey.shape[1]), np.fft.fftfreq(grey.shape[2]), indexing="ij")
+    radius = np.hypot(rows, cols)
+    bands = np.stack([power[:, (radius > low) & (radius <= high)].sum(1) for low, high in zip(BANDS[:-1], BANDS[1:])], 1)
+    return np.sqrt(bands / np.maximum(bands.sum(1, keepdims=True), 1e-12))

@@ -1,8 +1,9 @@
 """The combined out-of-distribution check a published model carries: fitted on train, its threshold chosen on val.
 
-Each detector's score (:mod:`leukolab.ood.detectors`; distances on a log scale) is standardised by its mean and
-spread on val, and the combined score is the largest standardised score of the detectors in use: an image is as far
-out as its most surprised detector says. An image whose combined score is over the threshold is out of distribution.
+Each detector's score (:mod:`leukolab.ood.detectors`) is standardised by its mean and spread on val, and the
+combined score is the mean standardised score of the detectors in use: an image is as far out as its detectors say
+together (one noisy detector cannot refer an in-domain image alone, and a shift that every detector sees adds up).
+An image whose combined score is over the threshold is out of distribution.
 The threshold keeps ``share`` of val in distribution (:func:`in_distribution_threshold`). Nothing here sees test,
 a holdout or an external set.
 """
@@ -18,12 +19,10 @@ from scipy.stats import norm
 
 from leukolab.ood.detectors import DETECTORS, Inputs
 
-DEFAULT_DETECTORS = ("mahalanobis", "knn", "input")
-"""Those the combined score uses unless told otherwise (energy is scored and reported, see docs/ood.md)."""
+DEFAULT_DETECTORS = ("mahalanobis", "knn", "colour", "kind")
+"""Those the combined score uses unless told otherwise (energy is scored and reported, not used: see docs/ood.md)."""
 DEFAULT_SHARE = 0.99
-LOG_SCALED = {"mahalanobis", "knn", "input"}
-"""Detectors whose scores are distances (positive, long-tailed): standardised on a log scale."""
-MIN_SPREAD = 1e-3
+MIN_SPREAD = 1e-6
 
 
 def in_distribution_threshold(scores: np.ndarray, share: float) -> float:
@@ -57,8 +56,8 @@ class OodDetector:
         return {**raw, "combined": self.combine(raw)}
 
     def combine(self, raw: dict[str, np.ndarray]) -> np.ndarray:
-        standard = [(_transformed(name, raw[name]) - self.location[name]) / self.spread[name] for name in self.used]
-        return np.max(standard, axis=0)
+        standard = [(np.asarray(raw[name], np.float64) - self.location[name]) / self.spread[name] for name in self.used]
+        return np.mean(standard, axis=0)
 
     def out_of_distribution(self, combined) -> np.ndarray:
         """Whether each combined score is over the threshold."""
@@ -86,6 +85,9 @@ class OodDetector:
                 if key != "config":
                     name, _, part = key.partition(".")
                     states[name][part] = saved[key]
+        unknown = sorted(set(states) - set(DETECTORS))
+        if unknown:
+            raise ValueError(f"the model's out-of-distribution check uses detectors {unknown} that this leukolab does not know")
         detectors = {name: DETECTORS[name](state) for name, state in states.items()}
         return cls(detectors, config["used"], config["location"], config["spread"], config["threshold"],
                    config["share"], config["val_images"])
@@ -103,13 +105,9 @@ def fit_detector(train: Inputs, train_labels: np.ndarray, val: Inputs, share: fl
         raise ValueError(f"none of the OOD detectors {list(used)} can score this model's outputs")
     detectors = {name: DETECTORS[name].fit(train, np.asarray(train_labels)) for name in available}
     raw = {name: detector.score(val) for name, detector in detectors.items()}
-    location = {name: float(_transformed(name, s).mean()) for name, s in raw.items()}
-    spread = {name: max(float(_transformed(name, s).std(ddof=1)), MIN_SPREAD) for name, s in raw.items()}
+    location = {name: float(np.mean(s)) for name, s in raw.items()}
+    spread = {name: max(float(np.std(s, ddof=1)), MIN_SPREAD) for name, s in raw.items()}
     detector = OodDetector(detectors, used, location, spread, share=share, val_images=len(val.images))
     detector.threshold = in_distribution_threshold(detector.combine(raw), share)
     return detector
 
-
-def _transformed(name: str, scores: np.ndarray) -> np.ndarray:
-    scores = np.asarray(scores, np.float64)
-    return np.log(np.maximum(scores, 1e-12)) if name in LOG_SCALED else scores

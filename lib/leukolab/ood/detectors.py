@@ -5,8 +5,9 @@
 - :class:`Energy`: the negative free energy ``-logsumexp(logits)`` (Liu et al. 2020); it needs no fitting.
 - :class:`NearestNeighbours`: the distance of the L2-normalised features to their k-th nearest training neighbour
   (Sun et al. 2022).
-- :class:`InputCheck`: the Mahalanobis distance of the image's descriptors (:mod:`leukolab.ood.descriptors`: colour
-  and image kind) to the training images' Gaussian.
+- :class:`ColourCheck` and :class:`KindCheck`, the cheap input checks: the same k-th nearest-neighbour distance for
+  the image's colour histogram and its spatial-frequency spectrum (:mod:`leukolab.ood.descriptors`). A distance to
+  neighbours needs no covariance, so it holds up on small training sets.
 
 Each keeps its fitted state as a dict of arrays (``state``), so a published model carries it in one ``.npz`` file.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp
 
-from leukolab.ood.descriptors import describe
+from leukolab.ood.descriptors import colour_histograms, structure_spectra
 
 
 @dataclass
@@ -76,6 +77,8 @@ class Energy:
 
 
 class NearestNeighbours:
+    """The k-th nearest training neighbour's distance in an embedding (:meth:`embed`): the L2-normalised features."""
+
     name, needs = "knn", "features"
     MAX_K = 10
     """k grows with the training set (one neighbour per 20 images) up to this many."""
@@ -85,35 +88,39 @@ class NearestNeighbours:
 
     @classmethod
     def fit(cls, inputs: Inputs, labels: np.ndarray) -> NearestNeighbours:
-        bank = _unit(inputs.features)
+        bank = cls.embed(inputs)
         k = int(np.clip(len(bank) // 20, 1, cls.MAX_K))
         return cls({"bank": bank.astype(np.float32), "k": np.array(k)})
 
-    def score(self, inputs: Inputs) -> np.ndarray:
-        bank, k = self.state["bank"], int(self.state["k"])
-        distances = np.sqrt(np.maximum(2 - 2 * _unit(inputs.features) @ bank.T, 0))
-        return np.partition(distances, k - 1, axis=1)[:, k - 1]
-
-
-class InputCheck:
-    name, needs = "input", "images"
-    MIN_SCALE = 0.01
-    """The smallest spread a descriptor is given (each is a share or an intensity in 0..1): one that never varies
-    in training (no black pixels in any field) is measured in steps of 1%, not of rounding error."""
-
-    def __init__(self, state: dict):
-        self.state = state
-
-    @classmethod
-    def fit(cls, inputs: Inputs, labels: np.ndarray) -> InputCheck:
-        descriptors = describe(inputs.images)
-        mean, scale = descriptors.mean(0), np.maximum(descriptors.std(0), cls.MIN_SCALE)
-        standard = (descriptors - mean) / scale
-        return cls({"mean": mean, "scale": scale, "precision": shrunk_precision(standard)})
+    @staticmethod
+    def embed(inputs: Inputs) -> np.ndarray:
+        return _unit(inputs.features)
 
     def score(self, inputs: Inputs) -> np.ndarray:
-        standard = (describe(inputs.images) - self.state["mean"]) / self.state["scale"]
-        return np.einsum("nd,de,ne->n", standard, self.state["precision"], standard)
+        bank, k = self.state["bank"].astype(np.float64), int(self.state["k"])
+        points = self.embed(inputs)
+        squared = (points**2).sum(1)[:, None] - 2 * points @ bank.T + (bank**2).sum(1)[None, :]
+        return np.sqrt(np.partition(np.maximum(squared, 0), k - 1, axis=1)[:, k - 1])
+
+
+class ColourCheck(NearestNeighbours):
+    """Nearest training images by colour histogram (Hellinger distance)."""
+
+    name, needs = "colour", "images"
+
+    @staticmethod
+    def embed(inputs: Inputs) -> np.ndarray:
+        return colour_histograms(inputs.images)
+
+
+class KindCheck(NearestNeighbours):
+    """Nearest training images by spatial-frequency spectrum."""
+
+    name, needs = "kind", "images"
+
+    @staticmethod
+    def embed(inputs: Inputs) -> np.ndarray:
+        return structure_spectra(inputs.images)
 
 
 def _unit(features: np.ndarray) -> np.ndarray:
@@ -121,5 +128,5 @@ def _unit(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
-DETECTORS = {kind.name: kind for kind in (Mahalanobis, Energy, NearestNeighbours, InputCheck)}
+DETECTORS = {kind.name: kind for kind in (Mahalanobis, Energy, NearestNeighbours, ColourCheck, KindCheck)}
 """Every detector, by name."""
