@@ -16,9 +16,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
+from leukolab.data.dataset import load_split
 from leukolab.data.files import IMAGE_SUFFIXES, walk_files
 from leukolab.data.synthetic_shift import shifted_images
-from leukolab.images import ImageRejected, decode_image
+from leukolab.images import ANY_SIZE, ImageRejected, decode_image  # a processed dataset's images passed its ETL
+from leukolab.evaluation.external import ExternalDataset
 from leukolab.metrics.intervals import mean_interval, ratio_interval
 from leukolab.publishing.model import SmearModel
 from leukolab.publishing.referral import accepts
@@ -41,6 +43,14 @@ def folder_images(model: SmearModel, folder: str | Path) -> list[np.ndarray]:
     if not arrays:
         raise ValueError(f"no usable image in {folder}")
     return arrays
+
+
+def external_images(model: SmearModel, dataset: ExternalDataset) -> list[np.ndarray]:
+    """The images of an external set prepared for ``model``: a processed dataset's (its ``split``, or all), or a raw
+    folder's."""
+    if not dataset.labelled:
+        return folder_images(model, dataset.path)
+    return [model.prepare(decode_image(data, ANY_SIZE)) for data in load_split(dataset.path, dataset.split)["image"]]
 
 
 def set_scores(model: SmearModel, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
