@@ -17,8 +17,9 @@ import numpy as np
 
 LEVELS = 6
 """Levels per channel of the colour histogram (216 bins)."""
-BANDS = (0.0, 0.02, 0.04, 0.08, 0.16, 0.32, 0.71)
-"""Edges of the spatial-frequency bands, in cycles per pixel (0.71: the corner of the spectrum)."""
+BANDS = (0.0, *np.geomspace(1 / 64, 0.71, 7))
+"""Edges of the spatial-frequency bands, in cycles per pixel: everything under 1/64, then six bands each about 1.9
+times the last up to 0.71 (the corner of the spectrum), so that a change of scale moves power by about a band."""
 
 
 def colour_histograms(images: np.ndarray) -> np.ndarray:
@@ -30,7 +31,7 @@ def colour_histograms(images: np.ndarray) -> np.ndarray:
 
 
 def structure_spectra(images: np.ndarray) -> np.ndarray:
-    """N x 6 square-rooted shares of each grey image's variance in the :data:`BANDS` of spatial frequency."""
+    """N x 7 square-rooted shares of each grey image's variance in the :data:`BANDS` of spatial frequency."""
     grey = np.asarray(images, np.float64).mean(3)
     grey -= grey.mean((1, 2), keepdims=True)
     power = np.abs(np.fft.fft2(grey)) ** 2
