@@ -46,7 +46,8 @@ def main() -> None:
           file=sys.stderr)
     from leukolab.serving.launch import start_server
 
-    servers = {label: start_server(uri, log_path=Path(scratch) / f"{label}.log", timeout=180) for label, uri in uris.items()}
+    servers = {label: start_server(uri, log_path=Path(scratch) / f"{label}.log", timeout=180)
+               for label, uri in uris.items()}
     try:
         latencies = alternate(servers, images, args.requests, args.seconds)
     finally:
