@@ -169,7 +169,7 @@ def _out_of_distribution(ood: dict | None) -> str:
             f"with it; risk {_with_ci(cost['before'], 'risk')} and {_with_ci(cost['after'], 'risk')}.")
     if not ood["sets"]:
         return text + " No shifted or external set was given to measure it on."
-    detectors = [key for key in ood["sets"][0] if key.startswith("auroc_")]
+    detectors = ["auroc_combined", *sorted(k for k in ood["sets"][0] if k.startswith("auroc_") and k != "auroc_combined")]
     rows = [[row["set"], row["images"], f"{row['referred']:.1%}", *(f"{row[d]:.3f}" for d in detectors)] for row in ood["sets"]]
     return text + "\n\n" + _table(["set", "images", "referred", *(f"AUROC {d[6:]}" for d in detectors)], rows)
 
