@@ -121,7 +121,7 @@ def test_demo_refers_an_uploaded_image_in_a_real_browser(voila, browser, model_e
     notes = tmp_path / "notes.png"
     notes.write_bytes(b"this is not an image")
     choose_file(browser, notes)
-    time.sleep(1)  # the button still says "(1)": give the widget a moment to send the new file to the kernel
+    time.sleep(5)  # the button still says "(1)": give the widget time to send the new file to the kernel (slow under load)
     browser.find_element(By.XPATH, "//button[contains(., 'Predict')]").click()
     text = wait_until(browser, lambda d: "Could not predict" in (body := d.find_element(By.TAG_NAME, "body").text) and body,
                       PREDICT_TIMEOUT, "the error message")
