@@ -6,8 +6,9 @@ the kernel's process, no API) in a version tagged ``referral_threshold=1.0``
 through the FileUpload widget, presses Predict, and checks that the referral
 message (confidence and threshold, no class) and the probability chart (no
 class in red) appear; that the "Show where the model looked" toggle adds the
-heatmap; then that an unreadable file gives a message, not a traceback. The
-screenshot goes to the test's folder and ``runs/test-artifacts/``.
+heatmap; then that an unreadable file gives a message, not a traceback. A second page runs the smoke pipeline's
+champion, whose out-of-distribution check refers a greyscale field and says so in words. The
+screenshots go to the test's folder and ``runs/test-artifacts/``.
 Chromium and chromedriver come from ``docker/install-check-tools.sh``.
 """
 
@@ -120,9 +121,45 @@ def test_demo_refers_an_uploaded_image_in_a_real_browser(voila, browser, model_e
     notes = tmp_path / "notes.png"
     notes.write_bytes(b"this is not an image")
     choose_file(browser, notes)
-    time.sleep(1)  # the button still says "(1)": give the widget a moment to send the new file to the kernel
+    time.sleep(5)  # the button still says "(1)": give the widget time to send the new file to the kernel (slow under load)
     browser.find_element(By.XPATH, "//button[contains(., 'Predict')]").click()
     text = wait_until(browser, lambda d: "Could not predict" in (body := d.find_element(By.TAG_NAME, "body").text) and body,
                       PREDICT_TIMEOUT, "the error message")
     assert "not an image" in text and "Traceback" not in text
     assert not picture.is_displayed()
+
+
+@pytest.fixture(scope="module")
+def champion_voila(smoke_run, tmp_path_factory):
+    """The demo served by Voila with the smoke run's champion (which carries an out-of-distribution check); its URL."""
+    workspace, _ = smoke_run
+    log_path = tmp_path_factory.mktemp("voila-champion") / "voila.log"
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LEUKOLAB_WORKSPACE": str(workspace),
+           "LEUKOLAB_MODEL_URI": "models:/leukolab@champion"}
+    for name in ("LEUKOLAB_API_URL", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    url = f"http://127.0.0.1:{port}/"
+    command = [str(Path(sys.executable).parent / "voila"), str(ROOT / "notebooks" / "demo.ipynb"), "--no-browser",
+               f"--port={port}", "--Voila.ip=127.0.0.1"]
+    with background_server(command, env, f"{url}api/kernelspecs", log_path):
+        yield url
+
+
+def test_demo_says_an_image_of_another_kind_is_out_of_distribution(champion_voila, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from leukolab.data.synthetic_shift import shifted_images
+
+    grey = tmp_path / "greyscale.jpg"
+    Image.fromarray(next(shifted_images("greyscale", 1, 64, seed=3))).save(grey, quality=95)
+    browser.get(champion_voila)
+    wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "button.widget-upload"), PAGE_TIMEOUT, "the upload button")
+    choose_file(browser, grey)
+    wait_until(browser, lambda d: "(1)" in d.find_element(By.CSS_SELECTOR, ".widget-upload").text, 30, "the upload")
+    browser.find_element(By.XPATH, "//button[contains(., 'Predict')]").click()
+    text = wait_until(browser, lambda d: "out of distribution" in (body := d.find_element(By.TAG_NAME, "body").text) and body,
+                      PREDICT_TIMEOUT, "an out-of-distribution referral")
+    assert "Refer to a haematologist: out of distribution" in text and "not to be trusted" in text, text
+    assert "Traceback" not in text
+    print(f"screenshot: {keep_screenshot(browser, tmp_path, 'demo-browser-ood.png')}")

@@ -83,8 +83,13 @@ def test_the_parameter_takes_paths_and_dicts(folders, tmp_path):
         external_datasets([str(same), str(same)])
     with pytest.raises(ValueError, match="unknown keys"):
         external_datasets([{"path": str(same), "labels": TO_BINARY}])
-    with pytest.raises(FileNotFoundError, match="not a processed dataset"):
-        external_datasets([str(tmp_path)])
+    raw = tmp_path / "raw-images"  # a folder of raw images without labels: out-of-distribution report only
+    raw.mkdir()
+    assert external_datasets([str(raw)]) == [ExternalDataset(raw, "raw-images", labelled=False)]
+    with pytest.raises(ValueError, match="no labels"):
+        external_datasets([{"path": str(raw), "label_map": TO_BINARY}])
+    with pytest.raises(ValueError, match="neither a processed dataset nor a folder"):
+        external_datasets([str(tmp_path / "missing")])
 
 
 def test_external_evaluation_maps_the_model_onto_the_datasets_classes(folders, model, smears):

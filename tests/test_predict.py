@@ -45,21 +45,22 @@ def test_predict_writes_a_row_per_file_with_reasons_probabilities_and_heatmaps(m
     rows = read_csv(out).set_index("path")
     images = sorted(str(p) for p in smears.rglob("*") if p.suffix in (".jpg", ".png") and not p.name.startswith("."))
     assert sorted(rows.index) == sorted([*images, str(smears.parent / "readme.txt")])
-    assert list(rows.columns) == ["predicted_class", "confidence", *(f"p_{c}" for c in CLASSES), "mask_fraction",
-                                  "decision", "reason", "heatmap"]
+    assert list(rows.columns) == ["predicted_class", "confidence", *(f"p_{c}" for c in CLASSES), "ood_score",
+                                  "mask_fraction", "decision", "reason", "heatmap"]
     reasons = rows["reason"].dropna().to_dict()
     assert reasons == {str(smears / "notes.jpg"): "not_an_image", str(smears / "tiny.png"): "too_small",
                        str(smears.parent / "readme.txt"): "not_an_image"}
     refused = rows.loc[list(reasons)]
     assert refused.drop(columns="reason").isna().all().all()
 
-    usable = rows[rows["reason"].isna()]
+    usable = rows[rows["decision"].notna()]
     assert len(usable) == 9 and str(smears / "nested" / "deeper" / "turned.png") in usable.index
     probabilities = usable[[f"p_{c}" for c in CLASSES]].to_numpy()
     np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
     assert (usable["predicted_class"] == [CLASSES[i] for i in probabilities.argmax(1)]).all()
     np.testing.assert_allclose(usable["confidence"], probabilities.max(1), atol=1e-6)
     assert set(usable["decision"]) == {"accept"}  # the test model's version has no referral threshold
+    assert usable["reason"].isna().all() and usable["ood_score"].isna().all()  # nor an out-of-distribution check
 
     served = mlflow.pyfunc.load_model(model_env["uri"]).predict(
         pd.DataFrame({"image": [open(path, "rb").read() for path in usable.index]}))
@@ -79,7 +80,8 @@ def test_predict_writes_csv_to_stdout_and_refers_below_the_versions_threshold(re
         patch.setenv("MLFLOW_TRACKING_URI", referring_model["tracking_uri"])
         assert main(["predict", str(smears / "Original"), "--model-uri", referring_model["uri"]]) == 0
     rows = read_csv(io.StringIO(capsys.readouterr().out))
-    assert len(rows) == 4 and set(rows["decision"]) == {"refer"} and rows["reason"].isna().all()
+    assert len(rows) == 4 and set(rows["decision"]) == {"refer"} and set(rows["reason"]) == {"low_confidence"}
+    assert rows["ood_score"].isna().all()  # a model published without an out-of-distribution check
 
 
 def test_predict_refuses_a_missing_path_and_a_bad_batch_size(model_env, smears, capsys):

@@ -94,6 +94,7 @@ def test_health_ready_and_version(client, model_env):
     assert version["dataset_fingerprint"] == "test-fingerprint"
     assert version["class_names"] == model_env["class_names"] and version["task"] == "joint"
     assert version["image_size"] == 64
+    assert version["ood_check"] is None  # published without an out-of-distribution check: it serves without one
 
 
 def test_predict_answers_class_probabilities_and_mask(client, model_env):
@@ -354,8 +355,10 @@ def test_referrals_are_answered_and_counted_per_image(referring_model):
         batch = client.post("/predict/batch", files=[("files", (f"{i}.jpg", SMEAR)) for i in range(3)]).json()
         text = client.get("/metrics").text
     assert single["decision"] == "refer" and single["referral_threshold"] == 1.0 and single["predicted_class"]
-    assert [p["decision"] for p in batch["predictions"]] == ["refer"] * 3
-    assert metric(text, "leukolab_referrals_total") == 4 and metric(text, "leukolab_predictions_total") == 4
+    assert (single["reason"], single["ood_score"]) == ("low_confidence", None)
+    assert [(p["decision"], p["reason"]) for p in batch["predictions"]] == [("refer", "low_confidence")] * 3
+    assert metric(text, "leukolab_referrals_total", reason="low_confidence") == 4
+    assert metric(text, "leukolab_predictions_total") == 4
 
 
 def test_a_bad_threshold_tag_leaves_the_server_unready_and_says_why(model_env):

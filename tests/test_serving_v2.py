@@ -111,7 +111,8 @@ def test_json_and_binary_bodies_answer_alike_and_outputs_come_as_asked(client):
     assert np.allclose(np.reshape(probabilities["data"], (3, 4)).sum(axis=1), 1, atol=1e-5)
     body, headers = binary_body(SMEARS)
     binary = client.post(INFER, content=body, headers=headers).json()
-    assert [output["name"] for output in binary["outputs"]] == ["probabilities", "predicted_class", "confidence", "decision"]
+    assert [output["name"] for output in binary["outputs"]] == ["probabilities", "predicted_class", "confidence", "decision",
+                                                               "reason"]
     assert np.allclose(binary["outputs"][0]["data"], probabilities["data"], atol=1e-6)
 
 
@@ -152,7 +153,7 @@ def test_tritonclient_sees_a_live_ready_server_and_its_model(triton, model_env):
     assert (model["name"], model["versions"]) == ("leukolab", [model_env["version"]])
     assert model["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
     assert {output["name"]: output["shape"] for output in model["outputs"]} == {
-        "probabilities": [-1, 4], "predicted_class": [-1], "confidence": [-1], "decision": [-1]}
+        "probabilities": [-1, 4], "predicted_class": [-1], "confidence": [-1], "decision": [-1], "reason": [-1]}
     assert model["parameters"]["class_names"] == model_env["class_names"]
     assert triton.is_model_ready("leukolab") and triton.is_model_ready("leukolab", model_env["version"])
     assert not triton.is_model_ready("other") and not triton.is_model_ready("leukolab", "99")

@@ -4,7 +4,8 @@ with "Show where the model looked" the Grad-CAM heatmap beside the mask.
 It predicts through the API when given its URL, else in this process with the
 registered model and its version's referral threshold. An answer whose
 decision is ``refer`` is shown as "refer to a haematologist" with its
-confidence and the threshold, never as a class. When that model only classifies, the mask comes from the
+confidence and the threshold, never as a class; one referred as out of distribution says so in words (the image is
+unlike the training images, its probabilities are not to be trusted). When that model only classifies, the mask comes from the
 published segmenter (``leukolab-segmenter@champion``) in this process, if there
 is one. :func:`predict_for_demo` and :func:`render_result` hold the logic;
 :func:`build_demo` only wires widgets to them.
@@ -26,7 +27,7 @@ from PIL import Image
 
 from leukolab.images import ANY_SIZE, decode_image
 from leukolab.publishing.model import SmearModel
-from leukolab.publishing.referral import REFER
+from leukolab.publishing.referral import OUT_OF_DISTRIBUTION, REFER
 from leukolab.serving.auth import client_headers
 from leukolab.serving.model import DEFAULT_MODEL_URI, load_model
 from leukolab.serving.schemas import Prediction
@@ -101,7 +102,9 @@ def render_result(image_bytes: bytes, result: dict) -> Figure:
         overlay[np.asarray(mask) > 127] = MASK_COLOUR
         axes[0].imshow(overlay)
     referred = result.get("decision") == REFER
-    if referred:
+    if result.get("reason") == OUT_OF_DISTRIBUTION:
+        axes[0].set_title("refer to a haematologist (unlike the training images)")
+    elif referred:
         axes[0].set_title(f"refer to a haematologist ({result['confidence']:.0%} < {result['referral_threshold']:.0%})")
     elif result.get("predicted_class"):
         axes[0].set_title(f"{result['predicted_class']} ({result['confidence']:.0%})")
@@ -208,7 +211,11 @@ def build_demo(model_uri: str = DEFAULT_MODEL_URI, api_url: str | None = None,
 
 def _summary(result: dict) -> str:
     parts = []
-    if result.get("decision") == REFER:
+    if result.get("reason") == OUT_OF_DISTRIBUTION:
+        parts.append("<b>Refer to a haematologist</b>: out of distribution, this image is unlike the images the model "
+                     "was trained on (another lab, stain, magnification or kind of image); its probabilities are not "
+                     "to be trusted")
+    elif result.get("decision") == REFER:
         parts.append(f"<b>Refer to a haematologist</b>: confidence {result['confidence']:.1%} is under the referral "
                      f"threshold {result['referral_threshold']:.1%}")
     elif result.get("predicted_class"):

@@ -70,6 +70,15 @@ class InferenceSpec(Section):
     tta: bool = Field(False, description="mean over the 8 rotations/mirrors of each image")
 
 
+class OodSpec(Section):
+    """The out-of-distribution check fitted with the model (see docs/ood.md): its detectors and val share."""
+
+    detectors: list[Literal["mahalanobis", "knn", "colour", "kind", "energy"]] = Field(
+        ["mahalanobis", "knn", "colour", "kind"], min_length=1,
+        description="the detectors whose standardised scores the combined score averages")
+    share: float = Field(0.99, gt=0, lt=1, description="share of val kept in distribution by the threshold")
+
+
 class DistributedSpec(Section):
     num_processes: int = Field(1, ge=1, description="above 1: data-parallel through Spark's TorchDistributor")
     master: str | None = Field(None, description="Spark master of the training job; None: local[num_processes]")
@@ -88,6 +97,7 @@ class Experiment(Section):
     augmentation: AugmentationSpec = AugmentationSpec()
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
     inference: InferenceSpec = InferenceSpec()
+    ood: OodSpec = OodSpec()
     distributed: DistributedSpec = DistributedSpec()
     seed: int = 42
     cv_folds: int | None = Field(None, ge=2, description="also k grouped folds of train+val, as child runs")

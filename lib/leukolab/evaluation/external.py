@@ -8,6 +8,10 @@ the model's: ``label_map`` maps each model class onto one of the dataset's
 classes, and the probabilities of the model classes mapped onto the same label
 are summed (a 4-class Benign/Early/Pre/Pro model onto a normal/blast set:
 ``{"Benign": "normal", "Early": "blast", "Pre": "blast", "Pro": "blast"}``).
+
+A folder of raw images without labels (no ``manifest.json``: another lab's smears, images of another kind) is an
+unlabelled set: it has no accuracy to report, only the out-of-distribution check's verdict
+(:mod:`leukolab.evaluation.ood`).
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ class ExternalDataset:
     name: str
     label_map: dict[str, str] | None = None
     split: str | None = None  # None: every image of the dataset
+    labelled: bool = True  # False: a folder of raw images (out-of-distribution report only)
 
 
 def external_datasets(entries: list | None) -> list[ExternalDataset]:
-    """The ``external_datasets`` parameter: a list (or one entry) of folder paths or ``{"path", "name"?, "label_map"?, "split"?}``."""
+    """The ``external_datasets`` parameter: a list (or one entry) of folder paths or ``{"path", "name"?, "label_map"?,
+    "split"?}``: processed datasets, or folders of raw unlabelled images (no ``label_map`` or ``split`` then)."""
     if isinstance(entries, (str, Path, dict)):
         entries = [entries]
     parsed = []
@@ -53,8 +59,14 @@ def external_datasets(entries: list | None) -> list[ExternalDataset]:
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)} in external dataset {spec['path']}: use path, name, label_map, split")
         path = workspace_path(spec["path"])
-        name = spec.get("name") or load_manifest(path).get("dataset") or path.name
-        parsed.append(ExternalDataset(path, str(name), spec.get("label_map"), spec.get("split")))
+        labelled = (path / "manifest.json").is_file()
+        if not labelled and not path.is_dir():
+            raise ValueError(f"external dataset {path} is neither a processed dataset nor a folder of images")
+        if not labelled and (spec.get("label_map") or spec.get("split")):
+            raise ValueError(f"external dataset {path} is a folder of raw images (no manifest.json): it has no labels "
+                             "or splits to map")
+        name = spec.get("name") or (load_manifest(path).get("dataset") if labelled else None) or path.name
+        parsed.append(ExternalDataset(path, str(name), spec.get("label_map"), spec.get("split"), labelled))
     names = [d.name for d in parsed]
     if len(set(names)) < len(names):
         raise ValueError(f"external datasets need distinct names (give each a 'name'): {names}")
@@ -109,9 +121,9 @@ def in_domain_row(dataset_name: str, split: str, metrics: dict) -> dict:
 
 def compare_domains(model: SmearModel, externals: list[ExternalDataset], in_domain_name: str, report_split: str,
                     in_domain_metrics: dict, bootstrap_samples: int = 1000, seed: int = 0) -> list[dict]:
-    """The champion's reported in-domain row, then one row per external dataset: the domain-shift comparison."""
+    """The champion's reported in-domain row, then one row per labelled external dataset: the domain-shift comparison."""
     return [in_domain_row(in_domain_name, report_split, in_domain_metrics),
-            *(evaluate_external(model, dataset, bootstrap_samples, seed) for dataset in externals)]
+            *(evaluate_external(model, dataset, bootstrap_samples, seed) for dataset in externals if dataset.labelled)]
 
 
 def domain_shift_table(rows: list[dict]) -> pd.DataFrame:

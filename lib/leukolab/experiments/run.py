@@ -22,7 +22,8 @@ from leukolab.models.factory import build_model
 from leukolab.experiments.acquisition import run_acquisition_aware
 from leukolab.experiments.resampling import run_resampling
 from leukolab.images import ImageRules
-from leukolab.publishing.model import log_smear_model
+from leukolab.ood import OodDetector, fit_detector
+from leukolab.publishing.model import SmearModel, log_smear_model
 from leukolab.tracking import flatten
 from leukolab.training.calibration import fit_temperature
 from leukolab.training.distributed import fit_distributed
@@ -97,11 +98,25 @@ def run_experiment(experiment: Experiment, dataset_dir: str | Path,
     meta = {"experiment": experiment.model_dump(mode="json"), "class_names": class_names, "image_size": manifest["image_size"],
             "image_rules": ImageRules.from_mapping(manifest.get("parameters", {})).as_dict(),
             "mean": mean, "std": std, "temperature": temperature, "dataset_fingerprint": manifest["fingerprint"]}
+    ood = fit_ood(SmearModel(model, meta), splits["train"], splits["val"])
+    if ood is not None:
+        mlflow.log_metrics({"ood_threshold": ood.threshold, "ood_val_images": ood.val_images})
     examples = [_jpeg(splits["test"].images[i]) for i in range(min(2, len(splits["test"])))]
-    info = log_smear_model(model, meta, examples)
+    info = log_smear_model(model, meta, examples, ood=ood)
     resampling = run_resampling(experiment, dataset_dir)
     return ExperimentResult(experiment, model, result, val_metrics, test_metrics, class_names, manifest,
                             splits["test"], info.model_uri, figures, resampling, run_acquisition_aware(experiment, dataset_dir))
+
+
+def fit_ood(model: SmearModel, train: SmearDataset, val: SmearDataset) -> OodDetector | None:
+    """The model's out-of-distribution check (its experiment's ``ood`` section): detectors fitted on ``train``, the
+    threshold chosen on ``val``; None for a model that only segments."""
+    if model.task == "segmentation":
+        return None
+    spec = model.experiment.ood
+    inputs = {name: model.ood_inputs(list(split.images.permute(0, 2, 3, 1).numpy())) for name, split in
+              (("train", train), ("val", val))}
+    return fit_detector(inputs["train"], train.labels.numpy(), inputs["val"], spec.share, spec.detectors)
 
 
 def _log_epoch(epoch: int, metrics: dict, on_epoch: Callable[[int, dict], None] | None) -> None:

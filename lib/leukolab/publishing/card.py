@@ -26,11 +26,12 @@ INTENDED_USE = (
 def render_model_card(*, model_name: str, version: str, alias: str, candidate: dict, experiment: Experiment, manifest: dict,
                       gate: dict, temperature: float | None, lineage: dict, figures: dict[str, str],
                       external: list[dict] | None = None, referral: dict | None = None, evaluation: dict | None = None,
-                      override: dict | None = None) -> str:
+                      override: dict | None = None, ood: dict | None = None) -> str:
     """The card as Markdown; ``figures`` maps a caption to an image path relative to the card, ``external`` are the
     domain-shift rows (in-domain first) of :mod:`leukolab.evaluation.external`, ``referral`` the threshold of
     :func:`leukolab.evaluation.selective.select_referral` with its coverage and risk, ``evaluation`` the output of
-    ``30_evaluate`` (both figures, probes) and ``override`` a promotion override's record."""
+    ``30_evaluate`` (both figures, probes), ``override`` a promotion override's record and ``ood`` the
+    out-of-distribution report of :func:`leukolab.evaluation.ood.ood_report`."""
     model = experiment.model
     selection, report = candidate["selection_split"], candidate["report_split"]
     lines = [
@@ -85,6 +86,7 @@ def render_model_card(*, model_name: str, version: str, alias: str, candidate: d
         lines.append("Not applicable (segmentation only).")
     if referral:
         lines += ["", "## Referral (abstain and refer)", "", _referral(referral)]
+    lines += ["", "## Out of distribution", "", _out_of_distribution(ood)]
     if external:
         lines += ["", "## External test sets (domain shift)", "",
                   "The model on other datasets it never saw, beside its in-domain figures (never used for selection):",
@@ -151,6 +153,32 @@ def _referral(referral: dict) -> str:
     rows = [("all classes", referral["report"]["overall"]), *referral["report"]["per_class"].items()]
     return text + "\n\n" + _table(["class", "images", "referred", "coverage [95% CI]", "risk [95% CI]"],
                                   [[name, r["images"], r["referred"], _value(r, "coverage"), _value(r, "risk")] for name, r in rows])
+
+
+def _out_of_distribution(ood: dict | None) -> str:
+    """The check, its threshold, the in-domain cost and the AUROC of each detector per shifted or external set."""
+    if not ood:
+        return ("This model carries **no out-of-distribution check**: an image unlike its training data (another lab, "
+                "stain or kind of image) is answered like any other.")
+    check, cost = ood["check"], ood["cost"]
+    text = (f"Images unlike the training data are answered `refer` with reason `out_of_distribution`. The score is the "
+            f"mean standardised score of {', '.join(check['used'])} (fitted on train); the threshold "
+            f"**{check['threshold']:.3f}** keeps {check['share']:.0%} of val ({check['val_images']} images) in "
+            f"distribution. On the report split ({cost['images']} images) it refers {cost['in_domain_referred']:.1%}: "
+            f"coverage {_with_ci(cost['before'], 'coverage')} without the check, {_with_ci(cost['after'], 'coverage')} "
+            f"with it; risk {_with_ci(cost['before'], 'risk')} and {_with_ci(cost['after'], 'risk')}.")
+    if not ood["sets"]:
+        return text + " No shifted or external set was given to measure it on."
+    detectors = ["auroc_combined", *sorted(k for k in ood["sets"][0] if k.startswith("auroc_") and k != "auroc_combined")]
+    rows = [[row["set"], row["images"], f"{row['referred']:.1%}", *(f"{row[d]:.3f}" for d in detectors)] for row in ood["sets"]]
+    return text + "\n\n" + _table(["set", "images", "referred", *(f"AUROC {d[6:]}" for d in detectors)], rows)
+
+
+def _with_ci(values: dict, name: str) -> str:
+    if values.get(name) is None:
+        return "n/a"
+    low, high = values.get(f"{name}_ci_low"), values.get(f"{name}_ci_high")
+    return f"{values[name]:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else "")
 
 
 def _split_counts(manifest: dict) -> str:

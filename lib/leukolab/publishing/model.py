@@ -5,10 +5,12 @@ Output per row: ``predicted_class``, ``confidence`` and ``prob_<class>`` for
 models that classify; ``mask_png`` (base64 PNG, 0/255) and ``mask_fraction``
 for models that segment; with ``params={"explain": True}``, ``heatmap_png``
 (base64 PNG, 0-255: the Grad-CAM heatmap of the predicted class, see
-:mod:`leukolab.models.heatmaps`) for models that classify. The model's folder
-holds the weights, a JSON of its metadata (classes, image size, mean/std,
-temperature) and this library's code, so ``mlflow.pyfunc.load_model`` is all a
-server needs.
+:mod:`leukolab.models.heatmaps`) for models that classify; ``ood_score`` and
+``out_of_distribution`` for models that carry an out-of-distribution check
+(:mod:`leukolab.ood`; models logged before it carry none and answer without).
+The model's folder holds the weights, a JSON of its metadata (classes, image
+size, mean/std, temperature), the fitted OOD check (``ood.npz``) and this
+library's code, so ``mlflow.pyfunc.load_model`` is all a server needs.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from leukolab.config.experiment import Experiment, parse_experiment
 from leukolab.images import ImageRules, decode_image, encode_png, resize_square
 from leukolab.models.factory import build_model, without_tta
 from leukolab.models.inputs import normalize
+from leukolab.ood import Inputs, OodDetector
+from leukolab.ood.features import captured_features, features_per_image
 from leukolab.publishing.tta import gated_outputs
 
 SERVING_PACKAGES = ("torch", "torchvision", "segmentation-models-pytorch", "timm", "mlflow", "pandas", "numpy", "pillow", "pyyaml",
@@ -39,17 +43,21 @@ SERVING_PACKAGES = ("torch", "torchvision", "segmentation-models-pytorch", "timm
 
 
 class SmearModel(mlflow.pyfunc.PythonModel):
-    """Preprocessing, the network and postprocessing in one object."""
+    """Preprocessing, the network, the out-of-distribution check and postprocessing in one object."""
 
     tta_gate: float | None = None
     """For a model with test-time augmentation: only images whose plain confidence is under this get the eight views
     (:mod:`leukolab.publishing.tta`; the server sets it from the version's ``tta_gate`` tag); None: all do."""
+    ood: OodDetector | None = None
+    """The fitted out-of-distribution check; None for models that classify nothing or were logged without one."""
 
-    def __init__(self, network: torch.nn.Module | None = None, meta: dict | None = None):
+    def __init__(self, network: torch.nn.Module | None = None, meta: dict | None = None, ood: OodDetector | None = None):
         self.network, self.meta = network, meta and {**meta, "experiment": _experiment(meta).model_dump(mode="json")}
+        self.ood = ood
 
     def load_context(self, context) -> None:
         self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        self.ood = OodDetector.load(context.artifacts["ood"]) if "ood" in context.artifacts else None
         network = build_model(_experiment(self.meta), len(self.meta["class_names"]))
         network.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
         self.network = network.eval()
@@ -80,8 +88,8 @@ class SmearModel(mlflow.pyfunc.PythonModel):
 
     @torch.no_grad()
     def forward(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
-        """Class probabilities (temperature-scaled) and mask probabilities for a uint8 batch (test-time augmentation
-        gated by :attr:`tta_gate` when it is set)."""
+        """Class probabilities, logits (both temperature-scaled) and penultimate features, and mask probabilities,
+        for a uint8 batch (test-time augmentation gated by :attr:`tta_gate` when it is set)."""
         self.network.eval()
         if self.tta_gate is None or not getattr(self.network, "tta", False) or self.task != "classification":
             return self._outputs(batch)
@@ -90,10 +98,14 @@ class SmearModel(mlflow.pyfunc.PythonModel):
         return gated_outputs(plain, lambda rows: self._outputs(batch[torch.from_numpy(rows)]), self.tta_gate)
 
     def _outputs(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
-        out = self.network(normalize(batch, self.meta["mean"], self.meta["std"]))
+        with captured_features(self.network) as captured:
+            out = self.network(normalize(batch, self.meta["mean"], self.meta["std"]))
         result = {}
         if "logits" in out:
-            result["probabilities"] = torch.softmax(out["logits"] / self.meta.get("temperature", 1.0), 1).numpy()
+            logits = out["logits"] / self.meta.get("temperature", 1.0)
+            result.update(probabilities=torch.softmax(logits, 1).numpy(), logits=logits.numpy())
+            if captured:
+                result["features"] = features_per_image(captured, len(batch))
         if "mask" in out and self.task != "classification":
             result["mask"] = torch.sigmoid(out["mask"])[:, 0].numpy()
         return result
@@ -106,6 +118,7 @@ class SmearModel(mlflow.pyfunc.PythonModel):
         """One answer per image made by :meth:`prepare`, from one forward pass over all of them (and, with
         ``explain``, one Grad-CAM pass for the predicted classes)."""
         out = self.forward(_batch(arrays))
+        ood = self.ood_scores(out, arrays)["combined"] if self.ood is not None and "logits" in out else None
         answers = []
         for i in range(len(arrays)):
             answer = {}
@@ -113,6 +126,8 @@ class SmearModel(mlflow.pyfunc.PythonModel):
                 p = out["probabilities"][i]
                 answer.update({"predicted_class": self.class_names[int(p.argmax())], "confidence": float(p.max())})
                 answer.update({f"prob_{name}": float(v) for name, v in zip(self.class_names, p)})
+            if ood is not None:
+                answer.update(ood_score=float(ood[i]), out_of_distribution=bool(self.ood.out_of_distribution(ood[i])))
             if "mask" in out:
                 mask = (out["mask"][i] >= 0.5).astype(np.uint8)
                 answer["mask_png"] = base64.b64encode(encode_png(mask * 255)).decode()
@@ -123,6 +138,17 @@ class SmearModel(mlflow.pyfunc.PythonModel):
             for answer, heatmap in zip(answers, self.explain_prepared(arrays, predicted)):
                 answer["heatmap_png"] = base64.b64encode(encode_png(np.round(heatmap * 255).astype(np.uint8))).decode()
         return answers
+
+    def ood_inputs(self, arrays: list[np.ndarray], batch_size: int = 64, out: dict | None = None) -> Inputs:
+        """What the OOD detectors score for images made by :meth:`prepare` (``out``: their :meth:`forward`, when known)."""
+        if out is None:
+            parts = [self.forward(_batch(arrays[i:i + batch_size])) for i in range(0, len(arrays), batch_size)]
+            out = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]} if parts else {}
+        return Inputs(out.get("features"), out.get("logits"), np.stack(arrays))
+
+    def ood_scores(self, out: dict, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Every detector's score and the combined one of images made by :meth:`prepare`, from their :meth:`forward`."""
+        return self.ood.scores(self.ood_inputs(arrays, out=out))
 
     def explain_prepared(self, arrays: list[np.ndarray], classes: list[int] | None = None) -> list[np.ndarray]:
         """Grad-CAM heatmaps (HxW floats in [0, 1] at the network's input size, test-time augmentation off) of images
@@ -175,18 +201,22 @@ def serving_requirements() -> list[str]:
     return [pins[name] for name in SERVING_PACKAGES if name in pins]
 
 
-def log_smear_model(network: torch.nn.Module, meta: dict, example_images: list[bytes], name: str = "model"):
-    """Log the network as a pyfunc model of the active run, with signature and input example."""
+def log_smear_model(network: torch.nn.Module, meta: dict, example_images: list[bytes], name: str = "model",
+                    ood: OodDetector | None = None):
+    """Log the network (and its fitted OOD check) as a pyfunc model of the active run, with signature and input example."""
     scratch = Path(tempfile.mkdtemp(prefix="leukolab-model-"))
     torch.save(network.state_dict(), scratch / "weights.pt")
-    model = SmearModel(network.eval(), meta)
+    model = SmearModel(network.eval(), meta, ood)
+    artifacts = {"weights": str(scratch / "weights.pt"), "meta": str(scratch / "meta.json")}
+    if ood is not None:
+        artifacts["ood"] = str(ood.save(scratch / "ood.npz"))
     (scratch / "meta.json").write_text(json.dumps(model.meta, indent=2, default=str))
     example = pd.DataFrame({"image": example_images})
     signature = infer_signature(example, model.predict(None, example), params={"explain": False})
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=SmearModel(),
-        artifacts={"weights": str(scratch / "weights.pt"), "meta": str(scratch / "meta.json")},
+        artifacts=artifacts,
         code_paths=[str(Path(__file__).parents[1])],
         signature=signature,
         input_example=example,

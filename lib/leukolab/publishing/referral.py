@@ -5,6 +5,10 @@
 the coverage it had), and the server reads that tag when it loads the version. One comparison everywhere:
 a prediction is accepted when ``confidence >= threshold``, referred to a haematologist otherwise; a version
 without the tag has no threshold and accepts every prediction.
+
+Before the confidence, the out-of-distribution check the model carries (:mod:`leukolab.ood`) is asked: an image it
+finds out of distribution is referred whatever its confidence. :func:`decide_answer` gives every consumer the same
+``(decision, reason)``: ``reason`` is ``out_of_distribution`` or ``low_confidence`` for a referral, None otherwise.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 ACCEPT, REFER = "accept", "refer"
+LOW_CONFIDENCE, OUT_OF_DISTRIBUTION = "low_confidence", "out_of_distribution"
+REFERRAL_REASONS = (OUT_OF_DISTRIBUTION, LOW_CONFIDENCE)
 THRESHOLD_TAG = "referral_threshold"
 
 
@@ -25,6 +31,15 @@ def decide(confidence: float | None, threshold: float | None) -> str:
     if threshold is None or confidence is None:
         return ACCEPT
     return ACCEPT if accepts(confidence, threshold) else REFER
+
+
+def decide_answer(answer: dict, threshold: float | None) -> tuple[str, str | None]:
+    """``(decision, reason)`` of one model answer: ``refer, out_of_distribution`` when its ``out_of_distribution``
+    is true, else ``refer, low_confidence`` under ``threshold``, else ``accept, None``."""
+    if answer.get("out_of_distribution"):
+        return REFER, OUT_OF_DISTRIBUTION
+    decision = decide(answer.get("confidence"), threshold)
+    return decision, LOW_CONFIDENCE if decision == REFER else None
 
 
 def threshold_from_tags(tags: dict[str, str], version: str = "") -> float | None:

@@ -36,7 +36,7 @@ def register(model_uri: str, name: str, alias: str, tags: dict | None = None, de
 def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run_id: str | None,
             figures: dict[str, str] | None = None, external: list[dict] | None = None, referral: dict | None = None,
             dataset_dir: str | None = None, evaluation: dict | None = None,
-            promotion_override: str | None = None) -> dict:
+            promotion_override: str | None = None, ood: dict | None = None) -> dict:
     """Register an evaluated candidate under the alias the gate chose, with lineage tags and a model card.
 
     ``candidate`` is ``30_evaluate``'s summary (chosen on its selection split;
@@ -45,7 +45,8 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
     are the domain-shift rows of :mod:`leukolab.evaluation.external`; ``referral`` (``30_evaluate``'s threshold)
     goes into the card and the version's tags (:func:`~leukolab.publishing.referral.referral_tags`, also set on
     a version registered already, which the server reads at its next start); with ``dataset_dir``, a classifier
-    with TTA gets its ``tta_gate`` measured on the selection split (:mod:`leukolab.publishing.tta`). The card and
+    with TTA gets its ``tta_gate`` measured on the selection split (:mod:`leukolab.publishing.tta`); ``ood`` (``30_evaluate``'s
+    out-of-distribution report, :mod:`leukolab.evaluation.ood`) goes into the card. The card and
     its figures are logged under ``model_card/`` in the candidate's run and the
     card becomes the version's description. Returns what the publish stage hands on.
 
@@ -96,7 +97,7 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
         model_name=name, version=version.version, alias=alias, candidate=candidate, experiment=model.experiment,
         manifest=manifest, gate=gate, temperature=model.meta.get("temperature"), lineage=lineage,
         figures={caption: Path(path).name for caption, path in (figures or {}).items()}, external=external,
-        referral=referral, evaluation=evaluation, override=override), figures or {})
+        referral=referral, evaluation=evaluation, override=override, ood=ood), figures or {})
     description = card["text"] if len(card["text"]) <= DESCRIPTION_LIMIT else (
         card["text"][:DESCRIPTION_LIMIT - 200].rsplit("\n## ", 1)[0] + f"\n\n(The full card: {card['uri']}.)")
     client.update_model_version(name, version.version, description=description)

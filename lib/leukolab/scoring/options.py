@@ -44,7 +44,7 @@ def run_predict(args: argparse.Namespace) -> int:
               "over the store's bound)", file=sys.stderr)
     if args.contact_sheet:
         write_contact_sheet(frame, args.contact_sheet)
-    refused = frame["reason"].value_counts()
+    refused = frame.loc[frame["decision"].isna(), "reason"].value_counts()
     summary = ", ".join(f"{n} {reason}" for reason, n in refused.items())
     print(f"{len(frame)} files, {len(frame) - refused.sum()} scored" + (f"; not used: {summary}" if summary else "")
           + (f"; CSV: {args.out}" if args.out else ""), file=sys.stderr)

@@ -56,7 +56,7 @@ def predict_paths(paths: list[str | Path], model_uri: str = DEFAULT_MODEL_URI, b
     frame = pd.DataFrame(rows, columns=columns(model, explain is not None))
     frame.attrs.update(model_name=info.name, model_version=info.version or info.run_id)
     seconds = time.perf_counter() - started
-    usable = int(frame["reason"].isna().sum())
+    usable = int(frame["decision"].notna().sum())
     log.info("%d files scored (%d usable) in %.1f s after the model loaded: %.1f images/s", len(frame), usable, seconds,
              usable / seconds if seconds else 0.0)
     return frame
@@ -73,15 +73,19 @@ def write_csv(frame: pd.DataFrame, out: str | Path | None = None) -> None:
 
 
 def write_contact_sheet(frame: pd.DataFrame, path: str | Path, limit: int = 24) -> Path:
-    """A PNG of the first ``limit`` rows: each image titled with its class, confidence and decision, or its reason."""
+    """A PNG of the first ``limit`` rows: each image titled with its class, confidence, decision (and the reason of a
+    referral), or the reason it was not used."""
     images, titles = [], []
     for row in frame.head(limit).to_dict("records"):
         try:
             images.append(decode_image(Path(row["path"]).read_bytes(), ANY_SIZE))
         except (ImageRejected, OSError):
             images.append(None)
-        verdict = row["reason"] if isinstance(row["reason"], str) else \
-            f"{row.get('predicted_class', '')} {row.get('confidence', float('nan')):.2f} {row['decision']}"
+        if not isinstance(row["decision"], str):
+            verdict = row["reason"]
+        else:
+            verdict = f"{row.get('predicted_class', '')} {row.get('confidence', float('nan')):.2f} {row['decision']}"
+            verdict += f" ({row['reason']})" if isinstance(row["reason"], str) else ""
         titles.append(f"{Path(row['path']).name}\n{verdict}")
     figure = contact_sheet(images, titles)
     figure.savefig(path, dpi=100)

@@ -1,6 +1,7 @@
 """One batch of files scored into rows: decoded under the model's :class:`~leukolab.images.ImageRules` (what the
 ETL and the API refuse is refused here, with the same reason), one forward pass over the usable images, the
-referral decision, and with ``explain_dir`` a heatmap overlay per image."""
+referral decision and its reason (:func:`~leukolab.publishing.referral.decide_answer`), and with ``explain_dir`` a
+heatmap overlay per image."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from PIL import Image
 from leukolab.images import ImageRejected, decode_image
 from leukolab.plots import heatmap_overlay
 from leukolab.publishing.model import SmearModel
-from leukolab.publishing.referral import decide
+from leukolab.publishing.referral import decide_answer
 from leukolab.scoring.inputs import ScoreItem
 
 UNREADABLE = "unreadable"
@@ -19,11 +20,13 @@ UNREADABLE = "unreadable"
 
 
 def columns(model: SmearModel, explain: bool = False) -> list[str]:
-    """The CSV columns for ``model``: path, predicted_class, confidence, ``p_<class>`` per class, ``mask_fraction``
-    for a model that segments, decision, reason, and ``heatmap`` (the overlay's path) with ``explain``."""
+    """The CSV columns for ``model``: path, predicted_class, confidence, ``p_<class>`` per class and ``ood_score``
+    (empty for a model without an out-of-distribution check), ``mask_fraction`` for a model that segments, decision,
+    reason (of a referral, or why the file was not used: then decision is empty), and ``heatmap`` (the overlay's
+    path) with ``explain``."""
     names = ["path"]
     if model.task != "segmentation":
-        names += ["predicted_class", "confidence", *(f"p_{name}" for name in model.class_names)]
+        names += ["predicted_class", "confidence", *(f"p_{name}" for name in model.class_names), "ood_score"]
     if model.task != "classification":
         names.append("mask_fraction")
     return names + ["decision", "reason"] + (["heatmap"] if explain else [])
@@ -52,8 +55,9 @@ def score_batch(model: SmearModel, items: list[ScoreItem], threshold: float | No
     answers = model.predict_prepared(arrays)
     for index, answer in zip(usable, answers):
         probabilities = {f"p_{name}": answer[f"prob_{name}"] for name in model.class_names if f"prob_{name}" in answer}
-        rows[index].update({key: answer[key] for key in ("predicted_class", "confidence", "mask_fraction") if key in answer},
-                           **probabilities, decision=decide(answer.get("confidence"), threshold))
+        decision, reason = decide_answer(answer, threshold)
+        rows[index].update({key: answer[key] for key in ("predicted_class", "confidence", "ood_score", "mask_fraction")
+                            if key in answer}, **probabilities, decision=decision, reason=reason)
     if explain_dir is not None:
         classes = [model.class_names.index(answers[i]["predicted_class"]) for i in range(len(answers))]
         for index, image, heatmap in zip(usable, images, model.explain_prepared(arrays, classes)):

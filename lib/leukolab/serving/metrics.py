@@ -18,7 +18,7 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from leukolab.publishing.referral import REFER
+from leukolab.publishing.referral import LOW_CONFIDENCE, REFER
 
 INFERENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONFIDENCE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -49,8 +49,9 @@ class ServingMetrics:
                                 ["route", "status"], registry=self.registry)
         self.predictions = Counter("leukolab_predictions", "Answered predictions by predicted class",
                                    ["predicted_class"], registry=self.registry)
-        self.referrals = Counter("leukolab_referrals", "Predictions answered refer (confidence under the version's "
-                                 "referral_threshold): refer to a haematologist", registry=self.registry)
+        self.referrals = Counter("leukolab_referrals", "Predictions answered refer (refer to a haematologist), by reason: "
+                                 "out_of_distribution or low_confidence (under the version's referral_threshold)",
+                                 ["reason"], registry=self.registry)
         self.prediction_errors = Counter("leukolab_prediction_errors", "Refused or failed predictions by reason",
                                          ["reason"], registry=self.registry)
         self.rejections = Counter("leukolab_rejected_requests", "Prediction requests refused at once with 503 and "
@@ -112,10 +113,11 @@ class ServingMetrics:
         self._low_in_a_row = self._low_in_a_row + 1 if confidence < self.low_confidence_threshold else 0
         self.low_confidence_alert.set(int(self._low_in_a_row >= self.low_confidence_run))
 
-    def observe_decision(self, decision: str) -> None:
-        """Count a ``refer`` decision (``accept`` is every other prediction of ``leukolab_predictions_total``)."""
+    def observe_decision(self, decision: str, reason: str | None = None) -> None:
+        """Count a ``refer`` decision by its reason (``accept`` is every other prediction of
+        ``leukolab_predictions_total``)."""
         if decision == REFER:
-            self.referrals.inc()
+            self.referrals.labels(reason=reason or LOW_CONFIDENCE).inc()
 
     def observe_batch(self, images: list[np.ndarray]) -> None:
         """Record one forward pass over ``images`` (H x W x 3 uint8 each): its size and its inputs' colours."""

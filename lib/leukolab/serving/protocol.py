@@ -1,7 +1,7 @@
 """The Open Inference Protocol (v2, REST) bodies the API speaks under ``/v2``, as in Triton, KServe and MLServer.
 
 One input, ``image`` (``BYTES``, shape ``[n]``: encoded image files, base64 strings in JSON or raw with the binary
-tensor extension), and four outputs per image. Every field is described in the OpenAPI document.
+tensor extension), and five outputs per image. Every field is described in the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ PREFIX = "/v2"
 SERVER_NAME = "leukolab"
 EXTENSIONS = ["binary_tensor_data"]
 IMAGE_INPUT = "image"
-OUTPUTS = {"probabilities": "FP32", "predicted_class": "BYTES", "confidence": "FP32", "decision": "BYTES"}
+OUTPUTS = {"probabilities": "FP32", "predicted_class": "BYTES", "confidence": "FP32", "decision": "BYTES",
+           "reason": "BYTES"}
 """Each output's datatype; ``probabilities`` has shape ``[n, classes]``, the others ``[n]``."""
 BINARY_HEADER = "Inference-Header-Content-Length"
 """With the binary tensor extension: the length of the JSON that starts the body; raw tensors follow it."""
@@ -59,8 +60,8 @@ class ModelMetadata(BaseModel):
     platform: str = Field(description='"pytorch"')
     inputs: list[TensorMetadata] = Field(description="image: BYTES [-1], encoded image files")
     outputs: list[TensorMetadata] = Field(description="probabilities FP32 [-1, classes], predicted_class BYTES [-1], "
-                                                      "confidence FP32 [-1], decision BYTES [-1] (none for a model "
-                                                      "that only segments)")
+                                                      "confidence FP32 [-1], decision BYTES [-1], reason BYTES [-1] "
+                                                      "(none for a model that only segments)")
     parameters: Parameters = Field(description="class_names (the order of probabilities) and referral_threshold")
 
 
@@ -78,7 +79,7 @@ class RequestInput(BaseModel):
 
 class RequestOutput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="probabilities, predicted_class, confidence or decision",
+    name: str = Field(description="probabilities, predicted_class, confidence, decision or reason",
                       json_schema_extra={"enum": list(OUTPUTS)})
     parameters: Parameters | None = Field(default=None, description="binary_data: true for raw bytes after the JSON")
 
@@ -90,7 +91,7 @@ class InferenceRequest(BaseModel):
                                                                     "as raw bytes after the JSON")
     inputs: list[RequestInput] = Field(description="Exactly one input: image",
                                        json_schema_extra={"minItems": 1, "maxItems": 1})
-    outputs: list[RequestOutput] | None = Field(default=None, description="The outputs wanted (default: all four)")
+    outputs: list[RequestOutput] | None = Field(default=None, description="The outputs wanted (default: all five)")
 
 
 class ResponseOutput(BaseModel):
@@ -106,7 +107,7 @@ class InferenceResponse(BaseModel):
     model_name: str = Field(description="The model's name")
     model_version: str | None = Field(default=None, description="The registered version that answered")
     id: str | None = Field(default=None, description="The request's id")
-    outputs: list[ResponseOutput] = Field(description="The outputs asked for, in their order (default: all four)")
+    outputs: list[ResponseOutput] = Field(description="The outputs asked for, in their order (default: all five)")
 
 
 def output_metadata(class_count: int) -> list[TensorMetadata]:

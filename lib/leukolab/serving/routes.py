@@ -97,6 +97,7 @@ async def version(served: ReadyModel) -> VersionInfo:
     model, info = served.model, served.info
     return VersionInfo(model_uri=info.uri, name=info.name, version=info.version, run_id=info.run_id,
                        dataset_fingerprint=info.dataset_fingerprint, referral_threshold=info.referral_threshold,
+                       ood_check=model.ood.summary() if model.ood is not None else None,
                        task=model.task, class_names=model.class_names,
                        image_size=int(model.meta["image_size"]), leukolab_version=leukolab.__version__)
 
@@ -157,5 +158,5 @@ def prediction(answer: tuple[dict, float], served: LoadedModel, started: float, 
     """The :class:`Prediction` of one (answer, seconds) of the batcher, timed from ``started``, its decision counted."""
     answered = Prediction.from_answer(answer[0], served.model.class_names, served.info.label,
                                       (time.perf_counter() - started) * 1000, served.info.referral_threshold)
-    metrics.observe_decision(answered.decision)
+    metrics.observe_decision(answered.decision, answered.reason)
     return answered

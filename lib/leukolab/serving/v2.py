@@ -4,7 +4,7 @@ the ``/versions/{version}`` forms naming its version.
 
 Inference goes the way of ``POST /predict``: the body is read within the upload limits, each image decoded and
 checked against the model's image rules, the forward passes run in the micro-batcher, the metrics count it (under
-the route's template) and each answer carries the accept/refer decision of the version's referral threshold
+the route's template) and each answer carries the accept/refer decision (and the reason of a referral) as ``/predict`` decides it
 (:func:`~leukolab.serving.routes.predict_uploads`, :func:`~leukolab.serving.routes.prediction`). Refusals answer
 ``{"error", "reason"}`` (:mod:`leukolab.serving.errors`). Kept free of ``from __future__ import annotations``:
 FastAPI reads the routes' annotations at run time.
@@ -180,7 +180,7 @@ def refuse_other_media(content_type: str | None) -> None:
 
 
 def output_tensors(predictions: list[Prediction], class_names: list[str]) -> dict[str, Tensor]:
-    """The four outputs of ``predictions``, by name."""
+    """The outputs of ``predictions``, by name (``reason``: empty for an accepted prediction)."""
     count = len(predictions)
     return {
         "probabilities": Tensor("probabilities", [count, len(class_names)],
@@ -188,4 +188,5 @@ def output_tensors(predictions: list[Prediction], class_names: list[str]) -> dic
         "predicted_class": Tensor("predicted_class", [count], [one.predicted_class for one in predictions]),
         "confidence": Tensor("confidence", [count], [one.confidence for one in predictions]),
         "decision": Tensor("decision", [count], [one.decision for one in predictions]),
+        "reason": Tensor("reason", [count], [one.reason or "" for one in predictions]),
     }
