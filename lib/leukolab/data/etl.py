@@ -29,6 +29,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Collection, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -42,6 +43,7 @@ from leukolab.data.curation import build_manifest, curate, fingerprint
 from leukolab.data.etl_params import EtlParams
 from leukolab.data.files import walk_files
 from leukolab.data.masks import derive_mask, nucleus_estimate, pack_bitmap
+from leukolab.data.near_duplicates import find_near_duplicates
 from leukolab.data.parquet import write_dataset
 from leukolab.data.schema import META_SCHEMA, PROCESSED_COLUMNS
 from leukolab.data.sources import Layout, detect_layout
@@ -166,7 +168,7 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
                 META_SCHEMA)
             meta = _add_unread_files(processed.toPandas(), raw_dir, on_disk)
         processed_at = time.perf_counter()
-        table, quarantine, duplicates = curate(meta, params)
+        table, quarantine, duplicates = curate(meta, params, partial(find_near_duplicates, spark=spark))
         csv_labels.require_two_classes(table["class_name"], layout, params.layout is None, on_disk, params.label_map)
         dataset_fingerprint = fingerprint(meta, params, layout)
         dataset_dir = staging.parent / dataset_fingerprint
