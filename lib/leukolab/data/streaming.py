@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from leukolab.data.dataset import SmearDataset
 from leukolab.images import image_array
 
 
@@ -154,18 +156,14 @@ class SmearStream(IterableDataset):
     def mask_images(self) -> int:
         return int(self.has_mask.sum())
 
-    def head(self, count: int):
-        """The split's first ``count`` rows, decoded in memory (a :class:`~leukolab.data.dataset.SmearDataset`)."""
-        from leukolab.data.dataset import SmearDataset
-
+    def head(self, count: int) -> SmearDataset:
+        """The split's first ``count`` rows, decoded in memory."""
         frames, left = [], count
         for piece in self.pieces:
             if left <= 0:
                 break
             frames.append(self._read(piece, piece.rows[:left]).to_pandas())
             left -= len(frames[-1])
-        import pandas as pd
-
         return SmearDataset(pd.concat(frames, ignore_index=True), with_masks=self.with_masks)
 
     def __iter__(self):
