@@ -127,9 +127,8 @@ class SmearStream(IterableDataset):
 
     def batches(self, batch_size: int, workers: int, drop_last: bool) -> int:
         """Batches a DataLoader with ``workers`` workers makes of this rank's rows per epoch (the same on every rank)."""
-        sizes = [np.subtract(*part_bounds(self.total, self.world, 0, max(workers, 1), w)[::-1])
-                 for w in range(max(workers, 1))]
-        return int(sum(size // batch_size if drop_last else -(-size // batch_size) for size in sizes))
+        parts = [part_bounds(self.total, self.world, 0, max(workers, 1), w) for w in range(max(workers, 1))]
+        return sum((stop - start) // batch_size if drop_last else -(-(stop - start) // batch_size) for start, stop in parts)
 
     def indices(self, epoch: int | None = None) -> list[int]:
         """The split-wide numbers of the rows this rank sees in an epoch (all workers together)."""

@@ -175,7 +175,7 @@ def fit(
     for epoch in range(start_epoch, epochs):
         model.train()
         losses, epoch_started = [], time.perf_counter()
-        if sampler:
+        if sampler is not None:
             sampler.set_epoch(epoch)
         if distributed:
             result.shard = result.shard or (sampler.indices() if isinstance(sampler, SmearStream) else list(sampler))
