@@ -16,7 +16,7 @@ all-pairs search, at each size. The last line compares the largest size with the
 ``peak RSS 100k/10k = R; time per smear 100k/10k = S`` (R: the larger of driver and rank ratios;
 S: ETL + epoch wall time per smear). A shared machine slows both sizes alike only roughly: run it quiet.
 
-    python benchmarks/scale.py                       # 10,000 and 100,000 smears: about an hour on 2 busy cores
+    python benchmarks/scale.py                       # 10,000 and 100,000 smears: about 30 CPU-minutes
     python benchmarks/scale.py --sizes 2000,8000     # a quick look
 """
 
