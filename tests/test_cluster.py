@@ -131,7 +131,8 @@ def test_the_etl_on_the_cluster_writes_what_local_writes(etl_runs, cluster):
 def trained(workspace, cluster, etl_runs):
     """Two-process training on the cluster, its experiment built from the overrides `leukolab run --param` gives."""
     overrides = cli._overrides([f"classify.spark_master={cluster['master_url']}", "classify.num_processes=2",
-                                "classify.epochs=2", "classify.model.width=8"])
+                                "classify.epochs=2", "classify.model.width=8",
+                                "classify.data.loading=memory"])  # the smoke profile streams; test_distributed covers that
     task = plan("smoke", overrides)["classify-simple-cnn"].parameters
     experiment = stage_experiment(task["experiment"], task.get("overrides"),
                                   **{key: task.get(key) for key in SHORTCUTS if key in task})

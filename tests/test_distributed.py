@@ -1,4 +1,5 @@
-"""Distributed training: two DDP processes through Spark's TorchDistributor on ``local[2]``."""
+"""Distributed training: two DDP processes through Spark's TorchDistributor on ``local[2]``, streaming their shards
+from the Parquet (``tests/test_cluster.py`` covers the in-memory path)."""
 
 import mlflow
 import pytest
@@ -30,7 +31,8 @@ def trained(tmp_path_factory):
         raw = generate_dataset(workspace / "raw", 8, image_size=64, seed=3)
         dataset_dir = run_etl(spark, raw, workspace / "processed", EtlParams(image_size=32, min_side=16, seed=3))
         experiment = load_experiment("simple-cnn", {"training": {"epochs": 2}, "model": {"width": 8},
-                                                    "distributed": {"num_processes": 2}})
+                                                    "distributed": {"num_processes": 2},
+                                                    "data": {"loading": "streaming"}})
         tracking.configure()
         manifest = load_manifest(dataset_dir)
         model = build_model(experiment, len(manifest["classes"]))

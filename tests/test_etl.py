@@ -482,3 +482,19 @@ def test_data_report_figures_tables_and_mlflow_artifacts(planted_run, tmp_path, 
     finally:
         mlflow.set_tracking_uri(previous)
     assert logged == {f"report/{n}.png" for n in report.figures} | {f"report/{n}.csv" for n in report.tables}
+
+
+def test_the_banded_search_on_spark_finds_the_same_duplicate_groups(spark, planted_run):
+    """The ETL searched this small set on the driver (all pairs); the Spark search finds the same pairs, so the same
+    groups and near pairs as the manifest's."""
+    from leukolab.data.near_duplicates import spark_near_duplicate_pairs
+    from leukolab.data.splits import group_rows, near_duplicate_pairs
+
+    _, manifest, table = planted_run  # the curated originals, in curation's order (by source path)
+    pairs = spark_near_duplicate_pairs(spark, list(table["phash"]), 4)
+    assert pairs == near_duplicate_pairs(list(table["phash"]), 4) and pairs
+    paths, hashes = table["source_path"], table["content_hash"]
+    assert [{"a": paths[i], "b": paths[j], "distance": d} for i, j, d in pairs
+            if hashes[i] != hashes[j]] == manifest["near_duplicate_pairs"]
+    groups = group_rows(table.assign(patient_id=None), pairs)
+    assert sorted(sorted(g) for g in paths.groupby(groups).agg(list) if len(g) > 1) == manifest["duplicate_groups"]

@@ -48,8 +48,9 @@ def test_values_are_checked_against_their_schema_before_anything_runs():
 def test_experiment_keys_reach_the_experiment_stages_as_overrides():
     tasks = {t.name: t for t in plan("smoke", {"classify.training.lr": 0.01, "classify.epochs": 2}).tasks}
     classify = tasks["classify-simple-cnn"].parameters
-    assert classify["overrides"] == {"training": {"lr": 0.01}} and classify["epochs"] == 2
-    assert "overrides" not in tasks["segment-unet-mobilenet"].parameters
+    streaming = {"data": {"loading": "streaming"}}  # the smoke profile's own experiment keys, merged with the CLI's
+    assert classify["overrides"] == {"training": {"lr": 0.01}, **streaming} and classify["epochs"] == 2
+    assert tasks["segment-unet-mobilenet"].parameters["overrides"] == streaming
     trained = stage_experiment("simple-cnn", classify["overrides"], epochs=classify["epochs"], seed=None)
     assert (trained.training.lr, trained.training.epochs, trained.seed) == (0.01, 2, load_experiment("simple-cnn").seed)
 

@@ -80,6 +80,7 @@ def test_the_smoke_run_audits_its_real_like_masks_and_chooses_on_val(smoke_run, 
     plausible = sum(c["ok"] for c in per_class.values())
     used = sum(params.metrics[f"mask_images_{split}"] for split in ("train", "val", "test"))
     assert 0 < used <= plausible < 40
+    assert params.tags["data_loading"] == "streaming"  # a segmenter's stream holds only the plausible masks
     evaluation = json.loads((run_dir / "evaluate.json").read_text())
     assert (evaluation["selection_split"], evaluation["report_split"]) == ("val", "test")
 
@@ -145,6 +146,7 @@ def test_a_classify_run_holds_everything_and_its_model_predicts_a_jpeg_alone(smo
     run = client.get_run(classify["mlflow_run_id"])
     assert {"training.lr", "training.schedule", "augmentation.rotate90", "loss.name", "model.architecture"} <= set(run.data.params)
     assert {"dataset_fingerprint", "git_commit", "git_dirty"} <= set(run.data.tags)
+    assert run.data.tags["data_loading"] == "streaming"  # the smoke profile trains and evaluates from the Parquet stream
     for metric in ("train_loss", "val_macro_f1", "val_accuracy", "val_roc_auc_ovr", "lr"):
         assert client.get_metric_history(run.info.run_id, metric), metric
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}

@@ -85,6 +85,15 @@ class DistributedSpec(Section):
     local_mode: bool = Field(False, description="TorchDistributor local_mode (processes on the driver)")
 
 
+class DataSpec(Section):
+    loading: Literal["auto", "memory", "streaming"] = Field(
+        "auto", description="memory: decode the splits up front; streaming: read the Parquet batch by batch "
+        "(leukolab.data.streaming); auto: memory while the decoded splits fit memory_limit_mb")
+    memory_limit_mb: int = Field(2048, ge=0, description="auto: the decoded size above which a process streams")
+    shuffle_buffer: int = Field(2048, ge=1, description="streaming: encoded images a worker shuffles among")
+    workers: int = Field(1, ge=0, description="streaming: DataLoader worker processes per rank (0: decode inline)")
+
+
 class Experiment(Section):
     """One training recipe; the pipeline's ``STAGE.section.key`` overrides reach these fields."""
 
@@ -99,6 +108,7 @@ class Experiment(Section):
     inference: InferenceSpec = InferenceSpec()
     ood: OodSpec = OodSpec()
     distributed: DistributedSpec = DistributedSpec()
+    data: DataSpec = DataSpec()
     seed: int = 42
     cv_folds: int | None = Field(None, ge=2, description="also k grouped folds of train+val, as child runs")
     seeds: list[int] | None = Field(None, description="also retrain once per seed, as child runs")

@@ -29,8 +29,9 @@ class Duplicates:
     """``{"a", "b", "distance"}`` for every near-duplicate pair of different bytes."""
 
 
-def curate(meta: pd.DataFrame, params: EtlParams) -> tuple[pd.DataFrame, list[dict], Duplicates]:
-    """Pair masks, quarantine, group duplicates and patients, and split."""
+def curate(meta: pd.DataFrame, params: EtlParams, near_search=near_duplicate_pairs) -> tuple[pd.DataFrame, list[dict], Duplicates]:
+    """Pair masks, quarantine, group duplicates and patients, and split; ``near_search(phashes, distance)`` finds
+    the near-duplicate pairs (:func:`leukolab.data.near_duplicates.find_near_duplicates` on a Spark session)."""
     ok = meta["status"] == "ok"
     originals = meta[ok & (meta["role"] == "original")].copy()
     masks = meta[ok & (meta["role"] == "mask")]
@@ -67,8 +68,7 @@ def curate(meta: pd.DataFrame, params: EtlParams) -> tuple[pd.DataFrame, list[di
             quarantine.append({"source_path": r.mask_path, "reason": "conflicting_labels", "message": "its original was quarantined"})
     originals = audit_masks(originals[~conflicting].sort_values("source_path").reset_index(drop=True), masks, params)
 
-    near = [] if not params.near_duplicates else near_duplicate_pairs(
-        list(originals["phash"]), params.near_duplicate_distance)
+    near = [] if not params.near_duplicates else near_search(list(originals["phash"]), params.near_duplicate_distance)
     duplicate_group = group_rows(originals.assign(patient_id=None), near)
     originals["group_id"] = group_rows(originals, near)  # duplicates and patients together
     fractions = split_fractions(params.train_fraction, params.val_fraction, params.test_fraction,

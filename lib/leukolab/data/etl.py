@@ -29,6 +29,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Collection, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -43,6 +44,7 @@ from leukolab.data.etl_params import EtlParams
 from leukolab.data.extra_sources import add_extra_rows, resolve_extra_sources
 from leukolab.data.files import walk_files
 from leukolab.data.masks import derive_mask, nucleus_estimate, pack_bitmap
+from leukolab.data.near_duplicates import find_near_duplicates
 from leukolab.data.parquet import write_dataset
 from leukolab.data.schema import META_SCHEMA, PROCESSED_COLUMNS
 from leukolab.data.sources import Layout, detect_layout
@@ -160,7 +162,7 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
             extra_metas = [_first_pass(spark, extra.root, extra.files, extra.layout, extra.params, staging / "processed",
                                        extra.prefix) for extra in extras]
         processed_at = time.perf_counter()
-        table, quarantine, duplicates = curate(meta, params)
+        table, quarantine, duplicates = curate(meta, params, partial(find_near_duplicates, spark=spark))
         csv_labels.require_two_classes(table["class_name"], layout, params.layout is None, on_disk, params.label_map)
         if extras:
             table, quarantine, extra_entries = add_extra_rows(table, quarantine, extra_metas, extras, params)

@@ -14,6 +14,8 @@ import pyarrow.parquet as pq
 from leukolab.data.schema import DATASET_COLUMNS, DATASET_SCHEMA
 
 _MAX_FILE_BYTES = 256 * 1024 * 1024  # images per dataset Parquet file (and held by one second-pass task)
+ROW_GROUP_ROWS = 512
+"""Rows per Parquet row group: the unit a training stream reads and shards (leukolab.data.streaming), a few MB."""
 
 
 def write_dataset(spark, meta: pd.DataFrame, table: pd.DataFrame, data_dir: Path, tasks: int) -> None:
@@ -62,7 +64,7 @@ def _write_dataset_part(job) -> int:
     table = pa.table([columns[name] for name in DATASET_COLUMNS], schema=DATASET_SCHEMA)
     # PNG bytes do not compress further and every blob is unique: no codec, and dictionaries only for the small columns.
     path, partial = f"{data_dir}/part-{index:05d}.parquet", f"{data_dir}/.part-{index:05d}-{uuid.uuid4().hex}"
-    pq.write_table(table, partial, compression="none", use_dictionary=[c for c in DATASET_COLUMNS if c not in ("image", "mask")])
+    pq.write_table(table, partial, row_group_size=ROW_GROUP_ROWS, compression="none", use_dictionary=[c for c in DATASET_COLUMNS if c not in ("image", "mask")])
     os.replace(partial, path)  # a retried or speculative attempt replaces the file whole
     return table.num_rows
 

@@ -17,7 +17,8 @@ from scipy.special import softmax
 from leukolab import plots
 from leukolab.config import workspace
 from leukolab.config.experiment import Experiment
-from leukolab.data.dataset import SmearDataset, load_datasets, load_manifest
+from leukolab.data.dataset import SmearDataset, load_manifest
+from leukolab.data.loading import choose_loading, load_experiment_splits
 from leukolab.models.factory import build_model
 from leukolab.experiments.acquisition import run_acquisition_aware
 from leukolab.experiments.resampling import run_resampling
@@ -27,9 +28,15 @@ from leukolab.publishing.model import SmearModel, log_smear_model
 from leukolab.tracking import flatten
 from leukolab.training.calibration import fit_temperature
 from leukolab.training.distributed import fit_distributed
-from leukolab.training.loop import FitResult, evaluate, fit, predict
+from leukolab.training.loop import FitResult, dataset_outputs, evaluate, fit, predict
 
 log = logging.getLogger(__name__)
+
+FIGURE_ROWS = 512
+"""Test images the figures (and the model's input examples) are drawn from when the splits are streamed."""
+OOD_FIT_ROWS = 20_000
+"""Train and val images (a uniform sample) the out-of-distribution check is fitted and thresholded on when the
+splits are streamed: enough for class means, a shared covariance and neighbour distances, bounded in memory."""
 
 
 @dataclass
@@ -43,7 +50,7 @@ class ExperimentResult:
     test_metrics: dict
     class_names: list[str]
     manifest: dict
-    test_set: SmearDataset
+    test_set: SmearDataset  # in memory; when streamed, its first FIGURE_ROWS rows
     model_uri: str
     figures: dict  # name -> matplotlib figure, as logged under plots/
     resampling: dict | None = None  # folds/seeds summary (leukolab.experiments.resampling); None when the experiment sets neither
@@ -59,13 +66,14 @@ def run_experiment(experiment: Experiment, dataset_dir: str | Path,
     study); an exception it raises stops the training and the experiment."""
     manifest = load_manifest(dataset_dir)
     class_names = manifest["classes"]
-    splits = load_datasets(dataset_dir, ("train", "val", "test"), experiment.task)
+    loading = choose_loading(experiment, dataset_dir, ("train", "val", "test"))
+    splits = load_experiment_splits(experiment, dataset_dir, ("train", "val", "test"), loading)
     log.info("experiment %s: images %s, with masks %s", experiment.name, {k: len(v) for k, v in splits.items()},
              {k: v.mask_images for k, v in splits.items()})
 
     mlflow.log_params(flatten(experiment.model_dump()))
     mlflow.set_tags({"dataset_fingerprint": manifest["fingerprint"], "dataset": manifest["dataset"],
-                     "task": experiment.task, "experiment": experiment.name})
+                     "task": experiment.task, "experiment": experiment.name, "data_loading": loading})
     mlflow.log_metrics({f"{what}_{name}": count for name, split in splits.items()
                         for what, count in (("images", len(split)), ("mask_images", split.mask_images))})
     model = build_model(experiment, len(class_names))
@@ -76,7 +84,7 @@ def run_experiment(experiment: Experiment, dataset_dir: str | Path,
         if on_epoch:
             raise ValueError("per-epoch reports (a sweep trial) need training in one process: set "
                              "distributed.num_processes to 1")
-        result = fit_distributed(model, experiment, dataset_dir, processes, checkpoints)
+        result = fit_distributed(model, experiment, dataset_dir, processes, checkpoints, loading=loading)
     else:
         result = fit(model, splits["train"], splits["val"], experiment, mean, std, class_names, checkpoints,
                      on_epoch_end=lambda epoch, metrics: _log_epoch(epoch, metrics, on_epoch))
@@ -84,28 +92,34 @@ def run_experiment(experiment: Experiment, dataset_dir: str | Path,
 
     temperature = 1.0
     if experiment.task in ("classification", "joint"):
-        logits = predict(model, splits["val"].images, mean, std)["logits"]
-        temperature = fit_temperature(logits, splits["val"].labels.numpy())
+        outputs = dataset_outputs(model, splits["val"], mean, std)
+        temperature = fit_temperature(outputs["logits"], outputs["labels"])
     val_metrics = evaluate(model, splits["val"], mean, std, class_names, experiment.task)
     test_metrics = evaluate(model, splits["test"], mean, std, class_names, experiment.task)
     mlflow.log_metrics({"best_epoch": result.best_epoch, "temperature": temperature,
                         **{f"test_{k}": v for k, v in test_metrics.items()}})
 
-    figures = result_figures(model, result, splits["test"], mean, std, class_names, temperature)
+    shown = splits["test"] if isinstance(splits["test"], SmearDataset) else splits["test"].head(FIGURE_ROWS)
+    figures = result_figures(model, result, shown, mean, std, class_names, temperature)
     for name, figure in figures.items():
         mlflow.log_figure(figure, f"plots/{name}.png")
 
     meta = {"experiment": experiment.model_dump(mode="json"), "class_names": class_names, "image_size": manifest["image_size"],
             "image_rules": ImageRules.from_mapping(manifest.get("parameters", {})).as_dict(),
             "mean": mean, "std": std, "temperature": temperature, "dataset_fingerprint": manifest["fingerprint"]}
-    ood = fit_ood(SmearModel(model, meta), splits["train"], splits["val"])
+    ood = fit_ood(SmearModel(model, meta), *(_in_memory(splits[name], experiment.seed) for name in ("train", "val")))
     if ood is not None:
         mlflow.log_metrics({"ood_threshold": ood.threshold, "ood_val_images": ood.val_images})
-    examples = [_jpeg(splits["test"].images[i]) for i in range(min(2, len(splits["test"])))]
+    examples = [_jpeg(shown.images[i]) for i in range(min(2, len(shown)))]
     info = log_smear_model(model, meta, examples, ood=ood)
     resampling = run_resampling(experiment, dataset_dir)
     return ExperimentResult(experiment, model, result, val_metrics, test_metrics, class_names, manifest,
-                            splits["test"], info.model_uri, figures, resampling, run_acquisition_aware(experiment, dataset_dir))
+                            shown, info.model_uri, figures, resampling, run_acquisition_aware(experiment, dataset_dir))
+
+
+def _in_memory(split, seed: int) -> SmearDataset:
+    """``split`` itself when decoded in memory; when streamed, a uniform sample of ``OOD_FIT_ROWS`` of its rows."""
+    return split if isinstance(split, SmearDataset) else split.sample(OOD_FIT_ROWS, seed)
 
 
 def fit_ood(model: SmearModel, train: SmearDataset, val: SmearDataset) -> OodDetector | None:

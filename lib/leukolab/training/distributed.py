@@ -20,7 +20,8 @@ import mlflow
 import torch
 
 from leukolab.config.experiment import Experiment
-from leukolab.data.dataset import load_datasets, load_manifest
+from leukolab.data.dataset import load_manifest
+from leukolab.data.loading import load_experiment_splits
 from leukolab.models.factory import build_model
 from leukolab.training.loop import FitResult, fit
 
@@ -33,8 +34,12 @@ default: 15 s), for up to 3 minutes (then the job fails for lack of cores)."""
 
 
 def fit_distributed(model: torch.nn.Module, experiment: Experiment, dataset_dir: str | Path, num_processes: int,
-                    checkpoint_dir: str | Path, spark=None) -> FitResult:
-    """Train ``model`` in ``num_processes`` processes inside the active MLflow run; load the best weights into it."""
+                    checkpoint_dir: str | Path, spark=None, loading: str | None = None) -> FitResult:
+    """Train ``model`` in ``num_processes`` processes inside the active MLflow run; load the best weights into it.
+
+    ``loading`` (``memory`` or ``streaming``; None: each rank chooses, see
+    :func:`leukolab.data.loading.choose_loading`) is how ranks read train and val: streamed, each reads only its
+    shard of train."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
     from leukolab.data.spark import spark_session
@@ -49,7 +54,7 @@ def fit_distributed(model: torch.nn.Module, experiment: Experiment, dataset_dir:
                                    use_gpu=torch.cuda.is_available())
     log.info("distributed training: %d processes on %s", num_processes, spark.sparkContext.master)
     state, result = distributor.run(_train_rank, experiment, str(dataset_dir), mlflow.get_tracking_uri(),
-                                    run.info.run_id, str(checkpoint_dir))
+                                    run.info.run_id, str(checkpoint_dir), loading)
     model.load_state_dict(state)
     for path in sorted(checkpoint_dir.glob("rank-*.json")):
         mlflow.log_artifact(str(path), "distributed")
@@ -61,7 +66,8 @@ def _backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def _train_rank(experiment: Experiment, dataset_dir: str, tracking_uri: str, run_id: str, checkpoint_dir: str):
+def _train_rank(experiment: Experiment, dataset_dir: str, tracking_uri: str, run_id: str, checkpoint_dir: str,
+                loading: str | None):
     """One training process (runs under torchrun, started by TorchDistributor)."""
     import torch.distributed as dist
 
@@ -75,7 +81,7 @@ def _train_rank(experiment: Experiment, dataset_dir: str, tracking_uri: str, run
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     try:
         manifest = load_manifest(dataset_dir)
-        splits = load_datasets(dataset_dir, ("train", "val"), experiment.task)
+        splits = load_experiment_splits(experiment, dataset_dir, ("train", "val"), loading)
         model = build_model(experiment, len(manifest["classes"]))
         report = None
         if rank == 0:

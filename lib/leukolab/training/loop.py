@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from leukolab.config.experiment import Experiment
 from leukolab.data.dataset import SmearDataset
-from leukolab.metrics.scores import classification_metrics, segmentation_metrics
+from leukolab.data.streaming import SmearStream
+from leukolab.metrics.scores import classification_metrics, segmentation_scores
 from leukolab.models.factory import without_tta
 from leukolab.models.inputs import normalize
 from leukolab.training.augment import augment_batch, label_mixer
@@ -70,25 +71,47 @@ def predict(model, images: torch.Tensor, mean, std, batch_size: int = 32, device
     return {key: np.concatenate(values) for key, values in outputs.items()}
 
 
-def evaluate(model, dataset: SmearDataset, mean, std, class_names, task: str, device: str = "cpu") -> dict[str, float]:
-    """Metrics of the model on a dataset: classification and/or segmentation, by task."""
-    out = predict(model, dataset.images, mean, std, device=device)
+@torch.no_grad()
+def dataset_outputs(model, dataset: SmearDataset | SmearStream, mean, std, batch_size: int = 32,
+                    device: str = "cpu") -> dict[str, np.ndarray]:
+    """``labels``, the model's ``logits`` (if it classifies) and, if it segments, the per-image ``dice`` and ``iou``
+    of the images with a mask; batch by batch, so a stream is never held whole."""
+    model.eval()
+    outputs: dict[str, list] = {}
+    batches = (DataLoader(dataset, batch_size=batch_size) if isinstance(dataset, SmearStream) else
+               (dataset[start:start + batch_size] for start in range(0, len(dataset), batch_size)))
+    for images, labels, masks, has_mask in batches:
+        out = model(normalize(images.to(device), mean, std))
+        outputs.setdefault("labels", []).append(labels.numpy())
+        if "logits" in out:
+            outputs.setdefault("logits", []).append(out["logits"].float().cpu().numpy())
+        if "mask" in out:
+            shown = has_mask.numpy()
+            scores = segmentation_scores(torch.sigmoid(out["mask"]).float().cpu().numpy()[shown], masks.numpy()[shown])
+            for key, value in zip(("dice", "iou"), scores):
+                outputs.setdefault(key, []).append(value)
+    return {key: np.concatenate(values) for key, values in outputs.items()}
+
+
+def evaluate(model, dataset: SmearDataset | SmearStream, mean, std, class_names, task: str,
+             device: str = "cpu") -> dict[str, float]:
+    """Metrics of the model on a dataset (in memory or streamed): classification and/or segmentation, by task."""
+    out = dataset_outputs(model, dataset, mean, std, device=device)
     metrics = {}
     if "logits" in out:
         probabilities = torch.softmax(torch.as_tensor(out["logits"]), 1).numpy()
-        metrics.update(classification_metrics(dataset.labels.numpy(), probabilities, list(class_names)))
-    if "mask" in out and task != "classification":
-        with_mask = dataset.has_mask.numpy()
-        metrics["mask_images"] = int(with_mask.sum())
-        if with_mask.any():  # Dice and IoU only where there is a mask to compare with
-            metrics.update(segmentation_metrics(out["mask"][with_mask], dataset.masks.numpy()[with_mask]))
+        metrics.update(classification_metrics(out["labels"], probabilities, list(class_names)))
+    if "dice" in out and task != "classification":
+        metrics["mask_images"] = len(out["dice"])
+        if len(out["dice"]):  # Dice and IoU only where there is a mask to compare with
+            metrics.update({"dice": float(out["dice"].mean()), "iou": float(out["iou"].mean())})
     return metrics
 
 
 def fit(
     model: torch.nn.Module,
-    train_set: SmearDataset,
-    val_set: SmearDataset | None,
+    train_set: SmearDataset | SmearStream,
+    val_set: SmearDataset | SmearStream | None,
     experiment: Experiment,
     mean, std, class_names,
     checkpoint_dir: str | Path | None = None,
@@ -103,7 +126,8 @@ def fit(
     :mod:`leukolab.training.distributed`) each process trains on its own shard
     under DistributedDataParallel (``batch_size`` is per process); rank 0
     validates, decides early stopping for all, calls ``on_epoch_end`` and
-    writes the checkpoint.
+    writes the checkpoint. A :class:`~leukolab.data.streaming.SmearStream` is sharded by rank itself and read
+    by ``data.workers`` DataLoader workers.
     """
     task, train_cfg, seed = experiment.task, experiment.training, experiment.seed
     seed_everything(seed)
@@ -112,14 +136,12 @@ def fit(
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     device_type = device.split(":")[0]
     model.to(device)
-    epochs, batch_size = train_cfg.epochs, train_cfg.batch_size
+    epochs = train_cfg.epochs
     generator = torch.Generator().manual_seed(seed + rank)
-    sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=seed, drop_last=True) if distributed else None
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                        generator=None if sampler else generator, drop_last=len(train_set) > batch_size * world)
+    loader, steps, sampler = _train_loader(train_set, experiment, rank, world, generator)
     trained = DistributedDataParallel(model) if distributed else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    scheduler = _scheduler(optimizer, train_cfg.schedule, epochs, len(loader), train_cfg.lr)
+    scheduler = _scheduler(optimizer, train_cfg.schedule, epochs, steps, train_cfg.lr)
     balanced = experiment.loss.class_weights == "balanced"
     weights = class_weights(train_set.labels.numpy(), len(class_names)) if balanced else None
     task_loss = TaskLoss(experiment, weights).to(device)
@@ -153,11 +175,12 @@ def fit(
     for epoch in range(start_epoch, epochs):
         model.train()
         losses, epoch_started = [], time.perf_counter()
-        if sampler:
+        if sampler is not None:
             sampler.set_epoch(epoch)
-            result.shard = result.shard or list(sampler)
-        for images, labels, masks, has_mask in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, mininterval=2,
-                                          disable=rank > 0):
+        if distributed:
+            result.shard = result.shard or (sampler.indices() if isinstance(sampler, SmearStream) else list(sampler))
+        for images, labels, masks, has_mask in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", total=steps, leave=False,
+                                                    mininterval=2, disable=rank > 0):
             images, masks = augment_batch(images, masks, augment, generator)
             images = normalize(images.to(device), mean, std)
             labels, masks, has_mask = labels.to(device), masks.to(device).float(), has_mask.to(device)
@@ -173,7 +196,7 @@ def fit(
             scaler.update()
             scheduler.step()
             if ema:
-                ema.update(model, step=epoch * len(loader) + len(losses) + 1)
+                ema.update(model, step=epoch * steps + len(losses) + 1)
             losses.append(loss.item())
         if rank == 0:
             train_seconds = time.perf_counter() - epoch_started
@@ -196,6 +219,21 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     return result
+
+
+def _train_loader(train_set: SmearDataset | SmearStream, experiment: Experiment, rank: int, world: int, generator):
+    """``(loader, batches per epoch, what to tell the epoch)``: a rank's shard of ``train_set``, shuffled per epoch,
+    with as many batches on every rank (a partial last batch only when the shard is a single one)."""
+    batch_size = experiment.training.batch_size
+    if isinstance(train_set, SmearStream):
+        stream, workers = train_set.shard(rank, world), experiment.data.workers
+        drop_last = len(stream) > batch_size * max(workers, 1)
+        loader = DataLoader(stream, batch_size=batch_size, num_workers=workers, drop_last=drop_last)
+        return loader, stream.batches(batch_size, workers, drop_last), stream
+    sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=experiment.seed, drop_last=True) if world > 1 else None
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                        generator=None if sampler else generator, drop_last=len(train_set) > batch_size * world)
+    return loader, len(loader), sampler
 
 
 def _end_epoch(result: FitResult, epoch, epochs, losses, train_seconds, optimizer, kept, val_set, mean, std, class_names,
