@@ -28,7 +28,7 @@ from PIL import Image
 
 from leukolab.serving.launch import free_port
 
-PREDICT_TIMEOUT = 90
+PREDICT_TIMEOUT = 240
 TAB_RED = np.array([214, 39, 40])
 """matplotlib's tab:red, the predicted class's bar (none when referred)."""
 TAB_GREY = np.array([127, 127, 127])

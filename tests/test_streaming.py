@@ -104,7 +104,10 @@ def test_part_bounds_cut_equal_contiguous_parts():
     assert {stop - start for start, stop in parts} <= {17, 18}
 
 
-def test_auto_loading_streams_what_would_not_fit_and_trains_and_evaluates_the_same_way(dataset, caplog):
+def test_auto_loading_streams_what_would_not_fit_and_trains_and_evaluates_the_same_way(dataset, caplog, monkeypatch):
+    from leukolab.data import loading
+
+    monkeypatch.setattr(loading.log, "disabled", False)  # alembic's fileConfig (an earlier MLflow store) disables loggers
     experiment = load_experiment("simple-cnn", {"training": {"epochs": 2, "batch_size": 8}, "model": {"width": 4}})
     assert choose_loading(experiment, dataset, ("train", "val")) == "memory"
     tight = experiment.model_copy(update={"data": experiment.data.model_copy(update={"memory_limit_mb": 0, "workers": 2})})

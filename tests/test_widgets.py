@@ -29,7 +29,7 @@ def api(model_env):
 
 @pytest.fixture
 def api_url(api, monkeypatch):
-    monkeypatch.setattr(demo.httpx, "post", lambda url, files, timeout: api.post(url, files=files))
+    monkeypatch.setattr(demo.httpx, "post", lambda url, files, timeout, headers=None: api.post(url, files=files, headers=headers))
     return "http://api.test"
 
 

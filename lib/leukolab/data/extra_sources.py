@@ -95,6 +95,8 @@ def add_extra_rows(table: pd.DataFrame, quarantine: list[dict], metas: list[pd.D
                              label=frame["class_name"].map({name: i for i, name in enumerate(classes)}))
         if "source_class" in table:
             frame["source_class"] = frame["class_name"]
+        if "acquisition_split" in table and table["acquisition_split"].notna().any():
+            frame["acquisition_split"] = "train"  # train only under every split assignment
         added.append(frame)
         quarantine = quarantine + refused
         relative = [path[len(source.prefix):] for path in frame["source_path"]]

@@ -165,7 +165,7 @@ class ReviewStore:
                 return []
             self._remove_unindexed(db)
             candidates = db.execute("SELECT hash, image, bytes FROM cases WHERE hash NOT IN (SELECT hash FROM reviews) "
-                                    "ORDER BY kept_at, hash").fetchall()
+                                    "ORDER BY kept_at, rowid").fetchall()
             chosen, freed = [], 0
             for row in candidates:
                 if used - freed + size <= self.max_bytes:
@@ -199,7 +199,7 @@ class ReviewStore:
     def cases(self, pending_only: bool = False) -> list[Case]:
         """Every kept case (oldest first) with its latest review; ``pending_only``: those without a review."""
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM cases ORDER BY kept_at, hash").fetchall()
+            rows = db.execute("SELECT * FROM cases ORDER BY kept_at, rowid").fetchall()
             latest = {row["hash"]: dict(row) for row in db.execute("SELECT * FROM reviews ORDER BY id")}
         found = [self._case(row, latest.get(row["hash"])) for row in rows]
         return [case for case in found if case.review is None] if pending_only else found

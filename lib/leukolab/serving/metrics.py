@@ -18,7 +18,7 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from leukolab.publishing.referral import LOW_CONFIDENCE, REFER
+from leukolab.publishing.referral import LOW_CONFIDENCE, OUT_OF_DISTRIBUTION, REFER
 
 INFERENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONFIDENCE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -52,6 +52,8 @@ class ServingMetrics:
         self.referrals = Counter("leukolab_referrals", "Predictions answered refer (refer to a haematologist), by reason: "
                                  "out_of_distribution or low_confidence (under the version's referral_threshold)",
                                  ["reason"], registry=self.registry)
+        for reason in (LOW_CONFIDENCE, OUT_OF_DISTRIBUTION):
+            self.referrals.labels(reason=reason)  # exported at 0 from the start, so rates and dashboards have a series
         self.prediction_errors = Counter("leukolab_prediction_errors", "Refused or failed predictions by reason",
                                          ["reason"], registry=self.registry)
         self.rejections = Counter("leukolab_rejected_requests", "Prediction requests refused at once with 503 and "
