@@ -23,11 +23,12 @@ export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 # The one place PYTHONPATH is set: this clone's library, for the `leukolab` command, kernels, tests and Spark workers.
 export PYTHONPATH := $(CURDIR)/lib
 
-.PHONY: help env lock stack-tools check-tools docs run smoke test test-unit test-notebooks test-stack lab mlflow-ui serve demo clean
+.PHONY: help env lock stack-tools check-tools docs run smoke test test-unit test-notebooks test-long test-stack lab mlflow-ui serve demo clean
 
 help:
 	@echo "make run        set up if needed, then run the pipeline (PROFILE=$(PROFILE))"
 	@echo "make test       the whole test suite (unit, integration, nbval, the docs build)"
+	@echo "make test-long  the long end-to-end suites: SIGKILL and resume in every stage, the review loop's retrain"
 	@echo "make test-stack the compose stack built and brought up with Docker (docs/docker.md)"
 	@echo "make env        build the environment only; .venv links to it (source .venv/bin/activate)"
 	@echo "make docs       the documentation site, built with --strict into runs/site"
@@ -105,6 +106,11 @@ test-unit: env
 # The compose stack for real: a Docker engine (docker/engine.sh: installed and started when missing, as root), the
 # images (docker/build-images.sh: Debian stand-ins for registry base images where no registry answers), then
 # tests/test_compose_up.py brings the stack up, uses it and takes it down. See docs/docker.md.
+# The suites that each run the pipeline again (about 7 minutes on 2 cores), kept out of make test's 30 minutes;
+# .ci/run runs them after make test.
+test-long: env check-tools
+	$(BIN)/python -m pytest -m long tests/test_faults.py tests/test_review_loop.py
+
 test-stack: env stack-tools
 	bash docker/engine.sh
 	bash docker/build-images.sh

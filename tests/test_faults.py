@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 RUN_ID = "faulty"
 KILLS = [  # (task, what is killed, seconds after its kernel (for the ETL: its Spark JVM) is up)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from leukolab.pipeline.lineage import LINEAGE_FILE
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 @pytest.fixture(scope="module")
