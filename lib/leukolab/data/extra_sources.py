@@ -96,7 +96,11 @@ def add_extra_rows(table: pd.DataFrame, quarantine: list[dict], metas: list[pd.D
         if "source_class" in table:
             frame["source_class"] = frame["class_name"]
         if "acquisition_split" in table and table["acquisition_split"].notna().any():
-            frame["acquisition_split"] = "train"  # train only under every split assignment
+            # train only under every split assignment; in no acquisition block (-1), so the columns keep their
+            # integer type and the held-out rows stay byte-identical
+            frame["acquisition_split"] = "train"
+            for column in ("acquisition_block", "acquisition_rank"):
+                frame[column] = pd.Series(-1, index=frame.index).astype(table[column].dtype)
         added.append(frame)
         quarantine = quarantine + refused
         relative = [path[len(source.prefix):] for path in frame["source_path"]]
