@@ -67,7 +67,9 @@ def spark_near_duplicate_pairs(spark, phashes: list[str], max_distance: int,
         probe_rows.append(hashes.select(F.lit(band).alias("band"), F.explode(F.array(*[key.bitwiseXOR(F.lit(_signed(f))) for f in flips]))
                                         .alias("key"), F.col("id").alias("probe_id"), F.col("hash").alias("probe_hash")))
     index, probes = _union(index_rows), _union(probe_rows)
-    pairs = (probes.join(index, ["band", "key"])
+    # A sort-merge join: Spark's size estimate of the exploded probes can pass the broadcast threshold's test and
+    # then not fit the driver (measured at 100,000 hashes); sorting spills to disk and scales with the data.
+    pairs = (probes.hint("merge").join(index, ["band", "key"])
              .where(F.col("probe_id") < F.col("id"))
              .select(F.col("probe_id").alias("i"), F.col("id").alias("j"),
                      F.bit_count(F.col("probe_hash").bitwiseXOR(F.col("hash"))).alias("distance"))
