@@ -1,7 +1,7 @@
 """Recipes on the session stand-in: the image-level and the acquisition-aware figure of each, side by side.
 
 Synthetic smears photographed in acquisition sessions whose look follows the class
-(:mod:`leukolab.data.synthetic_sessions`) go through the real Spark ETL, which writes both split assignments.
+(:mod:`leukolab.data.synthetic.sessions`) go through the real Spark ETL, which writes both split assignments.
 Each recipe (an experiment with augmentation overrides) is trained by ``leukolab.training.loop.fit`` twice: on the
 grouped split (scored on its test: the image-level figure) and on the acquisition-aware split (scored on its test:
 the acquisition-aware figure, cluster-bootstrap interval over blocks). The recipe to keep is the one with the best
@@ -22,11 +22,11 @@ import torch
 from scipy.special import softmax
 
 from leukolab.config.experiment import load_experiment
-from leukolab.data.dataset import SmearDataset, load_manifest, load_split
-from leukolab.data.etl import run_etl
-from leukolab.data.etl_params import EtlParams
+from leukolab.data.etl.job import run_etl
+from leukolab.data.etl.params import EtlParams
+from leukolab.data.reading.dataset import SmearDataset, load_manifest, load_split
 from leukolab.data.spark import spark_session
-from leukolab.data.synthetic_dataset import generate_dataset
+from leukolab.data.synthetic.folder import generate_dataset
 from leukolab.metrics.intervals import cluster_intervals
 from leukolab.metrics.scores import classification_metrics
 from leukolab.models.factory import build_model

@@ -1,6 +1,6 @@
 """ETL throughput on the same raw synthetic smears: this Spark ETL against two local baselines.
 
-(a) ``leukolab.data.etl.run_etl`` on Spark ``local[<cores>]``: decode, validate,
+(a) ``leukolab.data.etl.job.run_etl`` on Spark ``local[<cores>]``: decode, validate,
     resize, PNG-encode, hash (SHA-256 and perceptual), curate, split, write Parquet.
     The session is started before the clock (its start time is printed apart:
     a notebook pays it once, whatever the data).
@@ -50,9 +50,9 @@ def main() -> None:
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.WARNING, format="      %(message)s")
-    logging.getLogger("leukolab.data.etl").setLevel(logging.INFO)  # the ETL's phase timings
+    logging.getLogger("leukolab.data.etl.job").setLevel(logging.INFO)  # the ETL's phase timings
     from leukolab.config import workspace_path
-    from leukolab.data.synthetic_dataset import generate_dataset
+    from leukolab.data.synthetic.folder import generate_dataset
 
     workdir = Path(args.workdir) if args.workdir else workspace_path("data/benchmarks")
     per_class = args.images // len(CLASSES)
@@ -140,13 +140,13 @@ def _import_everything() -> None:
     import sklearn.model_selection  # noqa: F401
     import torchvision  # noqa: F401
 
-    import leukolab.data.etl  # noqa: F401
+    import leukolab.data.etl.job  # noqa: F401
 
 
 def spark_etl(raw: Path, out: Path, size: int, cores: int, spark) -> None:
     """(a) The ETL as 00_etl runs it."""
-    from leukolab.data.etl import run_etl
-    from leukolab.data.etl_params import EtlParams
+    from leukolab.data.etl.job import run_etl
+    from leukolab.data.etl.params import EtlParams
 
     run_etl(spark, raw, out, EtlParams(image_size=size, layout="imagefolder"))
 
@@ -194,7 +194,7 @@ def seed_transform(raw: Path, out: Path, size: int, cores: int, spark) -> None:
 
 def _process_path(job):
     """One file, read and processed in a Pool worker exactly as a Spark task does it."""
-    from leukolab.data.etl import process_file
+    from leukolab.data.etl.job import process_file
 
     raw, relative, layout, params, masked = job
     return process_file(relative, (raw / relative).read_bytes(), layout, params, masked)
@@ -206,11 +206,11 @@ def pool_etl(raw: Path, out: Path, size: int, cores: int, spark) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from leukolab.data.curation import curate
-    from leukolab.data.etl import mask_keys
-    from leukolab.data.etl_params import EtlParams
-    from leukolab.data.schema import DATASET_COLUMNS, DATASET_SCHEMA
-    from leukolab.data.files import walk_files
+    from leukolab.data.etl.curation import curate
+    from leukolab.data.etl.job import mask_keys
+    from leukolab.data.etl.params import EtlParams
+    from leukolab.data.etl.raw_files import walk_files
+    from leukolab.data.etl.schema import DATASET_COLUMNS, DATASET_SCHEMA
 
     params = EtlParams(image_size=size, layout="imagefolder")
     layout = params.layout_for("imagefolder")

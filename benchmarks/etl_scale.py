@@ -38,10 +38,10 @@ def main() -> None:
     parser.add_argument("--workdir", help="default: a new temporary folder")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from leukolab.data.etl import run_etl
-    from leukolab.data.etl_params import EtlParams
+    from leukolab.data.etl.job import run_etl
+    from leukolab.data.etl.params import EtlParams
     from leukolab.data.spark import spark_session
-    from leukolab.data.synthetic_dataset import generate_dataset
+    from leukolab.data.synthetic.folder import generate_dataset
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="leukolab-bench-etl-scale-"))
     params = EtlParams(image_size=args.image_size)
@@ -71,11 +71,11 @@ def main() -> None:
 
 def driver_side(raw: Path, params, sizes: list[int]) -> None:
     """What only the driver does: the first pass's metadata, curation and the near-duplicate search, by smears."""
-    from leukolab.data.curation import curate
-    from leukolab.data.files import walk_files
-    from leukolab.data.sources import detect_layout
-    from leukolab.data.etl import process_file
-    from leukolab.data.splits import near_duplicate_pairs
+    from leukolab.data.etl.curation import curate
+    from leukolab.data.etl.job import process_file
+    from leukolab.data.etl.raw_files import walk_files
+    from leukolab.data.etl.sources import detect_layout
+    from leukolab.data.etl.splits import near_duplicate_pairs
 
     on_disk = walk_files(raw)
     layout = params.layout_for(detect_layout(raw, params.label_pattern), raw, on_disk)

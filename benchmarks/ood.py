@@ -62,7 +62,7 @@ def register_models(image_size: int, train_images: int, val_images: int, example
 
     from leukolab import CLASS_NAMES
     from leukolab.config.experiment import load_experiment
-    from leukolab.data.synthetic import image_rng, render_smear
+    from leukolab.data.synthetic.smears import image_rng, render_smear
     from leukolab.models.factory import build_model
     from leukolab.ood import fit_detector
     from leukolab.publishing.model import SmearModel, log_smear_model

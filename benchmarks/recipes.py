@@ -63,8 +63,8 @@ def main() -> None:
     import torch
 
     from leukolab.config import available
-    from leukolab.data.dataset import SmearDataset
-    from leukolab.data.synthetic import smear_table
+    from leukolab.data.reading.dataset import SmearDataset
+    from leukolab.data.synthetic.smears import smear_table
     from leukolab.pipeline.graph import load_profile
 
     try:

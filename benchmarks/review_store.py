@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from leukolab.data.synthetic_dataset import generate_dataset
+from leukolab.data.synthetic.folder import generate_dataset
 from leukolab.images import ANY_SIZE, decode_image, resize_square
 from leukolab.review.store import Answer, ReviewStore
 

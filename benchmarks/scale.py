@@ -5,7 +5,7 @@ For each size: small synthetic smears (``--size`` px JPEGs from the cheap genera
 duplicates), then in separate processes, so each peak RSS is that process's own:
 
 1. the ETL driver: ``run_etl`` on Spark ``local[<cores>]`` with near duplicates on (the banded Spark search
-   from ``SPARK_FROM`` hashes, see ``leukolab.data.near_duplicates``); wall time and the driver's peak RSS
+   from ``SPARK_FROM`` hashes, see ``leukolab.data.etl.near_duplicates``); wall time and the driver's peak RSS
    (the Python driver; the JVM's heap is bounded by ``spark.driver.memory``, a setting);
 2. a training rank: one epoch of ``simple-cnn`` (``--width``) streaming train from the Parquet
    (``data.loading: streaming``, one DataLoader worker), then the streamed validation; wall time and the
@@ -106,9 +106,9 @@ def run_etl_phase(raw: str, out: str, size: str, cores: str) -> dict:
 
     from etl import cpu_seconds
 
-    from leukolab.data.dataset import load_manifest
-    from leukolab.data.etl import run_etl
-    from leukolab.data.etl_params import EtlParams
+    from leukolab.data.etl.job import run_etl
+    from leukolab.data.etl.params import EtlParams
+    from leukolab.data.reading.dataset import load_manifest
     from leukolab.data.spark import spark_session
 
     shutil.rmtree(out, ignore_errors=True)
@@ -128,8 +128,8 @@ def run_train_phase(dataset: str, width: str, cores: str) -> dict:
     import torch
 
     from leukolab.config.experiment import load_experiment
-    from leukolab.data.dataset import load_manifest
-    from leukolab.data.loading import load_experiment_splits
+    from leukolab.data.reading.dataset import load_manifest
+    from leukolab.data.reading.loading import load_experiment_splits
     from leukolab.models.factory import build_model
     from leukolab.training.loop import fit
 
@@ -150,9 +150,9 @@ def run_train_phase(dataset: str, width: str, cores: str) -> dict:
 def run_search_phase(dataset: str, cores: str) -> dict:
     import pyarrow.parquet as pq
 
-    from leukolab.data.near_duplicates import spark_near_duplicate_pairs
+    from leukolab.data.etl.near_duplicates import spark_near_duplicate_pairs
+    from leukolab.data.etl.splits import near_duplicate_pairs
     from leukolab.data.spark import spark_session
-    from leukolab.data.splits import near_duplicate_pairs
 
     table = pq.read_table(Path(dataset) / "data", columns=["source_path", "phash"]).to_pandas().sort_values("source_path")
     hashes = list(table["phash"])

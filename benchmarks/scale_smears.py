@@ -1,6 +1,6 @@
 """Cheap synthetic smears for the scale benchmark: a few numpy disks per image, not the full painter.
 
-The full generator (:mod:`leukolab.data.synthetic`) paints textured cells at
+The full generator (:mod:`leukolab.data.synthetic.smears`) paints textured cells at
 about 20 ms an image; 100,000 of them would take longer than the benchmark
 itself. This one draws a stained background, a few red cells and one white
 cell whose nucleus size depends on the class, adds noise and writes a JPEG

@@ -59,8 +59,8 @@ def rank(dataset: str, steps: str) -> dict:
     from torch.utils.data import DataLoader
 
     from leukolab.config.experiment import load_experiment
-    from leukolab.data.dataset import load_manifest
-    from leukolab.data.loading import load_experiment_splits
+    from leukolab.data.reading.dataset import load_manifest
+    from leukolab.data.reading.loading import load_experiment_splits
     from leukolab.models.factory import build_model
     from leukolab.models.inputs import normalize
 

@@ -115,7 +115,7 @@ def synthetic_jpegs(count: int) -> list[bytes]:
     """``count`` synthetic smears of the four classes as JPEG (quality 95) bytes."""
     from PIL import Image
 
-    from leukolab.data.synthetic import CLASS_NAMES, image_rng, render_smear
+    from leukolab.data.synthetic.smears import CLASS_NAMES, image_rng, render_smear
 
     jpegs = []
     for i in range(count):
@@ -133,8 +133,8 @@ def register_scratch_model(image_size: int, tta: bool, examples: list[bytes], ex
     ``leukolab@champion``."""
     import mlflow
 
-    from leukolab.data.synthetic import CLASS_NAMES
     from leukolab.config.experiment import load_experiment
+    from leukolab.data.synthetic.smears import CLASS_NAMES
     from leukolab.models.factory import build_model
     from leukolab.publishing.model import log_smear_model
     from leukolab.publishing.registry import register

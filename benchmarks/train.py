@@ -48,9 +48,9 @@ def main() -> None:
     import torch
 
     from leukolab import CLASS_NAMES
-    from leukolab.data.dataset import SmearDataset
-    from leukolab.data.synthetic import smear_table
     from leukolab.config.experiment import load_experiment
+    from leukolab.data.reading.dataset import SmearDataset
+    from leukolab.data.synthetic.smears import smear_table
 
     experiment = load_experiment(args.experiment, {"training": {"epochs": args.epochs},
                                                    "early_stopping": {"patience": args.epochs + 1}})

@@ -263,7 +263,7 @@ def check_disjoint_rank_shards(trained: dict) -> None:
     of train, and rank 0's shard is the one the fit result reports."""
     import json
 
-    from leukolab.data.dataset import load_datasets
+    from leukolab.data.reading.dataset import load_datasets
 
     ranks = [json.loads((trained["checkpoints"] / f"rank-{r}.json").read_text()) for r in (0, 1)]
     train_size = len(load_datasets(trained["dataset_dir"], ("train",), "classification")["train"])

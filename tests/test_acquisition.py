@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukolab.data.acquisition import EMBARGO, acquisition_keys, blocked_splits, name_keys
-from leukolab.data.probes import probe_features, shortcut_warning
-from leukolab.data.synthetic_sessions import Sessions
+from leukolab.data.etl.acquisition_splits import EMBARGO, acquisition_keys, blocked_splits, name_keys
+from leukolab.data.etl.probes import probe_features, shortcut_warning
+from leukolab.data.synthetic.sessions import Sessions
 from leukolab.metrics.intervals import classification_intervals, cluster_intervals
 from leukolab.publishing.provenance import PromotionRefused, promotion_check, provenance_problems
 
@@ -175,8 +175,8 @@ def test_the_probe_finds_the_planted_session_shortcut_and_the_image_level_split_
     on sessions never seen (blocked split), and better still under a random split that shares sessions; without the
     class bias it is near chance."""
     from leukolab import CLASS_NAMES
-    from leukolab.data.probes import _fit_predict
-    from leukolab.data.synthetic import image_rng, render_smear
+    from leukolab.data.etl.probes import _fit_predict
+    from leukolab.data.synthetic.smears import image_rng, render_smear
     from sklearn.metrics import balanced_accuracy_score
 
     per_class, size = 60, 48

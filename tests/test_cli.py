@@ -13,7 +13,7 @@ from conftest import ROOT, leukolab
 
 from leukolab.cli_parser import build_parser
 from leukolab.cli_reference import cli_reference_markdown
-from leukolab.data.etl_params import EtlParams
+from leukolab.data.etl.params import EtlParams
 from leukolab.pipeline.parameters import notebook_parameters
 from leukolab.workbench import demo_command
 

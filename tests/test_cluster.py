@@ -20,11 +20,11 @@ from conftest import check_disjoint_rank_shards
 from leukolab import cli, tracking
 from leukolab.cluster import ClusterError, master_status, read_state, standalone_cluster, start_cluster
 from leukolab.config.experiment import SHORTCUTS, stage_experiment
-from leukolab.data.dataset import load_manifest, load_split
-from leukolab.data.etl import run_etl
-from leukolab.data.etl_params import EtlParams
+from leukolab.data.etl.job import run_etl
+from leukolab.data.etl.params import EtlParams
+from leukolab.data.reading.dataset import load_manifest, load_split
 from leukolab.data.spark import spark_session
-from leukolab.data.synthetic_dataset import generate_dataset
+from leukolab.data.synthetic.folder import generate_dataset
 from leukolab.models.factory import build_model
 from leukolab.pipeline import plan
 from leukolab.training.distributed import fit_distributed

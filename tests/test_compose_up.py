@@ -147,7 +147,7 @@ def smear_jpeg() -> bytes:
     import numpy as np
     from PIL import Image
 
-    from leukolab.data.synthetic import render_smear
+    from leukolab.data.synthetic.smears import render_smear
 
     image, _ = render_smear(np.random.default_rng(0), "Pre", size=96)
     buffer = io.BytesIO()

@@ -149,7 +149,7 @@ def champion_voila(smoke_run, tmp_path_factory):
 def test_demo_says_an_image_of_another_kind_is_out_of_distribution(champion_voila, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
-    from leukolab.data.synthetic_shift import shifted_images
+    from leukolab.data.synthetic.shift import shifted_images
 
     grey = tmp_path / "greyscale.jpg"
     Image.fromarray(next(shifted_images("greyscale", 1, 64, seed=3))).save(grey, quality=95)

@@ -7,11 +7,11 @@ from mlflow.tracking import MlflowClient
 
 from conftest import check_disjoint_rank_shards
 from leukolab import tracking
-from leukolab.data.dataset import load_datasets, load_manifest
-from leukolab.data.etl import run_etl
-from leukolab.data.etl_params import EtlParams
-from leukolab.data.synthetic_dataset import generate_dataset
 from leukolab.config.experiment import load_experiment
+from leukolab.data.etl.job import run_etl
+from leukolab.data.etl.params import EtlParams
+from leukolab.data.reading.dataset import load_datasets, load_manifest
+from leukolab.data.synthetic.folder import generate_dataset
 from leukolab.models.factory import build_model
 from leukolab.training.distributed import fit_distributed
 from leukolab.training.loop import evaluate

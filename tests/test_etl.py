@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance
 
-from leukolab.data.dataset import SmearDataset, load_manifest, load_split
-from leukolab.data.etl import run_etl
-from leukolab.data.etl_params import EtlParams
-from leukolab.data.schema import DATASET_COLUMNS
-from leukolab.data.synthetic_dataset import generate_dataset
+from leukolab.data.etl.job import run_etl
+from leukolab.data.etl.params import EtlParams
+from leukolab.data.etl.schema import DATASET_COLUMNS
+from leukolab.data.reading.dataset import SmearDataset, load_manifest, load_split
+from leukolab.data.synthetic.folder import generate_dataset
 
 pytestmark = pytest.mark.integration
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
@@ -274,7 +274,7 @@ def test_implausible_masks_are_dropped_with_their_reason_and_counted_per_class(s
     assert "SHORTCUT" in masks["shortcut_warning"] and "33% of Pro" in masks["shortcut_warning"]
     assert masks["parameters"]["mask_threshold"] == 48 and manifest["parameters"]["mask_min_agreement"] == 0.5
 
-    from leukolab.data.report import build_report, shortcut_banner
+    from leukolab.data.etl.data_report import build_report, shortcut_banner
 
     report = build_report(dataset_dir)
     assert report.tables["mask_coverage"].loc["Pro", "implausible"] == 4 and len(report.tables["masks_implausible"]) == 4
@@ -453,7 +453,7 @@ def test_labels_csv_classes_missing_files_and_accounting(spark, cnmc_csv, tmp_pa
 
 
 def test_data_report_figures_tables_and_mlflow_artifacts(planted_run, tmp_path, monkeypatch):
-    from leukolab.data.report import build_report, log_report
+    from leukolab.data.etl.data_report import build_report, log_report
 
     dataset_dir, manifest, table = planted_run
     report = build_report(dataset_dir)
@@ -487,8 +487,8 @@ def test_data_report_figures_tables_and_mlflow_artifacts(planted_run, tmp_path, 
 def test_the_banded_search_on_spark_finds_the_same_duplicate_groups(spark, planted_run):
     """The ETL searched this small set on the driver (all pairs); the Spark search finds the same pairs, so the same
     groups and near pairs as the manifest's."""
-    from leukolab.data.near_duplicates import spark_near_duplicate_pairs
-    from leukolab.data.splits import group_rows, near_duplicate_pairs
+    from leukolab.data.etl.near_duplicates import spark_near_duplicate_pairs
+    from leukolab.data.etl.splits import group_rows, near_duplicate_pairs
 
     _, manifest, table = planted_run  # the curated originals, in curation's order (by source path)
     pairs = spark_near_duplicate_pairs(spark, list(table["phash"]), 4)

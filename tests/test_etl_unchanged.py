@@ -4,7 +4,7 @@ The reference functions below are the pre-change code (``15fd0bd``'s ``leukolab.
 relative nucleus-colour rule), kept here as the oracle: plain float and scipy operations, slow but obviously right. The new code must agree with them on every
 colour, on random masks, and through the whole per-file path and the driver's curation on a fixture with every
 kind of mask file, so the manifest and the dataset rows (a deterministic function of the per-file rows and the
-curated table: :func:`leukolab.data.parquet.write_dataset`) stay the same.
+curated table: :func:`leukolab.data.etl.parquet.write_dataset`) stay the same.
 """
 
 import json
@@ -16,12 +16,10 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from leukolab.data import etl
-from leukolab.data.curation import build_manifest, curate, fingerprint
-from leukolab.data.etl import mask_keys, process_file
-from leukolab.data.etl_params import EtlParams
-from leukolab.data.files import walk_files
-from leukolab.data.masks import (
+from leukolab.data.etl import job as etl
+from leukolab.data.etl.curation import build_manifest, curate, fingerprint
+from leukolab.data.etl.job import mask_keys, process_file
+from leukolab.data.etl.masks import (
     NUCLEUS_DARKER_THAN,
     NUCLEUS_MIN_BLUE_RED,
     NUCLEUS_MIN_SATURATION,
@@ -30,7 +28,9 @@ from leukolab.data.masks import (
     nucleus_colours,
     remove_small_components,
 )
-from leukolab.data.synthetic_dataset import generate_dataset
+from leukolab.data.etl.params import EtlParams
+from leukolab.data.etl.raw_files import walk_files
+from leukolab.data.synthetic.folder import generate_dataset
 
 
 def reference_nucleus_colours(image: Image.Image) -> np.ndarray:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from leukolab.config.experiment import Experiment
-from leukolab.data.synthetic import CLASS_NAMES, smear_table
-from leukolab.data.synthetic_dataset import DomainShift
+from leukolab.data.synthetic.folder import DomainShift
+from leukolab.data.synthetic.smears import CLASS_NAMES, smear_table
 from leukolab.evaluation.external import (ExternalDataset, class_mapping, compare_domains, domain_shift_table, evaluate_external,
                                external_datasets, in_domain_row)
 from leukolab.images import decode_image, encode_png, image_array

@@ -16,8 +16,8 @@ from PIL import Image
 
 from leukolab import plots
 from leukolab.config.experiment import Experiment
-from leukolab.data.dataset import SmearDataset
-from leukolab.data.synthetic import smear_table
+from leukolab.data.reading.dataset import SmearDataset
+from leukolab.data.synthetic.smears import smear_table
 from leukolab.evaluation.explanations import explained_examples, heatmap_examples
 from leukolab.images import image_array
 from leukolab.models.factory import build_model

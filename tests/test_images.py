@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leukolab.data.etl_params import EtlParams
-from leukolab.data.masks import derive_mask
+from leukolab.data.etl.masks import derive_mask
+from leukolab.data.etl.params import EtlParams
 from leukolab.images import ANY_SIZE, ImageRejected, ImageRules, decode_image, encode_png, resize_square
 
 

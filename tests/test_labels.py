@@ -5,8 +5,7 @@ import pickle
 import pandas as pd
 import pytest
 
-from leukolab.data.etl_params import EtlParams
-from leukolab.data.labels import (
+from leukolab.data.etl.labels import (
     apply_label_map,
     check_label_map,
     class_refusal,
@@ -15,8 +14,9 @@ from leukolab.data.labels import (
     load_csv_labels,
     require_two_classes,
 )
-from leukolab.data.files import walk_files
-from leukolab.data.sources import Layout, detect_layout
+from leukolab.data.etl.params import EtlParams
+from leukolab.data.etl.raw_files import walk_files
+from leukolab.data.etl.sources import Layout, detect_layout
 
 CNMC_NAMES = {"0": "hem", "1": "all"}
 

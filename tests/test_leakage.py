@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from leukolab.data.leakage import leakage_report, leaked_test_images, naive_split
-from leukolab.data.splits import assign_splits, group_rows, split_fractions
+from leukolab.data.etl.leakage import leakage_report, leaked_test_images, naive_split
+from leukolab.data.etl.splits import assign_splits, group_rows, split_fractions
 
 PARAMS = SimpleNamespace(train_fraction=0.7, val_fraction=0.15, test_fraction=0.15, holdouts=0, holdout_fraction=0.1, seed=3)
 

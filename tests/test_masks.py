@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from leukolab.data.etl_params import EtlParams
-from leukolab.data.masks import (
+from leukolab.data.etl.masks import (
     audit_mask,
     derive_mask,
     masks_manifest,
@@ -17,6 +16,7 @@ from leukolab.data.masks import (
     shortcut_warning,
     unpack_bitmap,
 )
+from leukolab.data.etl.params import EtlParams
 
 PARAMS = EtlParams()
 BACKGROUND, RED_CELL, NUCLEUS = (238, 226, 222), (226, 158, 160), (92, 44, 132)
@@ -156,7 +156,7 @@ def test_the_colour_estimate_finds_bright_real_smear_nuclei_in_a_jpeg():
 
 
 def test_a_mask_far_below_the_median_coverage_is_implausible():
-    from leukolab.data.masks import audit_masks
+    from leukolab.data.etl.masks import audit_masks
 
     estimate = pack_bitmap(np.zeros((96, 96), bool))
     fractions = [0.06, 0.07, 0.08, 0.05, 0.009, 0.006]  # two fragments: above the absolute floor, far below the median

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from leukolab.data import near_duplicates
-from leukolab.data.near_duplicates import band_plan, find_near_duplicates, spark_near_duplicate_pairs
-from leukolab.data.splits import near_duplicate_pairs
+from leukolab.data.etl import near_duplicates
+from leukolab.data.etl.near_duplicates import band_plan, find_near_duplicates, spark_near_duplicate_pairs
+from leukolab.data.etl.splits import near_duplicate_pairs
 
 
 def planted_hashes(count: int, seed: int = 0) -> list[str]:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from leukolab.data.synthetic import image_rng, render_smear
-from leukolab.data.synthetic_shift import SHIFTS, generate_shifted_set, shifted_images
+from leukolab.data.synthetic.shift import SHIFTS, generate_shifted_set, shifted_images
+from leukolab.data.synthetic.smears import image_rng, render_smear
 from leukolab.ood import Inputs, OodDetector, fit_detector, in_distribution_threshold
 from leukolab.ood.detectors import ColourCheck, Energy, KindCheck, Mahalanobis, NearestNeighbours
 from leukolab.ood.features import captured_features, features_per_image

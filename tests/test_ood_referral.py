@@ -1,7 +1,7 @@
 """The smoke run's champion refers images from other labs and of other kinds as out of distribution, in its
 evaluation and in every consumer: the API, v2 inference and `leukolab predict` (the demo: tests/test_demo_browser.py).
 
-The stand-ins are the synthetic shifted sets (:mod:`leukolab.data.synthetic_shift`), which nothing was fitted or
+The stand-ins are the synthetic shifted sets (:mod:`leukolab.data.synthetic.shift`), which nothing was fitted or
 chosen on: the check was fitted on the smoke run's train split and its threshold chosen on val."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from conftest import leukolab
 from PIL import Image
 
-from leukolab.data.synthetic_shift import SHIFTS, shifted_images
+from leukolab.data.synthetic.shift import SHIFTS, shifted_images
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from leukolab import CLASS_NAMES
-from leukolab.data.dataset import SmearDataset, load_datasets
-from leukolab.data.synthetic import smear_table
 from leukolab.config.experiment import Experiment, load_experiment
+from leukolab.data.reading.dataset import SmearDataset, load_datasets
+from leukolab.data.synthetic.smears import smear_table
 from leukolab.models.factory import build_model
 from leukolab.training.loop import evaluate, fit
 from leukolab.training.losses import TaskLoss

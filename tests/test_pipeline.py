@@ -135,7 +135,7 @@ def test_a_classify_run_holds_everything_and_its_model_predicts_a_jpeg_alone(smo
 
     from PIL import Image
 
-    from leukolab.data.synthetic import image_rng, render_smear
+    from leukolab.data.synthetic.smears import image_rng, render_smear
     from leukolab.tracking import configure
 
     monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(workspace))

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from leukolab.cli import main
-from leukolab.data.synthetic_dataset import generate_dataset
+from leukolab.data.synthetic.folder import generate_dataset
 from leukolab.scoring.predict import predict_paths
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]

@@ -8,10 +8,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from leukolab.config.experiment import Experiment
 from leukolab import tracking
-from leukolab.data.dataset import SmearDataset
-from leukolab.data.synthetic import smear_table
+from leukolab.config.experiment import Experiment
+from leukolab.data.reading.dataset import SmearDataset
+from leukolab.data.synthetic.smears import smear_table
 from leukolab.evaluation.compare import candidate_summary, evaluate_model, experiment_runs, load_run_model
 from leukolab.evaluation.gate import gate
 from leukolab.models.factory import build_model

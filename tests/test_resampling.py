@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from leukolab.data.synthetic import smear_table
+from leukolab.data.synthetic.smears import smear_table
 from leukolab.experiments.resampling import fold_assignment, resampling_summary, resampling_table, summarize
 
 

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from test_etl import spark  # noqa: F401  (the ETL tests' Spark session fixture: local[2], one per module)
 
-from leukolab.data.dataset import load_manifest, load_split
-from leukolab.data.etl import run_etl
-from leukolab.data.etl_params import EtlParams
-from leukolab.data.synthetic_dataset import generate_dataset
+from leukolab.data.etl.job import run_etl
+from leukolab.data.etl.params import EtlParams
+from leukolab.data.reading.dataset import load_manifest, load_split
+from leukolab.data.synthetic.folder import generate_dataset
 
 pytestmark = pytest.mark.integration
 PARAMS = EtlParams(image_size=48, holdouts=1, seed=3)

@@ -53,7 +53,7 @@ def server(workspace):
 
 def shifted_and_ambiguous(folder) -> list[tuple[bytes, str]]:
     """Stain-shifted smears of every class, and two blends of two classes: (JPEG bytes, the class they show)."""
-    from leukolab.data.synthetic_dataset import generate_dataset
+    from leukolab.data.synthetic.folder import generate_dataset
 
     raw = generate_dataset(folder, 2, image_size=64, seed=123, domain_shift={"hue": 40, "illumination": 0.8})
     images = [(path.read_bytes(), path.parent.name) for path in sorted((raw / "Original").glob("*/*.jpg"))]
@@ -66,7 +66,7 @@ def shifted_and_ambiguous(folder) -> list[tuple[bytes, str]]:
 
 
 def test_referred_cases_are_kept_reviewed_and_retrained_on(workspace, server, tmp_path):
-    from leukolab.data.dataset import load_manifest, load_split
+    from leukolab.data.reading.dataset import load_manifest, load_split
     from leukolab.review.store import ReviewStore
     from leukolab.review_page import build_review
 

@@ -510,9 +510,9 @@ def test_load_at_concurrency_32_answers_everything_and_holds_its_memory(model_en
 
 @pytest.mark.parametrize("size", [(1, 1), (10000, 2), (31, 64), (32, 32), (256, 32), (257, 32)])
 def test_the_api_and_the_etl_agree_on_which_images_are_usable(client, size):
-    from leukolab.data.etl import process_file
-    from leukolab.data.etl_params import EtlParams
-    from leukolab.data.sources import Layout
+    from leukolab.data.etl.job import process_file
+    from leukolab.data.etl.params import EtlParams
+    from leukolab.data.etl.sources import Layout
 
     image = io.BytesIO()
     Image.new("RGB", size, (200, 150, 170)).save(image, format="PNG")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from leukolab.data.files import LAYOUTS, is_hidden, walk_files
-from leukolab.data.sources import Layout, detect_layout
+from leukolab.data.etl.raw_files import LAYOUTS, is_hidden, walk_files
+from leukolab.data.etl.sources import Layout, detect_layout
 
 
 def touch(root, *paths):

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from leukolab.data.splits import assign_splits, group_rows, near_duplicate_pairs, split_fractions
+from leukolab.data.etl.splits import assign_splits, group_rows, near_duplicate_pairs, split_fractions
 
 
 def rows(per_class: int = 40, duplicated: int = 0) -> pd.DataFrame:

@@ -13,9 +13,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from leukolab.config.experiment import load_experiment
-from leukolab.data.loading import choose_loading, load_experiment_splits
-from leukolab.data.schema import DATASET_SCHEMA
-from leukolab.data.streaming import SmearStream, part_bounds, plan_pieces
+from leukolab.data.etl.schema import DATASET_SCHEMA
+from leukolab.data.reading.loading import choose_loading, load_experiment_splits
+from leukolab.data.reading.streaming import SmearStream, part_bounds, plan_pieces
 from leukolab.training.loop import evaluate, fit
 
 
@@ -105,7 +105,7 @@ def test_part_bounds_cut_equal_contiguous_parts():
 
 
 def test_auto_loading_streams_what_would_not_fit_and_trains_and_evaluates_the_same_way(dataset, caplog, monkeypatch):
-    from leukolab.data import loading
+    from leukolab.data.reading import loading
 
     monkeypatch.setattr(loading.log, "disabled", False)  # alembic's fileConfig (an earlier MLflow store) disables loggers
     experiment = load_experiment("simple-cnn", {"training": {"epochs": 2, "batch_size": 8}, "model": {"width": 4}})

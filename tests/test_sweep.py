@@ -13,8 +13,8 @@ from leukolab import CLASS_NAMES
 from leukolab.config import PARAMS_DIR, load_named
 from leukolab.config.errors import ConfigError
 from leukolab.config.experiment import load_experiment
-from leukolab.data.dataset import SmearDataset
-from leukolab.data.synthetic import smear_table
+from leukolab.data.reading.dataset import SmearDataset
+from leukolab.data.synthetic.smears import smear_table
 from leukolab.models.factory import build_model
 from leukolab.sweep.space import as_overrides, check_values, default_space, parse_space
 from leukolab.sweep.study import finished_count, open_study, recover, storage_url, study_lock

@@ -10,8 +10,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from leukolab import CLASS_NAMES
-from leukolab.data.synthetic import image_rng, render_smear
-from leukolab.data.synthetic_dataset import generate_dataset
+from leukolab.data.synthetic.folder import generate_dataset
+from leukolab.data.synthetic.smears import image_rng, render_smear
 
 SIZE = 96
 PER_CLASS = 3

@@ -7,11 +7,11 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from leukolab.data.raw import raw_folder
-from leukolab.data.synthetic import image_rng, render_smear
-from leukolab.data.synthetic_dataset import DomainShift, generate_dataset
-from leukolab.data.etl_params import EtlParams
-from leukolab.data.masks import derive_mask
+from leukolab.data.etl.masks import derive_mask
+from leukolab.data.etl.params import EtlParams
+from leukolab.data.etl.raw import raw_folder
+from leukolab.data.synthetic.folder import DomainShift, generate_dataset
+from leukolab.data.synthetic.smears import image_rng, render_smear
 from leukolab.pipeline import plan
 
 SIZE = 64

@@ -8,11 +8,11 @@ import torch
 
 from leukolab import CLASS_NAMES
 from leukolab.config import available
-from leukolab.data.dataset import SmearDataset
-from leukolab.data.synthetic import smear_table
 from leukolab.config.experiment import load_experiment
-from leukolab.models.factory import build_model
 from leukolab.config.experiment import AugmentationSpec, Experiment, InferenceSpec
+from leukolab.data.reading.dataset import SmearDataset
+from leukolab.data.synthetic.smears import smear_table
+from leukolab.models.factory import build_model
 from leukolab.training.augment import augment_batch, label_mixer
 from leukolab.training.loop import evaluate, fit
 

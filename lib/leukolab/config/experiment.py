@@ -88,7 +88,7 @@ class DistributedSpec(Section):
 class DataSpec(Section):
     loading: Literal["auto", "memory", "streaming"] = Field(
         "auto", description="memory: decode the splits up front; streaming: read the Parquet batch by batch "
-        "(leukolab.data.streaming); auto: memory while the decoded splits fit memory_limit_mb")
+        "(leukolab.data.reading.streaming); auto: memory while the decoded splits fit memory_limit_mb")
     memory_limit_mb: int = Field(2048, ge=0, description="auto: the decoded size above which a process streams")
     shuffle_buffer: int = Field(2048, ge=1, description="streaming: encoded images a worker shuffles among")
     workers: int = Field(1, ge=0, description="streaming: DataLoader worker processes per rank (0: decode inline)")

@@ -20,7 +20,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
-from leukolab.data.dataset import SmearDataset, load_manifest, load_split
+from leukolab.data.reading.dataset import SmearDataset, load_manifest, load_split
 from leukolab.metrics import HEADLINE
 from leukolab.metrics.intervals import classification_intervals, interval_columns, mean_interval
 from leukolab.metrics.scores import classification_metrics, segmentation_scores

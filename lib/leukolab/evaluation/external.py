@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from leukolab.config import workspace_path
-from leukolab.data.dataset import load_manifest, load_split
+from leukolab.data.reading.dataset import load_manifest, load_split
 from leukolab.evaluation.compare import interval_columns, with_interval
 from leukolab.images import ANY_SIZE, decode_image  # the images of a processed dataset passed its ETL
 from leukolab.metrics.intervals import classification_intervals

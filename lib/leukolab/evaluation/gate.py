@@ -15,7 +15,7 @@ import logging
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from leukolab.data.dataset import SmearDataset
+from leukolab.data.reading.dataset import SmearDataset
 from leukolab.publishing.model import load_smear_model
 from leukolab.tracking import configure
 

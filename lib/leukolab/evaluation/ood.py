@@ -3,7 +3,7 @@ from each shifted or external set (AUROC), the share of each set referred, and w
 
 Everything here reports; nothing chooses (the detectors were fitted on train and the threshold chosen on val when the
 model was trained, :func:`leukolab.experiments.run.fit_ood`). A set is a list of images: the synthetic stand-ins
-(:mod:`leukolab.data.synthetic_shift`), an external processed dataset, or a folder of raw unlabelled images.
+(:mod:`leukolab.data.synthetic.shift`), an external processed dataset, or a folder of raw unlabelled images.
 """
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
-from leukolab.data.dataset import load_split
-from leukolab.data.files import IMAGE_SUFFIXES, walk_files
-from leukolab.data.synthetic_shift import shifted_images
-from leukolab.images import ANY_SIZE, ImageRejected, decode_image  # a processed dataset's images passed its ETL
+from leukolab.data.etl.raw_files import IMAGE_SUFFIXES, walk_files
+from leukolab.data.reading.dataset import load_split
+from leukolab.data.synthetic.shift import shifted_images
 from leukolab.evaluation.external import ExternalDataset
+from leukolab.images import ANY_SIZE, ImageRejected, decode_image  # a processed dataset's images passed its ETL
 from leukolab.metrics.intervals import mean_interval, ratio_interval
 from leukolab.publishing.model import SmearModel
 from leukolab.publishing.referral import accepts
 
 
 def synthetic_sets(kinds: list[str], images: int, image_size: int, seed: int = 0) -> dict[str, list[np.ndarray]]:
-    """The synthetic shifted sets ``kinds`` (:data:`~leukolab.data.synthetic_shift.SHIFTS`), ``images`` each."""
+    """The synthetic shifted sets ``kinds`` (:data:`~leukolab.data.synthetic.shift.SHIFTS`), ``images`` each."""
     return {f"synthetic {kind}": list(shifted_images(kind, images, image_size, seed)) for kind in kinds}
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from scipy.special import softmax
 
 from leukolab.config.experiment import Experiment
-from leukolab.data.dataset import SmearDataset, load_manifest, load_split
+from leukolab.data.reading.dataset import SmearDataset, load_manifest, load_split
 from leukolab.experiments.resampling import _child_run, _colour_statistics, _train
 from leukolab.metrics.intervals import cluster_intervals, interval_columns
 from leukolab.metrics.scores import classification_metrics

@@ -28,7 +28,7 @@ from scipy import stats
 from sklearn.model_selection import StratifiedGroupKFold
 
 from leukolab.config.experiment import Experiment
-from leukolab.data.dataset import SmearDataset, load_datasets, load_manifest, load_split
+from leukolab.data.reading.dataset import SmearDataset, load_datasets, load_manifest, load_split
 from leukolab.models.factory import build_model
 from leukolab.tracking import flatten
 from leukolab.training.loop import evaluate, fit

@@ -17,12 +17,12 @@ from scipy.special import softmax
 from leukolab import plots
 from leukolab.config import workspace
 from leukolab.config.experiment import Experiment
-from leukolab.data.dataset import SmearDataset, load_manifest
-from leukolab.data.loading import choose_loading, load_experiment_splits
-from leukolab.models.factory import build_model
+from leukolab.data.reading.dataset import SmearDataset, load_manifest
+from leukolab.data.reading.loading import choose_loading, load_experiment_splits
 from leukolab.experiments.acquisition import run_acquisition_aware
 from leukolab.experiments.resampling import run_resampling
 from leukolab.images import ImageRules
+from leukolab.models.factory import build_model
 from leukolab.ood import OodDetector, fit_detector
 from leukolab.publishing.model import SmearModel, log_smear_model
 from leukolab.tracking import flatten

@@ -90,7 +90,7 @@ def tta_tags(model, dataset_dir: str | None, split: str, threshold: float | None
     through the eight views."""
     if not dataset_dir or model.task != "classification" or not getattr(model.network, "tta", False):
         return {}
-    from leukolab.data.dataset import load_datasets
+    from leukolab.data.reading.dataset import load_datasets
 
     measured = measure_gate(model, load_datasets(dataset_dir, (split,), "classification")[split].images, threshold)
     log.info("TTA gate %.4f: %d of %d %s images take the eight views (TTA changed %d answers)", measured["gate"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from leukolab.data.files import IMAGE_SUFFIXES, walk_files
+from leukolab.data.etl.raw_files import IMAGE_SUFFIXES, walk_files
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class ScoreItem:
 
 def collect(paths: list[str | Path]) -> list[ScoreItem]:
     """Every file of ``paths`` in order: a file as it is (whatever its extension), a folder's non-hidden files with
-    an image extension the ETL reads (:data:`~leukolab.data.files.IMAGE_SUFFIXES`), recursively and sorted.
+    an image extension the ETL reads (:data:`~leukolab.data.etl.raw_files.IMAGE_SUFFIXES`), recursively and sorted.
     A ``FileNotFoundError`` for a path that does not exist."""
     found: list[tuple[str, str]] = []
     for given in map(Path, paths):

@@ -20,8 +20,8 @@ import mlflow
 import torch
 
 from leukolab.config.experiment import Experiment
-from leukolab.data.dataset import load_manifest
-from leukolab.data.loading import load_experiment_splits
+from leukolab.data.reading.dataset import load_manifest
+from leukolab.data.reading.loading import load_experiment_splits
 from leukolab.models.factory import build_model
 from leukolab.training.loop import FitResult, fit
 
@@ -38,7 +38,7 @@ def fit_distributed(model: torch.nn.Module, experiment: Experiment, dataset_dir:
     """Train ``model`` in ``num_processes`` processes inside the active MLflow run; load the best weights into it.
 
     ``loading`` (``memory`` or ``streaming``; None: each rank chooses, see
-    :func:`leukolab.data.loading.choose_loading`) is how ranks read train and val: streamed, each reads only its
+    :func:`leukolab.data.reading.loading.choose_loading`) is how ranks read train and val: streamed, each reads only its
     shard of train."""
     from pyspark.ml.torch.distributor import TorchDistributor
 

@@ -27,8 +27,8 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from leukolab.config.experiment import Experiment
-from leukolab.data.dataset import SmearDataset
-from leukolab.data.streaming import SmearStream
+from leukolab.data.reading.dataset import SmearDataset
+from leukolab.data.reading.streaming import SmearStream
 from leukolab.metrics.scores import classification_metrics, segmentation_scores
 from leukolab.models.factory import without_tta
 from leukolab.models.inputs import normalize
@@ -126,7 +126,7 @@ def fit(
     :mod:`leukolab.training.distributed`) each process trains on its own shard
     under DistributedDataParallel (``batch_size`` is per process); rank 0
     validates, decides early stopping for all, calls ``on_epoch_end`` and
-    writes the checkpoint. A :class:`~leukolab.data.streaming.SmearStream` is sharded by rank itself and read
+    writes the checkpoint. A :class:`~leukolab.data.reading.streaming.SmearStream` is sharded by rank itself and read
     by ``data.workers`` DataLoader workers.
     """
     task, train_cfg, seed = experiment.task, experiment.training, experiment.seed

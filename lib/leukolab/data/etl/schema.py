@@ -6,7 +6,7 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 4
 """2: Parquet gained ``group_id`` and ``phash``; the manifest ``near_duplicate_pairs``, ``quarantine_reasons``, ``patients``.
-3: the manifest gained ``leakage``; masks are derived and audited (:mod:`leukolab.data.masks`): Parquet gained
+3: the manifest gained ``leakage``; masks are derived and audited (:mod:`leukolab.data.etl.masks`): Parquet gained
 ``mask_fraction``, ``mask_raw_fraction``, ``mask_status`` and ``mask_reason`` (``mask`` is null for an implausible mask);
 the manifest a ``masks`` section.
 4: Parquet gained ``acquisition_split`` (``embargo``: withheld from training), ``acquisition_block`` and

@@ -38,16 +38,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from leukolab.data import labels as csv_labels
-from leukolab.data.curation import build_manifest, curate, fingerprint
-from leukolab.data.etl_params import EtlParams
-from leukolab.data.extra_sources import add_extra_rows, resolve_extra_sources
-from leukolab.data.files import walk_files
-from leukolab.data.masks import derive_mask, nucleus_estimate, pack_bitmap
-from leukolab.data.near_duplicates import find_near_duplicates
-from leukolab.data.parquet import write_dataset
-from leukolab.data.schema import META_SCHEMA, PROCESSED_COLUMNS
-from leukolab.data.sources import Layout, detect_layout
+from leukolab.data.etl import labels as csv_labels
+from leukolab.data.etl.curation import build_manifest, curate, fingerprint
+from leukolab.data.etl.extra_sources import add_extra_rows, resolve_extra_sources
+from leukolab.data.etl.masks import derive_mask, nucleus_estimate, pack_bitmap
+from leukolab.data.etl.near_duplicates import find_near_duplicates
+from leukolab.data.etl.params import EtlParams
+from leukolab.data.etl.parquet import write_dataset
+from leukolab.data.etl.raw_files import walk_files
+from leukolab.data.etl.schema import META_SCHEMA, PROCESSED_COLUMNS
+from leukolab.data.etl.sources import Layout, detect_layout
 from leukolab.images import ImageRejected, decode_image, encode_png, resize_square
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def _process_batches(root_uri: str, layout: Layout, params: EtlParams, parts_dir
 
     Part files get unique names, so a retried or speculative task attempt
     never overwrites one that the driver's metadata points to. ``prefix`` starts every ``source_path`` (an extra
-    source's rows: :mod:`leukolab.data.extra_sources`).
+    source's rows: :mod:`leukolab.data.etl.extra_sources`).
     """
     root = unquote(root_uri)  # Spark's paths are URIs: a space in a name arrives as %20
 
@@ -142,7 +142,7 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
     ``params.max_bad_fraction`` of the files are quarantined.
     ``tasks_per_core`` sets the read partitions (``defaultParallelism`` x it,
     by bytes); it changes the speed, never the output. ``extra_sources``: ``labels_csv`` folders whose images
-    join ``train`` only (:mod:`leukolab.data.extra_sources`); their files are part of the fingerprint.
+    join ``train`` only (:mod:`leukolab.data.etl.extra_sources`); their files are part of the fingerprint.
     """
     raw_dir = Path(raw_dir).resolve()
     on_disk = walk_files(raw_dir)

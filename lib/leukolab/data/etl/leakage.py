@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from leukolab.data.splits import split_fractions
+from leukolab.data.etl.splits import split_fractions
 
 
 def naive_split(rows: int, fractions: dict[str, float], seed: int) -> np.ndarray:
@@ -45,7 +45,7 @@ def leaked_test_images(table: pd.DataFrame, split, near_pairs: list[dict]) -> di
 def leakage_report(table: pd.DataFrame, near_pairs: list[dict], params) -> dict:
     """The manifest's ``leakage`` section for the curated ``table`` (``source_path``, ``content_hash``,
     ``patient_id``, ``split``) and its near-duplicate pairs (``{"a", "b"}`` paths), with the split
-    fractions and seed of ``params`` (:class:`leukolab.data.etl.EtlParams`)."""
+    fractions and seed of ``params`` (:class:`leukolab.data.etl.job.EtlParams`)."""
     fractions = split_fractions(params.train_fraction, params.val_fraction, params.test_fraction,
                                 params.holdouts, params.holdout_fraction)
     naive = naive_split(len(table), fractions, params.seed)

@@ -24,7 +24,7 @@ def load_manifest(dataset_dir: str | Path) -> dict:
 
 
 SPLIT_STRATEGIES = {"grouped": "split", "acquisition": "acquisition_split"}
-"""Split strategy -> the dataset column holding its assignment (:mod:`leukolab.data.acquisition`)."""
+"""Split strategy -> the dataset column holding its assignment (:mod:`leukolab.data.etl.acquisition_splits`)."""
 
 
 def load_split(dataset_dir: str | Path, split: str | None = None, strategy: str = "grouped") -> pd.DataFrame:

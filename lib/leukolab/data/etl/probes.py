@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 from scipy import ndimage
 
-from leukolab.data.dataset import SPLIT_STRATEGIES, load_manifest
-from leukolab.data.masks import nucleus_estimate
+from leukolab.data.etl.masks import nucleus_estimate
+from leukolab.data.reading.dataset import SPLIT_STRATEGIES, load_manifest
 from leukolab.images import image_array
 from leukolab.metrics.intervals import cluster_intervals, confusion_scores
 

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from leukolab.data.files import IMAGE_SUFFIXES, LAYOUTS, is_hidden
+from leukolab.data.etl.raw_files import IMAGE_SUFFIXES, LAYOUTS, is_hidden
 
 LABEL_COLUMNS = ("label", "labels", "class", "class_name", "classname", "diagnosis", "target")
 """Column names (any case) taken as the label column when ``label_column`` is not given."""

@@ -8,8 +8,8 @@ false colour on black, JPEG-compressed (ringing at the edges), with a few small 
 and a per-class share of failed segmentations (nothing, or a fragment of one cell).
 ``domain_shift`` turns the stain hues, scales the illumination and blurs: the same
 classes from another lab's microscope, for external tests. ``sessions`` photographs consecutive
-numbers in acquisition sessions whose look follows the class (:mod:`leukolab.data.synthetic_sessions`). Images are the same as
-without the options (domain shift aside); the artefacts draw from their own seeds.
+numbers in acquisition sessions whose look follows the class (:mod:`leukolab.data.synthetic.sessions`).
+Images are the same as without the options (domain shift aside); the artefacts draw from their own seeds.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from leukolab import CLASS_NAMES
-from leukolab.data.synthetic import CLASS_PROFILES, image_rng, render_smear
-from leukolab.data.synthetic_sessions import Sessions
+from leukolab.data.synthetic.sessions import Sessions
+from leukolab.data.synthetic.smears import CLASS_PROFILES, image_rng, render_smear
 
 SEGMENTATIONS = ("mask", "false_colour")
 _STEM = re.compile(r"^(?P<class_name>.+)_\d{4}\.(jpg|png)$")

@@ -11,11 +11,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from leukolab.data.schema import DATASET_COLUMNS, DATASET_SCHEMA
+from leukolab.data.etl.schema import DATASET_COLUMNS, DATASET_SCHEMA
 
 _MAX_FILE_BYTES = 256 * 1024 * 1024  # images per dataset Parquet file (and held by one second-pass task)
 ROW_GROUP_ROWS = 512
-"""Rows per Parquet row group: the unit a training stream reads and shards (leukolab.data.streaming), a few MB."""
+"""Rows per Parquet row group: the unit a training stream reads and shards (leukolab.data.reading.streaming), a few
+MB."""
 
 
 def write_dataset(spark, meta: pd.DataFrame, table: pd.DataFrame, data_dir: Path, tasks: int) -> None:

@@ -7,9 +7,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from leukolab.data import labels as csv_labels
-from leukolab.data.files import LAYOUTS
-from leukolab.data.sources import ALL_IDB2_LABEL_NAMES, ALL_IDB2_LABEL_PATTERN, Layout
+from leukolab.data.etl import labels as csv_labels
+from leukolab.data.etl.raw_files import LAYOUTS
+from leukolab.data.etl.sources import ALL_IDB2_LABEL_NAMES, ALL_IDB2_LABEL_PATTERN, Layout
 from leukolab.images import ImageRules
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -25,14 +25,14 @@ class EtlParams(BaseModel):
     duplicates (``near_duplicates=False`` turns their detection off). ``labels_files`` and the
     ``*_column`` options (``None``: detect) are read by ``labels_csv``; ``label_map``: class -> shared label.
 
-    Masks (:mod:`leukolab.data.masks`): segmented images are thresholded at brightness ``mask_threshold`` (above
+    Masks (:mod:`leukolab.data.etl.masks`): segmented images are thresholded at brightness ``mask_threshold`` (above
     JPEG noise on black), lose components under ``mask_min_component`` of the field and (``mask_fill_holes``) their
     holes; exact binary masks stay as they are. A mask with a cell fraction under ``mask_min_fraction``, or covering
     less than ``mask_min_agreement`` of the original's stained nuclei, or under ``mask_min_relative`` times the median
 cell fraction of the masks that pass, is implausible: dropped, its image kept.
 
-    Acquisition-aware splits (:mod:`leukolab.data.acquisition`): per class, ``acquisition_blocks`` contiguous blocks
-    in file-name number order, whole blocks for val/test/holdouts, ``acquisition_embargo`` neighbours withheld.
+    Acquisition-aware splits (:mod:`leukolab.data.etl.acquisition_splits`): per class, ``acquisition_blocks``
+    contiguous blocks in file-name number order, whole blocks for val/test/holdouts, ``acquisition_embargo`` neighbours withheld.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -70,7 +70,7 @@ cell fraction of the masks that pass, is implausible: dropped, its image kept.
     mask_min_agreement: Fraction = Field(0.5, description="implausible when covering less of the stained nuclei")
     mask_min_relative: Fraction = Field(0.2, description="implausible below this times the median plausible coverage")
     acquisition_splits: bool = Field(True, description="also write acquisition-aware splits when file names carry a "
-                                     "running number (leukolab.data.acquisition)")
+                                     "running number (leukolab.data.etl.acquisition_splits)")
     acquisition_blocks: int = Field(20, ge=2, description="contiguous blocks per class in acquisition order")
     acquisition_embargo: int = Field(4, ge=0, description="images withheld from train on each side of an evaluation block")
 

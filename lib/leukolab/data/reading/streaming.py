@@ -15,7 +15,7 @@ row group it reads, whatever the dataset's size. Each epoch:
    decoding it as it goes.
 
 Same seed and epoch, same order on a rank. Items are those of
-:class:`~leukolab.data.dataset.SmearDataset`: ``(image uint8 CHW, label, mask, has_mask)``.
+:class:`~leukolab.data.reading.dataset.SmearDataset`: ``(image uint8 CHW, label, mask, has_mask)``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from leukolab.data.dataset import SmearDataset
+from leukolab.data.reading.dataset import SmearDataset
 from leukolab.images import image_array
 
 

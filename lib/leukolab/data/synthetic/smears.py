@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from leukolab import CLASS_NAMES
-from leukolab.data.smear_paint import HARMONICS, Outline, Stains, WhiteCell, expose, paint_discs, paint_white_cell
+from leukolab.data.synthetic.paint import HARMONICS, Outline, Stains, WhiteCell, expose, paint_discs, paint_white_cell
 
 Normal = tuple[float, float]
 """(mean, standard deviation) of a trait."""

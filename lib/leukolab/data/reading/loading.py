@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.dataset as ds
 
 from leukolab.config.experiment import Experiment
-from leukolab.data.dataset import SmearDataset, load_datasets, load_manifest
-from leukolab.data.streaming import SmearStream
+from leukolab.data.reading.dataset import SmearDataset, load_datasets, load_manifest
+from leukolab.data.reading.streaming import SmearStream
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def choose_loading(experiment: Experiment, dataset_dir: str | Path, splits: tupl
 
 def load_experiment_splits(experiment: Experiment, dataset_dir: str | Path, splits: tuple[str, ...],
                            loading: str | None = None) -> dict[str, SmearDataset | SmearStream]:
-    """The named splits for ``experiment`` as :func:`~leukolab.data.dataset.load_datasets` gives them, or as
+    """The named splits for ``experiment`` as :func:`~leukolab.data.reading.dataset.load_datasets` gives them, or as
     streams (train shuffled, the others in file order) when the loading (``loading``, else
     :func:`choose_loading`) is ``streaming``."""
     loading = loading or choose_loading(experiment, dataset_dir, splits)

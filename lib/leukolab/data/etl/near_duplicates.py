@@ -10,7 +10,7 @@ candidates grow linearly with ``n`` (similar-looking images share more bits and
 fill some buckets more; the result stays exact, only the work grows).
 
 Below :data:`SPARK_FROM` hashes the driver's chunked all-pairs search
-(:func:`leukolab.data.splits.near_duplicate_pairs`) is faster than starting a
+(:func:`leukolab.data.etl.splits.near_duplicate_pairs`) is faster than starting a
 job (measured: 10 s against 18 s at 20,000 on a busy 2-core machine), and is used instead; both give the same pairs.
 """
 
@@ -23,7 +23,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from leukolab.data.splits import near_duplicate_pairs
+from leukolab.data.etl.splits import near_duplicate_pairs
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def spark_near_duplicate_pairs(spark, phashes: list[str], max_distance: int,
                                bands: int | None = None) -> list[tuple[int, int, int]]:
     """``(i, j, distance)`` for every pair ``i < j`` of hashes (16 hex digits) at most ``max_distance`` bits apart,
     found by a Spark join on hash bands (``bands``: see :func:`band_plan`); the same list as
-    :func:`~leukolab.data.splits.near_duplicate_pairs`."""
+    :func:`~leukolab.data.etl.splits.near_duplicate_pairs`."""
     from pyspark.sql import functions as F
 
     if len(phashes) < 2:

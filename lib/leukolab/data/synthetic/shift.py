@@ -1,6 +1,6 @@
 """Stand-ins for images from other labs and of other kinds: what a model trained on smear fields must not answer.
 
-Each ``kind`` is a function of a rendered field (:func:`leukolab.data.synthetic.render_smear`), written by
+Each ``kind`` is a function of a rendered field (:func:`leukolab.data.synthetic.smears.render_smear`), written by
 :func:`generate_shifted_set` as a flat folder of unlabelled images (what ``external_datasets`` accepts as an OOD-only
 set). They are test sets for the out-of-distribution check: no profile trains or chooses on them.
 
@@ -20,8 +20,8 @@ from PIL import Image
 from scipy import ndimage
 
 from leukolab import CLASS_NAMES
-from leukolab.data.synthetic import render_smear
-from leukolab.data.synthetic_dataset import DomainShift
+from leukolab.data.synthetic.folder import DomainShift
+from leukolab.data.synthetic.smears import render_smear
 
 OTHER_LAB = DomainShift(hue=40.0, illumination=0.82, blur=1.0)
 """The other lab's palette and optics."""

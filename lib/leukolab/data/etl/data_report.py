@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 from matplotlib.ticker import MaxNLocator
 
 from leukolab import plots
-from leukolab.data.acquisition_report import acquisition_blocks_plot, acquisition_counts_table, embargo_table
-from leukolab.data.dataset import load_manifest
-from leukolab.data.probes import DEFAULT_WARN_ABOVE, probe_table, shortcut_probes, shortcut_warning
+from leukolab.data.etl.acquisition_report import acquisition_blocks_plot, acquisition_counts_table, embargo_table
+from leukolab.data.etl.probes import DEFAULT_WARN_ABOVE, probe_table, shortcut_probes, shortcut_warning
+from leukolab.data.reading.dataset import load_manifest
 from leukolab.images import image_array
 
 METADATA_COLUMNS = ["source_path", "class_name", "split", "content_hash", "patient_id", "original_width",
@@ -36,7 +36,7 @@ class DataReport:
     """The report's figures and tables by name (``counts``, ``samples``, ``sizes``, ``colours``, ``mask_coverage``,
     ``acquisition_blocks``; ``counts``, ``quarantine``, ``quarantine_reasons``, ``duplicates``, ``leakage``,
     ``mask_coverage``, ``masks_implausible``, ``acquisition_counts``, ``embargo``, ``shortcut_probes``), the shortcut
-    probes (:mod:`leukolab.data.probes`) and their warning."""
+    probes (:mod:`leukolab.data.etl.probes`) and their warning."""
 
     manifest: dict
     figures: dict = field(default_factory=dict)

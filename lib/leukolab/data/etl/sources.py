@@ -5,7 +5,7 @@ A layout is chosen by name (the ``layout`` parameter of ``00_etl``) or detected:
 ``original_segmented``
     ``<root>/Original/<class>/*`` with optional masks or segmented images in
     ``<root>/Segmented/<class>/<same stem>.*`` (the public ALL dataset of Aria
-    et al.; what :mod:`leukolab.data.synthetic` writes).
+    et al.; what :mod:`leukolab.data.synthetic.smears` writes).
 ``imagefolder``
     ``<root>/<class>/*``.
 ``label_in_name``
@@ -21,7 +21,7 @@ A layout is chosen by name (the ``layout`` parameter of ``00_etl``) or detected:
 ``labels_csv``
     images anywhere under the root, labelled by CSV files that name them
     (C-NMC 2019 as distributed: ``images/`` with ``labels.csv``); the labels
-    are read on the driver by :func:`leukolab.data.labels.load_csv_labels`
+    are read on the driver by :func:`leukolab.data.etl.labels.load_csv_labels`
     and carried by the layout; label names map the CSV's labels to class names.
 
 The raw folder is only ever read. Paths are relative to the root, with ``/``.
@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from leukolab.data.files import IMAGE_SUFFIXES, LAYOUTS, walk_files
+from leukolab.data.etl.raw_files import IMAGE_SUFFIXES, LAYOUTS, walk_files
 
 if TYPE_CHECKING:
-    from leukolab.data.labels import CsvLabels
+    from leukolab.data.etl.labels import CsvLabels
 
 ALL_IDB2_LABEL_PATTERN = r"_(?P<label>[01])\."
 """ALL-IDB2 file names end in ``_1`` (blast) or ``_0`` (no blast)."""
@@ -127,7 +127,7 @@ class Layout:
 
     def _from_labels(self, relative_path: str, stem: str, name: str) -> SourceFile:
         if self.labels is None:
-            raise ValueError("the labels_csv layout needs its labels: leukolab.data.labels.load_csv_labels")
+            raise ValueError("the labels_csv layout needs its labels: leukolab.data.etl.labels.load_csv_labels")
         if relative_path in self.labels.label_files:
             return SourceFile(relative_path, "label_file", "", stem)
         if relative_path in self.labels.refused:
@@ -164,7 +164,7 @@ def detect_layout(root: str | Path, label_pattern: str = ALL_IDB2_LABEL_PATTERN)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"raw data folder not found: {root}")
-    from leukolab.data.labels import names_images
+    from leukolab.data.etl.labels import names_images
 
     files = walk_files(root)
     if names_images(root, files):

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from leukolab.data import labels as csv_labels
-from leukolab.data.acquisition import acquisition_columns, acquisition_manifest
-from leukolab.data.etl_params import EtlParams
-from leukolab.data.leakage import leakage_report
-from leukolab.data.masks import audit_masks, masks_manifest
-from leukolab.data.schema import SCHEMA_VERSION
-from leukolab.data.splits import assign_splits, group_rows, near_duplicate_pairs, split_fractions
+from leukolab.data.etl import labels as csv_labels
+from leukolab.data.etl.acquisition_splits import acquisition_columns, acquisition_manifest
+from leukolab.data.etl.leakage import leakage_report
+from leukolab.data.etl.masks import audit_masks, masks_manifest
+from leukolab.data.etl.params import EtlParams
+from leukolab.data.etl.schema import SCHEMA_VERSION
+from leukolab.data.etl.splits import assign_splits, group_rows, near_duplicate_pairs, split_fractions
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Duplicates:
 
 def curate(meta: pd.DataFrame, params: EtlParams, near_search=near_duplicate_pairs) -> tuple[pd.DataFrame, list[dict], Duplicates]:
     """Pair masks, quarantine, group duplicates and patients, and split; ``near_search(phashes, distance)`` finds
-    the near-duplicate pairs (:func:`leukolab.data.near_duplicates.find_near_duplicates` on a Spark session)."""
+    the near-duplicate pairs (:func:`leukolab.data.etl.near_duplicates.find_near_duplicates` on a Spark session)."""
     ok = meta["status"] == "ok"
     originals = meta[ok & (meta["role"] == "original")].copy()
     masks = meta[ok & (meta["role"] == "mask")]

@@ -12,11 +12,11 @@ def raw_folder(raw_dir: str | None, images_per_class: int | dict[str, int], seed
     """``raw_dir`` when given (never written to); else synthetic smears in ``data/raw/synthetic-seed<seed>-n<counts>``.
 
     ``synthetic_options`` are keyword arguments of
-    :func:`leukolab.data.synthetic_dataset.generate_dataset` (``segmentation``, ``failed_segmentation``,
+    :func:`leukolab.data.synthetic.folder.generate_dataset` (``segmentation``, ``failed_segmentation``,
     ``domain_shift``, ``image_size``); a short hash of them ends the folder name.
     """
     from leukolab.config import workspace_path
-    from leukolab.data.synthetic_dataset import generate_dataset
+    from leukolab.data.synthetic.folder import generate_dataset
 
     if raw_dir:
         folder = workspace_path(raw_dir)

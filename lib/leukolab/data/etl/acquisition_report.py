@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Patch
 
-from leukolab.data.acquisition import EMBARGO
+from leukolab.data.etl.acquisition_splits import EMBARGO
 
 _COLOURS = {"train": "#9ecae1", "val": "#fd8d3c", "test": "#d62728", EMBARGO: "#bdbdbd"}
 _HOLDOUT_COLOURS = ("#756bb1", "#31a354", "#8c6d31", "#e377c2")

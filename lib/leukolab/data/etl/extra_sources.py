@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from leukolab.config import workspace_path
-from leukolab.data.etl_params import EtlParams
-from leukolab.data.files import walk_files
-from leukolab.data.sources import Layout
+from leukolab.data.etl.params import EtlParams
+from leukolab.data.etl.raw_files import walk_files
+from leukolab.data.etl.sources import Layout
 
 EXTRA_PREFIX = "extra"
 REVIEW_COLUMN = "review_id"

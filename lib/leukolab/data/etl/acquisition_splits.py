@@ -22,7 +22,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from leukolab.data.splits import _stable_seed
+from leukolab.data.etl.splits import _stable_seed
 
 EMBARGO = "embargo"
 """The acquisition split of images withheld from training because they neighbour an evaluation block."""
@@ -139,7 +139,7 @@ def _keep_groups_whole(result: pd.DataFrame, groups: pd.Series) -> None:
 
 def acquisition_columns(table: pd.DataFrame, fractions: dict[str, float], params) -> pd.DataFrame:
     """The curated ``table``'s acquisition columns (null throughout when ``params`` turn them off or the data has
-    no acquisition key); ``params`` is :class:`leukolab.data.etl_params.EtlParams`."""
+    no acquisition key); ``params`` is :class:`leukolab.data.etl.params.EtlParams`."""
     keys, _ = acquisition_keys(table) if params.acquisition_splits and len(table) else (None, "")
     if keys is None:
         return pd.DataFrame({"acquisition_split": None, "acquisition_block": pd.NA, "acquisition_rank": pd.NA},
