@@ -163,7 +163,7 @@ def start_api(model_uri: str, scratch: str):
 
 
 def start_mlflow(model_uri: str, scratch: str):
-    from leukolab.serving.launch import free_port
+    from leukolab.processes.background import free_port
 
     def start():
         port = free_port("127.0.0.1")

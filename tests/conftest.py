@@ -7,10 +7,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -180,44 +178,22 @@ def smoke_run(tmp_path_factory):
 def background_server(command: list[str], env: dict, ready_url: str, log_path: Path, start_timeout: float = 60):
     """``command`` started in a session of its own (output in ``log_path``), yielded as its ``Popen`` once
     ``ready_url`` answers below 500; on exit it and every process it started are stopped (SIGTERM, then SIGKILL)."""
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    from leukolab.processes.background import Background, wait_until_ready
+
+    server = Background.start(command, log_path, str(command[:4]), env=env, cwd=ROOT, own_group=True, append=False,
+                              grace=15)
     try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            assert process.poll() is None, f"{command[:4]} exited:\n{log_path.read_text()[-3000:]}"
-            try:
-                if httpx.get(ready_url, timeout=2, trust_env=False).status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"{ready_url} did not answer in {start_timeout} s:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.5)
-        yield process
+        wait_until_ready(lambda: _answers_below_500(ready_url), [server], start_timeout, interval=0.5)
+        yield server.process
     finally:
-        stop_process_tree(process)
+        server.stop()
 
 
-def stop_process_tree(process: subprocess.Popen, grace: float = 15) -> None:
-    """SIGTERM to ``process``'s session, SIGKILL after ``grace`` seconds to whatever of it and its descendants
-    (kernels start sessions of their own) is left."""
-    import psutil
-
+def _answers_below_500(url: str) -> bool:
     try:
-        descendants = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    for survivor in psutil.wait_procs(descendants, timeout=grace)[1]:
-        survivor.kill()
+        return httpx.get(url, timeout=2, trust_env=False).status_code < 500
+    except httpx.HTTPError:
+        return False
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import pytest
 from conftest import PAGE_TIMEOUT, ROOT, background_server, keep_screenshot, wait_until
 from PIL import Image
 
-from leukolab.serving.launch import free_port
+from leukolab.processes.background import free_port
 
 PREDICT_TIMEOUT = 90
 TAB_RED = np.array([214, 39, 40])

@@ -22,7 +22,7 @@ import psutil
 import pytest
 from conftest import ROOT, background_server, keep_screenshot, wait_until
 
-from leukolab.serving.launch import free_port
+from leukolab.processes.background import free_port
 
 pytestmark = pytest.mark.integration
 KERNEL_TIMEOUT = 60

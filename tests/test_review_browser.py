@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import PAGE_TIMEOUT, ROOT, background_server, keep_screenshot, wait_until
 
+from leukolab.processes.background import free_port
 from leukolab.review.store import Answer, ReviewStore
-from leukolab.serving.launch import free_port
 
 pytestmark = pytest.mark.integration
 

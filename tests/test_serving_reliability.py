@@ -22,12 +22,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from leukolab.processes.background import free_port
 from leukolab.publishing.model import SmearModel
 from leukolab.serving.admission import Admission
 from leukolab.serving.app import ServingSettings, create_app
 from leukolab.serving.auth import check_exposure, is_loopback
 from leukolab.serving.errors import ApiError
-from leukolab.serving.launch import free_port, start_server
+from leukolab.serving.launch import start_server
 from leukolab.serving.metrics import ServingMetrics
 from leukolab.widgets import predict_for_demo
 

@@ -22,14 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     if handler:
         return handler(args)
     from leukolab import workbench
+    from leukolab.processes.foreground import become
 
     if args.command == "lab":
-        workbench.exec_command(workbench.lab_command(args.notebook_dir or workbench.NOTEBOOKS_DIR, args.host, args.port,
-                                                     open_browser=not args.no_browser))
+        become(workbench.lab_command(args.notebook_dir or workbench.NOTEBOOKS_DIR, args.host, args.port,
+                                     open_browser=not args.no_browser))
     if args.command == "demo":
-        workbench.exec_command(*workbench.demo_command(args.host, args.port, args.model_uri,
-                                                       open_browser=not args.no_browser))
-    workbench.exec_command(*workbench.mlflow_ui_command(args.port, args.host))
+        become(*workbench.demo_command(args.host, args.port, args.model_uri, open_browser=not args.no_browser))
+    become(*workbench.mlflow_ui_command(args.port, args.host))
 
 
 def _log_level(verbose: int, quiet: int) -> int:

@@ -13,16 +13,14 @@ import importlib.util
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 from leukolab.config import workspace
+from leukolab.processes.background import Background, free_port, wait_until_ready
+from leukolab.processes.groups import group_alive, stop_groups
 
 HOST = "127.0.0.1"
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
@@ -58,19 +56,23 @@ def start_cluster(workers: int = 1, cores: int = 2, memory: str = "2g", director
     if read_state(directory) and alive(read_state(directory)):
         raise ClusterError(f"a cluster is already running from {directory}: `leukolab cluster down` stops it")
     (directory / "logs").mkdir(parents=True, exist_ok=True)
-    port, webui = free_port(), free_port()
+    port, webui = free_port(HOST), free_port(HOST)
     state = {"master_url": f"spark://{HOST}:{port}", "web_ui": f"http://{HOST}:{webui}", "directory": str(directory),
              "workers": workers, "cores": cores, "memory": memory, "processes": []}
+    daemons = []
     try:
-        state["processes"].append(_launch(directory, "master", [MASTER_CLASS, "--host", HOST, "--port", str(port),
-                                                                "--webui-port", str(webui)]))
+        daemons.append(_launch(directory, "master", [MASTER_CLASS, "--host", HOST, "--port", str(port),
+                                                     "--webui-port", str(webui)], state))
         for n in range(1, workers + 1):
             work_dir = directory / "work" / f"worker-{n}"
-            state["processes"].append(_launch(directory, f"worker-{n}", [
+            daemons.append(_launch(directory, f"worker-{n}", [
                 WORKER_CLASS, state["master_url"], "--host", HOST, "--cores", str(cores), "--memory", memory,
-                "--webui-port", str(free_port()), "--work-dir", str(work_dir)]))
+                "--webui-port", str(free_port(HOST)), "--work-dir", str(work_dir)], state))
         _write_state(directory, state)
-        _wait_for_workers(state, timeout)
+        try:
+            wait_until_ready(lambda: _registered(state), daemons, timeout, interval=0.5)
+        except (RuntimeError, TimeoutError) as error:
+            raise ClusterError(f"{error}\n(every daemon's log is in {directory / 'logs'})") from None
     except BaseException:
         stop_cluster(state)
         raise
@@ -79,18 +81,7 @@ def start_cluster(workers: int = 1, cores: int = 2, memory: str = "2g", director
 
 def stop_cluster(state: dict, grace: float = 15.0) -> None:
     """Stop every process group the cluster started (daemons, executors and their Python workers); forget it."""
-    groups = [p["pid"] for p in reversed(state.get("processes", []))]
-    for pid in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_group_alive(pid) for pid in groups):
-        time.sleep(0.2)
-    for pid in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-    for pid in groups:
-        _group_alive(pid)  # reaps the leaders this process started
+    stop_groups([p["pid"] for p in reversed(state.get("processes", []))], grace)
     state_file = Path(state.get("directory", ".")) / "state.json"
     if state.get("directory") and state_file.is_file():
         state_file.unlink()
@@ -115,7 +106,7 @@ def read_state(directory: str | Path | None = None) -> dict | None:
 
 def alive(state: dict) -> bool:
     """Whether any process the cluster started is still running."""
-    return any(_group_alive(p["pid"]) for p in state.get("processes", []))
+    return any(group_alive(p["pid"]) for p in state.get("processes", []))
 
 
 def master_status(state: dict, timeout: float = 5.0) -> dict:
@@ -141,13 +132,6 @@ def status_text(state: dict | None) -> str:
     return "\n".join(lines)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
 def _environment() -> dict:
     path = os.pathsep.join(p for p in (str(LIBRARY_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_LOCAL_IP": HOST, "SPARK_LOCAL_HOSTNAME": "localhost",
@@ -155,43 +139,21 @@ def _environment() -> dict:
             "SPARK_DAEMON_MEMORY": os.environ.get("SPARK_DAEMON_MEMORY", "512m")}
 
 
-def _launch(directory: Path, name: str, arguments: list[str]) -> dict:
-    log = directory / "logs" / f"{name}.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen([str(spark_home() / "bin" / "spark-class"), *arguments], stdout=out,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_environment(),
-                                   cwd=directory, start_new_session=True)
-    return {"name": name, "pid": process.pid, "log": str(log)}
+def _launch(directory: Path, name: str, arguments: list[str], state: dict) -> Background:
+    """A daemon (``spark-class`` and its arguments) in a process group of its own, noted in ``state``."""
+    daemon = Background.start([str(spark_home() / "bin" / "spark-class"), *arguments],
+                              directory / "logs" / f"{name}.log", f"Spark {name}", env=_environment(), cwd=directory,
+                              own_group=True, stop_at_exit=False)
+    state["processes"].append({"name": name, "pid": daemon.process.pid, "log": str(daemon.log_path)})
+    return daemon
 
 
 def _write_state(directory: Path, state: dict) -> None:
     (directory / "state.json").write_text(json.dumps(state, indent=2))
 
 
-def _wait_for_workers(state: dict, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for process in state["processes"]:
-            if not _group_alive(process["pid"]):
-                raise ClusterError(f"{process['name']} exited during start-up; its log {process['log']} ends:\n"
-                                   + _tail(process["log"]))
-        with contextlib.suppress(OSError, ValueError):
-            if master_status(state, timeout=2).get("aliveworkers", 0) >= state["workers"]:
-                return
-        time.sleep(0.5)
-    raise ClusterError(f"{state['workers']} workers did not register with {state['master_url']} in {timeout:.0f} s; "
-                       f"logs in {Path(state['directory']) / 'logs'}")
-
-
-def _group_alive(pgid: int) -> bool:
-    with contextlib.suppress(ChildProcessError, OSError):  # reap the leader if it is our exited child (a zombie)
-        os.waitpid(pgid, os.WNOHANG)
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def _tail(path: str, lines: int = 20) -> str:
-    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+def _registered(state: dict) -> bool:
+    """Whether every worker has registered with the master."""
+    with contextlib.suppress(OSError, ValueError):
+        return master_status(state, timeout=2).get("aliveworkers", 0) >= state["workers"]
+    return False

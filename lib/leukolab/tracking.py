@@ -20,6 +20,9 @@ from leukolab.config import PROJECT_ROOT, workspace
 
 log = logging.getLogger(__name__)
 EXPERIMENT_NAME = "leukolab"
+LEAN_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+"""MLflow 3's server (and UI) starts Huey job consumers (GenAI evaluation, scheduled jobs) unless told not to; the
+local tracking server and the MLflow UI need none."""
 
 
 def tracking_uri() -> str:

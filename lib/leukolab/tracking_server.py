@@ -7,63 +7,28 @@ its uvicorn), about 550 MB, healthy in about 12 s. For tests, benchmarks, and tr
 
 from __future__ import annotations
 
-import atexit
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from leukolab.serving.launch import free_port
+from leukolab.processes.background import Background, free_port, wait_until_ready
+from leukolab.tracking import LEAN_SERVER_ENV
 
-LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
+class TrackingServer(Background):
+    """A running ``mlflow server`` in a process group of its own (it and its uvicorn worker); ``stop()`` it, or use
+    it as a context manager."""
 
-@dataclass
-class TrackingServer:
-    """A running ``mlflow server``; ``stop()`` it, or use it as a context manager."""
-
-    process: subprocess.Popen
-    url: str
-    root: Path
+    @property
+    def root(self) -> Path:
+        """The server's folder: its store, its artifacts, its log."""
+        return self.log_path.parent
 
     @property
     def artifacts(self) -> Path:
         """The server's ``--artifacts-destination``: every artifact logged through it lands here."""
         return self.root / "artifacts"
-
-    @property
-    def log_path(self) -> Path:
-        return self.root / "server.log"
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM to the server's process group, SIGKILL to what is left after ``timeout`` seconds."""
-        atexit.unregister(self.stop)
-        deadline = time.monotonic() + timeout
-        _signal_group(self.process.pid, signal.SIGTERM)
-        while self.running() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if self.running():
-            _signal_group(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def running(self) -> bool:
-        """Whether any process of the server's group (``mlflow server`` and its uvicorn worker) is alive."""
-        self.process.poll()  # reaps the parent once it has exited
-        return _group_alive(self.process.pid)
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> TrackingServer:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
 
 def start_tracking_server(root: str | os.PathLike, port: int = 0, host: str = "127.0.0.1",
@@ -80,22 +45,9 @@ def start_tracking_server(root: str | os.PathLike, port: int = 0, host: str = "1
     command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1",
                "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                "--serve-artifacts", "--artifacts-destination", str(root / "artifacts")]
-    with open(root / "server.log", "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root,
-                                   env={**os.environ, **LEAN_ENV}, start_new_session=True)
-    server = TrackingServer(process, f"http://{host}:{port}", root)
-    atexit.register(server.stop)
-    deadline = time.monotonic() + timeout
-    while not _healthy(server.url):
-        if process.poll() is not None:
-            error, problem = RuntimeError, f"exited with code {process.returncode}"
-        elif time.monotonic() > deadline:
-            error, problem = TimeoutError, f"was not healthy after {timeout:.0f} s"
-        else:
-            time.sleep(0.3)
-            continue
-        server.stop()
-        raise error(f"mlflow server {problem}; the end of its log {server.log_path}:\n{server.log_tail()}")
+    server = TrackingServer.start(command, root / "server.log", "mlflow server", url=f"http://{host}:{port}",
+                                  env={**os.environ, **LEAN_SERVER_ENV}, cwd=root, own_group=True, grace=20.0)
+    wait_until_ready(lambda: _healthy(server.url), [server], timeout, interval=0.3)
     return server
 
 
@@ -106,22 +58,3 @@ def _healthy(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process other than a zombie is in group ``pgid`` (Linux ``/proc``)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False

@@ -1,18 +1,16 @@
-"""The researcher's two browser tools, as `make lab` and `make mlflow-ui` (``leukolab lab``, ``leukolab mlflow-ui``)
-start them: JupyterLab on the notebooks and the MLflow UI on the workspace's tracking store."""
+"""The researcher's browser tools, as `make lab`, `make mlflow-ui` and `make demo` (``leukolab lab``, ``mlflow-ui``,
+``demo``) start them: JupyterLab on the notebooks, the MLflow UI on the workspace's tracking store, the Voila demo.
+The command becomes each of them (:func:`leukolab.processes.foreground.become`); the browser tests start them in
+the background (:class:`leukolab.processes.background.Background`)."""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 from leukolab.config import NOTEBOOKS_DIR
-from leukolab.tracking import tracking_uri
-
-LEAN_MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-"""MLflow 3's server starts Huey job consumers (GenAI evaluation, scheduled jobs) unless told not to; the UI needs none."""
+from leukolab.tracking import LEAN_SERVER_ENV, tracking_uri
 
 
 def lab_command(notebook_dir: str | Path = NOTEBOOKS_DIR, ip: str = "127.0.0.1", port: int = 8888,
@@ -32,7 +30,7 @@ def mlflow_ui_command(port: int = 5000, host: str = "127.0.0.1") -> tuple[list[s
     """The MLflow UI's command line and environment: one web worker and no job runner (two processes)."""
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--host", host,
                "--port", str(port), "--workers", "1"]
-    return command, {**os.environ, **LEAN_MLFLOW_ENV}
+    return command, {**os.environ, **LEAN_SERVER_ENV}
 
 
 def demo_command(host: str = "127.0.0.1", port: int = 8866, model_uri: str | None = None,
@@ -44,8 +42,3 @@ def demo_command(host: str = "127.0.0.1", port: int = 8866, model_uri: str | Non
         command.append("--no-browser")
     return command, {**os.environ, **({"LEUKOLAB_MODEL_URI": model_uri} if model_uri else {})}
 
-
-def exec_command(command: list[str], env: dict[str, str] | None = None) -> NoReturn:
-    """Become ``command`` (no extra process stays behind to forward signals)."""
-    sys.stdout.flush()
-    os.execve(command[0], command, os.environ if env is None else env)

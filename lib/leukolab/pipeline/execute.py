@@ -4,7 +4,7 @@ The child (``python -m leukolab.pipeline.execute REQUEST RESULT``) runs papermil
 and writes what happened to RESULT: done, or the failing cell, its source line
 and the exception, or a dead kernel. The parent waits up to the stage's timeout,
 then kills the child and everything it started (the kernel, Spark, a server).
-The child follows its parent (:mod:`leukolab.lifeline`): when the runner dies, or
+The child follows its parent (:mod:`leukolab.processes.lifeline`): when the runner dies, or
 SIGTERM reaches the child itself, it kills its kernel and what that started, and exits.
 """
 
@@ -20,9 +20,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
-from leukolab.lifeline import child_environment, follow_parent
+from leukolab.processes.background import Background
+from leukolab.processes.groups import descendants, kill_all
+from leukolab.processes.lifeline import follow_parent
 
 KERNEL_NAME = "leukolab"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -40,7 +40,7 @@ class Executor:
     """Starts notebook executions and can kill every one still running (on Ctrl-C)."""
 
     def __init__(self):
-        self._running: set[subprocess.Popen] = set()
+        self._running: set[Background] = set()
         self._lock = threading.Lock()
 
     def run(self, notebook: Path, output: Path, parameters: dict, env: dict, timeout: float | None) -> Outcome:
@@ -54,57 +54,37 @@ class Executor:
         result.unlink(missing_ok=True)
         request.write_text(json.dumps({"notebook": str(notebook), "output": str(output), "parameters": parameters,
                                        "kernel": kernel}, default=str))
-        with open(output.with_suffix(".log"), "w") as log:
-            process = subprocess.Popen([sys.executable, "-m", "leukolab.pipeline.execute", str(request), str(result)],
-                                       env=child_environment(env), stdout=log, stderr=subprocess.STDOUT, cwd=notebook.parent)
+        execution = Background.start([sys.executable, "-m", "leukolab.pipeline.execute", str(request), str(result)],
+                                     output.with_suffix(".log"), f"the execution of {notebook.name}", env=env,
+                                     cwd=notebook.parent, follow_parent=True, stop_at_exit=False, append=False)
+        with self._lock:
+            self._running.add(execution)
+        try:
+            execution.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            execution.kill()
+            return Outcome("timed_out", f"timed out after {timeout:g} s")
+        finally:
             with self._lock:
-                self._running.add(process)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                kill_tree(process)
-                return Outcome("timed_out", f"timed out after {timeout:g} s")
-            finally:
-                with self._lock:
-                    self._running.discard(process)
+                self._running.discard(execution)
         request.unlink(missing_ok=True)
         if result.is_file():
             outcome = json.loads(result.read_text())
             result.unlink()
             return Outcome(outcome["status"], outcome.get("error"))
-        return Outcome("killed", f"failed: its process ended with exit code {process.returncode} before the notebook finished")
+        return Outcome("killed", f"failed: its process ended with exit code {execution.process.returncode} before the "
+                                 "notebook finished")
 
     def kill_all(self) -> None:
         with self._lock:
             running = list(self._running)
-        for process in running:
-            kill_tree(process)
-
-
-def kill_tree(process: subprocess.Popen) -> None:
-    """Kill a process and all its descendants (the kernel runs in its own session, so a process group is not enough)."""
-    _kill_family(process.pid)
-    process.wait()
-
-
-def _kill_family(pid: int, include_self: bool = True) -> None:
-    """SIGKILL to process ``pid`` (unless not ``include_self``) and all its descendants; wait up to 10 s for them."""
-    try:
-        head = psutil.Process(pid)
-        family = ([head] if include_self else []) + head.children(recursive=True)
-    except psutil.NoSuchProcess:
-        family = []
-    for member in family:
-        try:
-            member.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=10)
+        for execution in running:
+            execution.kill()  # the kernel runs in a session of its own: its process group is not enough
 
 
 def _stop_notebook(*_) -> None:
     """Kill the kernel and everything it started, then exit (the runner is gone, or SIGTERM came)."""
-    _kill_family(os.getpid(), include_self=False)
+    kill_all(descendants(os.getpid()))
     os._exit(1)
 
 

@@ -1,6 +1,7 @@
 """Child processes that end with the process that launched them (a background API server, a notebook execution).
 
-The launcher starts the child with :func:`child_environment`; the child calls :func:`follow_parent` first thing.
+The launcher starts the child with :func:`child_environment` (as ``Background.start(..., follow_parent=True)``
+does); the child calls :func:`follow_parent` first thing.
 Two mechanisms, since each alone leaves a gap:
 
 - **A watchdog thread** compares ``os.getppid()`` with the launcher's pid (``LEUKOLAB_PARENT_PID``) every
