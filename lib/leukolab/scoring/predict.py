@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from leukolab.images import ANY_SIZE, ImageRejected, decode_image
 from leukolab.plots import contact_sheet
-from leukolab.scoring.inputs import collect
+from leukolab.scoring.input_files import collect
 from leukolab.scoring.rows import columns, score_batch
 from leukolab.serving.model import DEFAULT_MODEL_URI, load_model, resolve_model
 from leukolab.tracking import configure
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 def predict_paths(paths: list[str | Path], model_uri: str = DEFAULT_MODEL_URI, batch_size: int = 32,
                   explain_dir: str | Path | None = None, spark_master: str | None = None,
                   progress: bool = True) -> pd.DataFrame:
-    """One row per file of ``paths`` (files, and folders walked recursively: :func:`~leukolab.scoring.inputs.collect`)
+    """One row per file of ``paths`` (files, and folders walked recursively: :func:`~leukolab.scoring.input_files.collect`)
     scored in batches of ``batch_size`` by the model behind ``model_uri``, with the columns of
     :func:`~leukolab.scoring.rows.columns`; with ``explain_dir``, a heatmap overlay per usable image written there;
     with ``spark_master`` (``local[2]``, ``spark://host:7077``), the batches run as a Spark job."""

@@ -13,7 +13,7 @@ from leukolab.images import ImageRejected, decode_image
 from leukolab.plots import heatmap_overlay
 from leukolab.publishing.model import SmearModel
 from leukolab.publishing.referral import decide_answer
-from leukolab.scoring.inputs import ScoreItem
+from leukolab.scoring.input_files import ScoreItem
 
 UNREADABLE = "unreadable"
 """The reason of a file that cannot be read (permissions, a broken link); the others are :func:`decode_image`'s."""

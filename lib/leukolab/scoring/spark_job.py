@@ -19,7 +19,7 @@ import mlflow
 
 from leukolab.data.spark import spark_session
 from leukolab.publishing.model import SmearModel
-from leukolab.scoring.inputs import ScoreItem
+from leukolab.scoring.input_files import ScoreItem
 from leukolab.scoring.rows import score_batch
 
 _EXECUTOR_MODELS: dict[str, SmearModel] = {}
