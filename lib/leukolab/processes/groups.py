@@ -13,10 +13,13 @@ import psutil
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether a process other than a zombie is in process group ``pgid``."""
-    for process in psutil.process_iter(["status"]):
+    """Whether process group ``pgid`` has a process left. A zombie counts until its parent reaps it (once orphaned,
+    init does), unless that parent is this process: its ``Popen``, or :func:`stop_groups`, reaps it."""
+    me = os.getpid()
+    for process in psutil.process_iter(["status", "ppid"]):
         with contextlib.suppress(OSError):  # gone since the listing
-            if process.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(process.pid) == pgid:
+            ours_to_reap = process.info["status"] == psutil.STATUS_ZOMBIE and process.info["ppid"] == me
+            if not ours_to_reap and os.getpgid(process.pid) == pgid:
                 return True
     return False
 
