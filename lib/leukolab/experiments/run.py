@@ -24,7 +24,7 @@ from leukolab.experiments.acquisition import run_acquisition_aware
 from leukolab.experiments.resampling import run_resampling
 from leukolab.images import ImageRules
 from leukolab.ood import OodDetector, fit_detector
-from leukolab.publishing.model import SmearModel, log_smear_model
+from leukolab.predictor.smear_model import SmearModel, log_smear_model
 from leukolab.tracking import flatten
 from leukolab.training.calibration import fit_temperature
 from leukolab.training.distributed import fit_distributed

@@ -10,8 +10,8 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from leukolab.predictor.smear_model import load_smear_model
 from leukolab.publishing.card import render_model_card
-from leukolab.publishing.model import load_smear_model
 from leukolab.publishing.provenance import promotion_check, provenance_problems
 from leukolab.publishing.referral import referral_tags
 from leukolab.publishing.tta import tta_tags

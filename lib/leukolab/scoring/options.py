@@ -26,9 +26,9 @@ def run_predict(args: argparse.Namespace) -> int:
     """Score ``args.paths`` and write the CSV (and the contact sheet); 2 with a message for a bad argument."""
     from mlflow.exceptions import MlflowException
 
+    from leukolab.predictor.uri import DEFAULT_MODEL_URI
     from leukolab.review.keeping import keep_scored_rows, keeping_enabled
     from leukolab.scoring.predict import predict_paths, write_contact_sheet, write_csv
-    from leukolab.serving.model import DEFAULT_MODEL_URI
 
     try:
         frame = predict_paths(args.paths, args.model_uri or DEFAULT_MODEL_URI, args.batch_size, args.explain,

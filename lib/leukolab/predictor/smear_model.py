@@ -36,7 +36,7 @@ from leukolab.models.factory import build_model, without_tta
 from leukolab.models.inputs import normalize
 from leukolab.ood import Inputs, OodDetector
 from leukolab.ood.features import captured_features, features_per_image
-from leukolab.publishing.tta import gated_outputs
+from leukolab.predictor.gated_tta import gated_outputs
 
 SERVING_PACKAGES = ("torch", "torchvision", "segmentation-models-pytorch", "timm", "mlflow", "pandas", "numpy", "pillow", "pyyaml",
                     "grad-cam", "ttach", "opencv-python-headless")
@@ -47,7 +47,7 @@ class SmearModel(mlflow.pyfunc.PythonModel):
 
     tta_gate: float | None = None
     """For a model with test-time augmentation: only images whose plain confidence is under this get the eight views
-    (:mod:`leukolab.publishing.tta`; the server sets it from the version's ``tta_gate`` tag); None: all do."""
+    (:mod:`leukolab.predictor.gated_tta`; loading by URI sets it from the version's ``tta_gate`` tag); None: all do."""
     ood: OodDetector | None = None
     """The fitted out-of-distribution check; None for models that classify nothing or were logged without one."""
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from leukolab.publishing.model import SmearModel, load_smear_model
-from leukolab.publishing.referral import threshold_from_tags
-from leukolab.publishing.tta import gate_from_tags
+from leukolab.predictor.decision import threshold_from_tags
+from leukolab.predictor.gated_tta import gate_from_tags
+from leukolab.predictor.smear_model import SmearModel, load_smear_model
 from leukolab.tracking import configure, tracking_uri
 
 DEFAULT_MODEL_URI = "models:/leukolab@champion"
@@ -28,7 +28,7 @@ class ModelInfo:
     dataset_fingerprint: str | None = None
     referral_threshold: float | None = None
     tta_gate: float | None = None
-    """The version's ``tta_gate`` tag (:mod:`leukolab.publishing.tta`); None: every image gets the full TTA."""
+    """The version's ``tta_gate`` tag (:mod:`leukolab.predictor.gated_tta`); None: every image gets the full TTA."""
 
     @property
     def label(self) -> str:
