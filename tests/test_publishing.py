@@ -174,10 +174,13 @@ def test_an_unreachable_registry_names_the_tracking_uri(monkeypatch):
         load_smear_model("models:/leukolab@champion")
 
 
-def test_models_published_before_the_packages_still_load_their_class():
+@pytest.mark.parametrize("module", ["leukolab.pyfunc", "leukolab.publishing.model"])
+def test_models_published_before_the_packages_still_load_their_class(module):
+    """Versions published before the library's packages name ``leukolab.pyfunc``, those before ``leukolab.predictor``
+    name ``leukolab.publishing.model``, as the module of their pickled class."""
     import pickle
 
     from leukolab.predictor.smear_model import SmearModel
 
-    old = pickle.dumps(SmearModel(), protocol=0).replace(b"leukolab.predictor.smear_model", b"leukolab.pyfunc")
-    assert b"leukolab.pyfunc" in old and isinstance(pickle.loads(old), SmearModel)
+    old = pickle.dumps(SmearModel(), protocol=0).replace(b"leukolab.predictor.smear_model", module.encode())
+    assert module.encode() in old and isinstance(pickle.loads(old), SmearModel)
