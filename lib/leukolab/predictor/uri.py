@@ -13,8 +13,6 @@ from leukolab.predictor.gated_tta import gate_from_tags
 from leukolab.predictor.smear_model import SmearModel, load_smear_model
 from leukolab.tracking import configure, tracking_uri
 
-DEFAULT_MODEL_URI = "models:/leukolab@champion"
-
 
 @dataclass(frozen=True)
 class ModelInfo:

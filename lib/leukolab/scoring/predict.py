@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from leukolab.images import ANY_SIZE, ImageRejected, decode_image
 from leukolab.plots import contact_sheet
-from leukolab.predictor.uri import DEFAULT_MODEL_URI, load_model, resolve_model
+from leukolab.predictor import DEFAULT_MODEL_URI
+from leukolab.predictor.uri import load_model, resolve_model
 from leukolab.scoring.inputs import collect
 from leukolab.scoring.rows import columns, score_batch
 from leukolab.tracking import configure

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from leukolab.images import DEFAULT_MAX_PIXELS
-from leukolab.predictor.uri import DEFAULT_MODEL_URI
+from leukolab.predictor import DEFAULT_MODEL_URI
 
 
 @dataclass(frozen=True)
