@@ -361,7 +361,7 @@ def soak_and_compare(model_uri: str, scratch: str, images: list[bytes], args) ->
 def raw_limit(model_uri: str, images: list[bytes], batch_size: int, seconds: float) -> dict:
     """Images/s of decode + preprocess + batched forward (+ answers) in this process, batches of ``batch_size``."""
     from leukolab.images import decode_image
-    from leukolab.predictor.smear_model import load_smear_model
+    from leukolab.predictor.uri import load_smear_model
 
     model = load_smear_model(model_uri)
     batches = [[images[(start + i) % len(images)] for i in range(batch_size)] for start in range(0, len(images), batch_size)]

@@ -116,7 +116,7 @@ class RequestFlow:
 
 
 def test_a_swapped_out_version_answers_its_requests_and_stops_after_the_last():
-    from leukolab.predictor.uri import ModelInfo
+    from leukolab.predictor.meta import ModelInfo
     from leukolab.serving.batching import MicroBatcher
     from leukolab.serving.metrics import ServingMetrics
     from leukolab.serving.model_slot import LoadedModel, ModelSlot

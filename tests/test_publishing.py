@@ -15,7 +15,8 @@ from leukolab.data.synthetic import smear_table
 from leukolab.evaluation.compare import candidate_summary, evaluate_model, experiment_runs, load_run_model
 from leukolab.evaluation.gate import gate
 from leukolab.models.factory import build_model
-from leukolab.predictor.smear_model import load_smear_model, log_smear_model
+from leukolab.predictor.smear_model import log_smear_model
+from leukolab.predictor.uri import load_smear_model
 from leukolab.publishing.provenance import PromotionRefused
 from leukolab.publishing.registry import publish
 

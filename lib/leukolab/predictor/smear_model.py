@@ -8,16 +8,15 @@ for models that segment; with ``params={"explain": True}``, ``heatmap_png``
 :mod:`leukolab.models.heatmaps`) for models that classify; ``ood_score`` and
 ``out_of_distribution`` for models that carry an out-of-distribution check
 (:mod:`leukolab.ood`; models logged before it carry none and answer without).
-The model's folder holds the weights, a JSON of its metadata (classes, image
-size, mean/std, temperature), the fitted OOD check (``ood.npz``) and this
-library's code, so ``mlflow.pyfunc.load_model`` is all a server needs.
+The model's folder holds the weights, a JSON of its metadata (:class:`~leukolab.predictor.meta.ModelMeta`:
+classes, image size, mean/std, temperature), the fitted OOD check (``ood.npz``) and this library's code, so
+``mlflow.pyfunc.load_model`` is all a server needs.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
-import json
 import re
 import tempfile
 from pathlib import Path
@@ -30,13 +29,14 @@ from mlflow.models import infer_signature
 from PIL import Image
 
 from leukolab.config import PROJECT_ROOT
-from leukolab.config.experiment import Experiment, parse_experiment
+from leukolab.config.experiment import Experiment
 from leukolab.images import ImageRules, decode_image, encode_png, resize_square
 from leukolab.models.factory import build_model, without_tta
 from leukolab.models.inputs import normalize
 from leukolab.ood import Inputs, OodDetector
 from leukolab.ood.features import captured_features, features_per_image
 from leukolab.predictor.gated_tta import gated_outputs
+from leukolab.predictor.meta import ModelMeta
 
 SERVING_PACKAGES = ("torch", "torchvision", "segmentation-models-pytorch", "timm", "mlflow", "pandas", "numpy", "pillow", "pyyaml",
                     "grad-cam", "ttach", "opencv-python-headless")
@@ -45,20 +45,22 @@ SERVING_PACKAGES = ("torch", "torchvision", "segmentation-models-pytorch", "timm
 class SmearModel(mlflow.pyfunc.PythonModel):
     """Preprocessing, the network, the out-of-distribution check and postprocessing in one object."""
 
+    meta: ModelMeta
+    """What it was logged with (``meta.json``): classes, image size, image rules, mean/std, temperature, experiment."""
     tta_gate: float | None = None
     """For a model with test-time augmentation: only images whose plain confidence is under this get the eight views
     (:mod:`leukolab.predictor.gated_tta`; loading by URI sets it from the version's ``tta_gate`` tag); None: all do."""
     ood: OodDetector | None = None
     """The fitted out-of-distribution check; None for models that classify nothing or were logged without one."""
 
-    def __init__(self, network: torch.nn.Module | None = None, meta: dict | None = None, ood: OodDetector | None = None):
-        self.network, self.meta = network, meta and {**meta, "experiment": _experiment(meta).model_dump(mode="json")}
-        self.ood = ood
+    def __init__(self, network: torch.nn.Module | None = None, meta: ModelMeta | dict | None = None,
+                 ood: OodDetector | None = None):
+        self.network, self.meta, self.ood = network, None if meta is None else ModelMeta.read(meta), ood
 
     def load_context(self, context) -> None:
-        self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        self.meta = ModelMeta.from_json(Path(context.artifacts["meta"]).read_text())
         self.ood = OodDetector.load(context.artifacts["ood"]) if "ood" in context.artifacts else None
-        network = build_model(_experiment(self.meta), len(self.meta["class_names"]))
+        network = build_model(self.meta.experiment, len(self.meta.class_names))
         network.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
         self.network = network.eval()
 
@@ -67,16 +69,16 @@ class SmearModel(mlflow.pyfunc.PythonModel):
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.meta["class_names"])
+        return list(self.meta.class_names)
 
     @property
     def image_rules(self) -> ImageRules:
         """What the ETL that made its training data accepted as an image (defaults for models that predate them)."""
-        return ImageRules.from_mapping(self.meta.get("image_rules", {}))
+        return self.meta.image_rules
 
     @property
     def experiment(self) -> Experiment:
-        return _experiment(self.meta)
+        return self.meta.experiment
 
     @property
     def task(self) -> str:
@@ -84,7 +86,7 @@ class SmearModel(mlflow.pyfunc.PythonModel):
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """One RGB image resized to the network's input: an HxWx3 uint8 array (what :meth:`predict_prepared` stacks)."""
-        return np.asarray(resize_square(image.convert("RGB"), int(self.meta["image_size"])))
+        return np.asarray(resize_square(image.convert("RGB"), self.meta.image_size))
 
     @torch.no_grad()
     def forward(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
@@ -99,10 +101,10 @@ class SmearModel(mlflow.pyfunc.PythonModel):
 
     def _outputs(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
         with captured_features(self.network) as captured:
-            out = self.network(normalize(batch, self.meta["mean"], self.meta["std"]))
+            out = self.network(normalize(batch, self.meta.mean, self.meta.std))
         result = {}
         if "logits" in out:
-            logits = out["logits"] / self.meta.get("temperature", 1.0)
+            logits = out["logits"] / self.meta.temperature
             result.update(probabilities=torch.softmax(logits, 1).numpy(), logits=logits.numpy())
             if captured:
                 result["features"] = features_per_image(captured, len(batch))
@@ -157,7 +159,7 @@ class SmearModel(mlflow.pyfunc.PythonModel):
         explainer, batch = self.explainer, _batch(arrays)
         if classes is None:
             classes = self.forward(batch)["probabilities"].argmax(1).tolist()
-        return list(explainer(normalize(batch, self.meta["mean"], self.meta["std"]), classes))
+        return list(explainer(normalize(batch, self.meta.mean, self.meta.std), classes))
 
     def explain_image(self, image_bytes: bytes, class_name: str | None = None) -> np.ndarray:
         """The heatmap of one image's bytes for ``class_name`` (default: the predicted class), as :meth:`explain_prepared`."""
@@ -172,7 +174,7 @@ class SmearModel(mlflow.pyfunc.PythonModel):
         a model that is never asked to explain pays nothing for it)."""
         from leukolab.models.heatmaps import HeatmapExplainer
 
-        return HeatmapExplainer(self.network, int(self.meta["image_size"]))
+        return HeatmapExplainer(self.network, self.meta.image_size)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """Answers as in the module docstring; ``params={"explain": True}`` adds ``heatmap_png``."""
@@ -201,7 +203,7 @@ def serving_requirements() -> list[str]:
     return [pins[name] for name in SERVING_PACKAGES if name in pins]
 
 
-def log_smear_model(network: torch.nn.Module, meta: dict, example_images: list[bytes], name: str = "model",
+def log_smear_model(network: torch.nn.Module, meta: ModelMeta | dict, example_images: list[bytes], name: str = "model",
                     ood: OodDetector | None = None):
     """Log the network (and its fitted OOD check) as a pyfunc model of the active run, with signature and input example."""
     scratch = Path(tempfile.mkdtemp(prefix="leukolab-model-"))
@@ -210,7 +212,7 @@ def log_smear_model(network: torch.nn.Module, meta: dict, example_images: list[b
     artifacts = {"weights": str(scratch / "weights.pt"), "meta": str(scratch / "meta.json")}
     if ood is not None:
         artifacts["ood"] = str(ood.save(scratch / "ood.npz"))
-    (scratch / "meta.json").write_text(json.dumps(model.meta, indent=2, default=str))
+    (scratch / "meta.json").write_text(model.meta.to_json())
     example = pd.DataFrame({"image": example_images})
     signature = infer_signature(example, model.predict(None, example), params={"explain": False})
     return mlflow.pyfunc.log_model(
@@ -223,16 +225,3 @@ def log_smear_model(network: torch.nn.Module, meta: dict, example_images: list[b
         pip_requirements=serving_requirements(),
     )
 
-
-def load_smear_model(model_uri: str) -> SmearModel:
-    """Load a logged or registered model from the workspace's tracking store and return its :class:`SmearModel`."""
-    from leukolab.tracking import configure
-
-    configure()
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
-
-
-def _experiment(meta: dict) -> Experiment:
-    """The experiment a model was trained with, from its metadata (a mapping, as ``meta.json`` holds it)."""
-    experiment = meta["experiment"]
-    return experiment if isinstance(experiment, Experiment) else parse_experiment(experiment, "the model's meta.json")

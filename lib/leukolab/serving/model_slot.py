@@ -19,8 +19,9 @@ import torch
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
+from leukolab.predictor.meta import ModelInfo
 from leukolab.predictor.smear_model import SmearModel
-from leukolab.predictor.uri import ModelInfo, is_alias, load_model, resolve_model
+from leukolab.predictor.uri import is_alias, load_model, resolve_model
 from leukolab.serving.batching import MicroBatcher
 from leukolab.serving.errors import ApiError
 from leukolab.serving.metrics import ServingMetrics
@@ -123,7 +124,7 @@ class ModelSlot:
     def _serve(self, loaded: LoadedModel) -> None:
         self.current, self.load_error = loaded, None
         info, model = loaded.info, loaded.model
-        self.metrics.set_model(info.name, info.version, info.run_id, model.class_names, model.meta.get("mean"))
+        self.metrics.set_model(info.name, info.version, info.run_id, model.class_names, model.meta.mean)
 
     @staticmethod
     async def _retire(old: LoadedModel) -> None:
@@ -147,7 +148,7 @@ class ModelSlot:
         started = time.perf_counter()
         try:
             model, info = load_model(self.uri, resolved)
-            size = int(model.meta["image_size"])
+            size = model.meta.image_size
             model.predict_prepared([np.zeros((size, size, 3), np.uint8)])
         except Exception:
             log.exception("could not load the model %s", self.uri if resolved is None else resolved[0])

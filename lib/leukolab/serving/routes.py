@@ -99,7 +99,7 @@ async def version(served: ReadyModel) -> VersionInfo:
                        dataset_fingerprint=info.dataset_fingerprint, referral_threshold=info.referral_threshold,
                        ood_check=model.ood.summary() if model.ood is not None else None,
                        task=model.task, class_names=model.class_names,
-                       image_size=int(model.meta["image_size"]), leukolab_version=leukolab.__version__)
+                       image_size=model.meta.image_size, leukolab_version=leukolab.__version__)
 
 
 @router.post("/predict", response_model=Prediction, summary="Classify (and segment) one smear image",
