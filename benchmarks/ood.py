@@ -65,7 +65,7 @@ def register_models(image_size: int, train_images: int, val_images: int, example
     from leukolab.data.synthetic.smears import image_rng, render_smear
     from leukolab.models.factory import build_model
     from leukolab.ood import fit_detector
-    from leukolab.publishing.model import SmearModel, log_smear_model
+    from leukolab.predictor.smear_model import SmearModel, log_smear_model
     from leukolab.publishing.registry import register
     from leukolab.tracking import configure
 

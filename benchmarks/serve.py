@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--experiment", default="simple-cnn", help="the scratch model's experiment (e.g. "
                         "resnet10t-classifier, the real profile's champion)")
     parser.add_argument("--tta-gate", type=float, help="tag the scratch model's version with this tta_gate: only "
-                        "images whose plain confidence is under it take the 8 views (leukolab.publishing.tta)")
+                        "images whose plain confidence is under it take the 8 views (leukolab.predictor.gated_tta)")
     parser.add_argument("--images", type=int, default=64, help="distinct synthetic smears sent in turn")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per concurrency level")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each level")
@@ -136,7 +136,7 @@ def register_scratch_model(image_size: int, tta: bool, examples: list[bytes], ex
     from leukolab.config.experiment import load_experiment
     from leukolab.data.synthetic.smears import CLASS_NAMES
     from leukolab.models.factory import build_model
-    from leukolab.publishing.model import log_smear_model
+    from leukolab.predictor.smear_model import log_smear_model
     from leukolab.publishing.registry import register
     from leukolab.tracking import configure
 
@@ -361,7 +361,7 @@ def soak_and_compare(model_uri: str, scratch: str, images: list[bytes], args) ->
 def raw_limit(model_uri: str, images: list[bytes], batch_size: int, seconds: float) -> dict:
     """Images/s of decode + preprocess + batched forward (+ answers) in this process, batches of ``batch_size``."""
     from leukolab.images import decode_image
-    from leukolab.publishing.model import load_smear_model
+    from leukolab.predictor.uri import load_smear_model
 
     model = load_smear_model(model_uri)
     batches = [[images[(start + i) % len(images)] for i in range(batch_size)] for start in range(0, len(images), batch_size)]

@@ -23,8 +23,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 ARG UID=1000
 ARG GID=1000
-ENV LEUKOLAB_WORKSPACE=/home/leukolab \
-    LEUKOLAB_MODEL_URI=models:/leukolab@champion
+ENV LEUKOLAB_WORKSPACE=/home/leukolab
 
 # pip refuses constraints with extras ("Constraints cannot have extras": requirements.txt pins tritonclient[http]):
 # the constraints are requirements.txt's pins without their extras.

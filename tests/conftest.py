@@ -61,7 +61,7 @@ def registered_model(tmp_path_factory) -> dict:
     from leukolab import tracking
     from leukolab.config.experiment import Experiment
     from leukolab.models.factory import build_model
-    from leukolab.publishing.model import log_smear_model
+    from leukolab.predictor.smear_model import log_smear_model
 
     workspace = tmp_path_factory.mktemp("served-workspace")
     tracking_uri = f"sqlite:///{workspace / 'mlflow.db'}"
@@ -91,7 +91,7 @@ def tag_threshold(registered_model):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from leukolab.publishing.referral import THRESHOLD_TAG
+    from leukolab.predictor.decision import THRESHOLD_TAG
 
     def register(name: str, threshold: float) -> str:
         with pytest.MonkeyPatch.context() as patch:
@@ -132,7 +132,7 @@ def _logged_model(model_env: dict, spec: dict) -> str:
     from leukolab import tracking
     from leukolab.config.experiment import Experiment
     from leukolab.models.factory import build_model
-    from leukolab.publishing.model import log_smear_model
+    from leukolab.predictor.smear_model import log_smear_model
 
     tracking.configure()
     experiment = Experiment.model_validate(spec)

@@ -15,7 +15,7 @@ from leukolab.evaluation.external import (ExternalDataset, class_mapping, compar
 from leukolab.images import decode_image, encode_png, image_array
 from leukolab.models.factory import build_model
 from leukolab.plots import domain_shift
-from leukolab.publishing.model import SmearModel
+from leukolab.predictor.smear_model import SmearModel
 
 TO_BINARY = {"Benign": "normal", "Early": "blast", "Pre": "blast", "Pro": "blast"}
 

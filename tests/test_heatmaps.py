@@ -22,7 +22,7 @@ from leukolab.evaluation.explanations import explained_examples, heatmap_example
 from leukolab.images import image_array
 from leukolab.models.factory import build_model
 from leukolab.models.heatmaps import HeatmapExplainer, class_heatmaps, target_layer
-from leukolab.serving.model import load_model
+from leukolab.predictor.uri import load_model
 
 SIZE = 32
 CNN = Experiment.model_validate({"task": "classification", "model": {"architecture": "SimpleCNN", "width": 8}})

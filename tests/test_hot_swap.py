@@ -116,10 +116,10 @@ class RequestFlow:
 
 
 def test_a_swapped_out_version_answers_its_requests_and_stops_after_the_last():
+    from leukolab.predictor.meta import ModelInfo
     from leukolab.serving.batching import MicroBatcher
-    from leukolab.serving.dependencies import LoadedModel, ModelSlot
     from leukolab.serving.metrics import ServingMetrics
-    from leukolab.serving.model import ModelInfo
+    from leukolab.serving.model_slot import LoadedModel, ModelSlot
     from leukolab.serving.settings import ServingSettings
 
     async def swap_during_a_request() -> None:

@@ -12,7 +12,7 @@ from leukolab.data.synthetic.smears import image_rng, render_smear
 from leukolab.ood import Inputs, OodDetector, fit_detector, in_distribution_threshold
 from leukolab.ood.detectors import ColourCheck, Energy, KindCheck, Mahalanobis, NearestNeighbours
 from leukolab.ood.features import captured_features, features_per_image
-from leukolab.publishing.referral import decide_answer
+from leukolab.predictor.decision import decide_answer
 
 
 def gaussian_inputs(rng, n: int, shift: float = 0.0, dim: int = 16) -> tuple[Inputs, np.ndarray]:

@@ -83,7 +83,7 @@ def test_joint_training_and_dice_on_the_masked_rows_only(frame):
 
 def test_evaluate_model_scores_masks_on_the_masked_rows_only(frame):
     from leukolab.evaluation.compare import evaluate_model
-    from leukolab.publishing.model import SmearModel
+    from leukolab.predictor.smear_model import SmearModel
 
     experiment = load_experiment("unet-mobilenet")
     model = SmearModel(build_model(experiment, 4).eval(), {"experiment": experiment, "class_names": CLASS_NAMES,

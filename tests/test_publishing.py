@@ -15,7 +15,8 @@ from leukolab.data.synthetic.smears import smear_table
 from leukolab.evaluation.compare import candidate_summary, evaluate_model, experiment_runs, load_run_model
 from leukolab.evaluation.gate import gate
 from leukolab.models.factory import build_model
-from leukolab.publishing.model import load_smear_model, log_smear_model
+from leukolab.predictor.smear_model import log_smear_model
+from leukolab.predictor.uri import load_smear_model
 from leukolab.publishing.provenance import PromotionRefused
 from leukolab.publishing.registry import publish
 
@@ -105,8 +106,8 @@ def test_a_candidate_that_is_not_better_becomes_challenger(logged_runs, dataset,
 
 def test_the_referral_threshold_travels_with_the_version(logged_runs, dataset, model_env):
     from leukolab.evaluation.selective import select_referral
-    from leukolab.publishing.referral import threshold_from_tags
-    from leukolab.serving.model import resolve_model
+    from leukolab.predictor.decision import threshold_from_tags
+    from leukolab.predictor.uri import resolve_model
 
     name, run = "leukolab-referral-test", logged_runs.to_dict("records")[0]
     metrics, outputs = evaluate_model(load_run_model(pd.Series(run)), dataset, bootstrap_samples=0)
@@ -174,10 +175,13 @@ def test_an_unreachable_registry_names_the_tracking_uri(monkeypatch):
         load_smear_model("models:/leukolab@champion")
 
 
-def test_models_published_before_the_packages_still_load_their_class():
+@pytest.mark.parametrize("module", ["leukolab.pyfunc", "leukolab.publishing.model"])
+def test_models_published_before_the_packages_still_load_their_class(module):
+    """Versions published before the library's packages name ``leukolab.pyfunc``, those before ``leukolab.predictor``
+    name ``leukolab.publishing.model``, as the module of their pickled class."""
     import pickle
 
-    from leukolab.publishing.model import SmearModel
+    from leukolab.predictor.smear_model import SmearModel
 
-    old = pickle.dumps(SmearModel(), protocol=0).replace(b"leukolab.publishing.model", b"leukolab.pyfunc")
-    assert b"leukolab.pyfunc" in old and isinstance(pickle.loads(old), SmearModel)
+    old = pickle.dumps(SmearModel(), protocol=0).replace(b"leukolab.predictor.smear_model", module.encode())
+    assert module.encode() in old and isinstance(pickle.loads(old), SmearModel)

@@ -10,7 +10,8 @@ import pytest
 from leukolab.evaluation.selective import (at_threshold, choose_threshold, referral_metrics, referral_report,
                                            risk_coverage_curve, select_referral)
 from leukolab.metrics.intervals import ratio_interval
-from leukolab.publishing.referral import THRESHOLD_TAG, decide, referral_tags, threshold_from_tags
+from leukolab.predictor.decision import THRESHOLD_TAG, decide, threshold_from_tags
+from leukolab.publishing.referral import referral_tags
 
 # Highest confidence first; the fourth is the first mistake, so risk rises to 1/4 and falls back to 1/5.
 CONFIDENCE = np.array([0.6, 0.99, 0.8, 0.95, 0.7, 0.9])

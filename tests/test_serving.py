@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from leukolab.publishing.model import SmearModel
+from leukolab.predictor.smear_model import SmearModel
 from leukolab.serving import uploads as uploads_module
 from leukolab.serving.app import ServingSettings, create_app
 from leukolab.serving.dependencies import get_settings
@@ -364,7 +364,7 @@ def test_referrals_are_answered_and_counted_per_image(referring_model):
 def test_a_bad_threshold_tag_leaves_the_server_unready_and_says_why(model_env):
     from mlflow.tracking import MlflowClient
 
-    from leukolab.publishing.referral import THRESHOLD_TAG
+    from leukolab.predictor.decision import THRESHOLD_TAG
 
     client = MlflowClient(model_env["tracking_uri"])
     client.create_registered_model("leukolab-bad-tag")

@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from leukolab.predictor.smear_model import SmearModel
 from leukolab.processes.background import free_port
-from leukolab.publishing.model import SmearModel
 from leukolab.serving.admission import Admission
 from leukolab.serving.app import ServingSettings, create_app
 from leukolab.serving.auth import check_exposure, is_loopback

@@ -9,8 +9,9 @@ import torch
 
 from leukolab.config.experiment import Experiment
 from leukolab.models.factory import build_model, without_tta
-from leukolab.publishing.model import SmearModel
-from leukolab.publishing.tta import answers, choose_tta_gate, gate_from_tags, measure_gate
+from leukolab.predictor.gated_tta import gate_from_tags
+from leukolab.predictor.smear_model import SmearModel
+from leukolab.publishing.tta import answers, choose_tta_gate, measure_gate
 
 CLASS_NAMES = ["Benign", "Early", "Pre", "Pro"]
 

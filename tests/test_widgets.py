@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from leukolab import widgets as demo
+from leukolab.predictor.uri import load_model
 from leukolab.serving.app import ServingSettings, create_app
-from leukolab.serving.model import load_model
 from leukolab.serving.schemas import Prediction
 
 

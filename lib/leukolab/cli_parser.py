@@ -9,6 +9,7 @@ import os
 from leukolab import __version__
 from leukolab.config import available
 from leukolab.config.arguments import key_value, positive_int
+from leukolab.predictor import DEFAULT_MODEL_URI
 from leukolab.retrain import add_retrain_arguments
 from leukolab.review_command import add_review_arguments
 from leukolab.scoring.options import add_predict_arguments
@@ -119,7 +120,7 @@ def build_parser(stage_help: str | None = None) -> CommandParser:
                    "(the published model, or a running API with $LEUKOLAB_API_URL)")
     _server_arguments(demo, 8866)
     demo.add_argument("--model-uri", default=os.environ.get("LEUKOLAB_MODEL_URI"),
-                      help="the model the demo loads (default: $LEUKOLAB_MODEL_URI or models:/leukolab@champion)")
+                      help=f"the model the demo loads (default: $LEUKOLAB_MODEL_URI or {DEFAULT_MODEL_URI})")
     demo.add_argument("--no-browser", action="store_true", help="do not open a browser")
 
     cluster = command("cluster", "a Spark standalone cluster on 127.0.0.1: start, stop, show it")

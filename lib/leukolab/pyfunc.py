@@ -1,10 +1,11 @@
-"""Where models published before the library's packages find their class: ``leukolab.pyfunc.SmearModel``.
+"""Where the first published models find their class: ``leukolab.pyfunc.SmearModel``.
 
-Their pickled ``python_model`` names this module, and a process that has already imported this library loads
-them with its classes, so the gate can still compare a new candidate with such a registered champion. The class
-lives in :mod:`leukolab.publishing.model`.
+Only for unpickling: their pickled ``python_model`` names this module, and a process that has already imported this
+library loads them with its classes, so the gate can still compare a new candidate with such a registered champion.
+The versions published after it, before :mod:`leukolab.predictor`, name :mod:`leukolab.publishing.model`. The class
+lives in :mod:`leukolab.predictor.smear_model`.
 """
 
-from leukolab.publishing.model import SmearModel
+from leukolab.predictor.smear_model import SmearModel
 
 __all__ = ["SmearModel"]

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import ipywidgets as widgets
 
 from leukolab.images import decode_image
-from leukolab.publishing.model import SmearModel
+from leukolab.predictor.smear_model import SmearModel
+from leukolab.predictor.uri import load_model
 from leukolab.review.store import UNUSABLE, Case, ReviewStore
-from leukolab.serving.model import load_model
 from leukolab.widgets import _png, render_result
 
 log = logging.getLogger(__name__)

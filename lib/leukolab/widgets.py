@@ -26,10 +26,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from leukolab.images import ANY_SIZE, decode_image
-from leukolab.publishing.model import SmearModel
-from leukolab.publishing.referral import OUT_OF_DISTRIBUTION, REFER
+from leukolab.predictor import DEFAULT_MODEL_URI
+from leukolab.predictor.decision import OUT_OF_DISTRIBUTION, REFER
+from leukolab.predictor.smear_model import SmearModel
+from leukolab.predictor.uri import load_model
 from leukolab.serving.auth import client_headers
-from leukolab.serving.model import DEFAULT_MODEL_URI, load_model
 from leukolab.serving.schemas import Prediction
 
 log = logging.getLogger(__name__)

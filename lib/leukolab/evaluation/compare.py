@@ -24,7 +24,8 @@ from leukolab.data.reading.dataset import SmearDataset, load_manifest, load_spli
 from leukolab.metrics import HEADLINE
 from leukolab.metrics.intervals import classification_intervals, interval_columns, mean_interval
 from leukolab.metrics.scores import classification_metrics, segmentation_scores
-from leukolab.publishing.model import SmearModel, load_smear_model
+from leukolab.predictor.smear_model import SmearModel
+from leukolab.predictor.uri import load_smear_model
 from leukolab.stages import read_outputs
 
 EXPERIMENT_STAGES = ("segment", "classify")

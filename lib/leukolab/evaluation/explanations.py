@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from leukolab.publishing.model import SmearModel
+from leukolab.predictor.smear_model import SmearModel
 
 
 def heatmap_examples(labels, probabilities: np.ndarray, mistakes: int = 4) -> list[int]:

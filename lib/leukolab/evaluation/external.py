@@ -31,7 +31,7 @@ from leukolab.evaluation.compare import interval_columns, with_interval
 from leukolab.images import ANY_SIZE, decode_image  # the images of a processed dataset passed its ETL
 from leukolab.metrics.intervals import classification_intervals
 from leukolab.metrics.scores import classification_metrics
-from leukolab.publishing.model import SmearModel
+from leukolab.predictor.smear_model import SmearModel
 
 SHOWN = ("accuracy", "macro_f1", "ece")
 

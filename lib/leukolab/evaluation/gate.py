@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from leukolab.data.reading.dataset import SmearDataset
-from leukolab.publishing.model import load_smear_model
+from leukolab.predictor.uri import load_smear_model
 from leukolab.tracking import configure
 
 log = logging.getLogger(__name__)

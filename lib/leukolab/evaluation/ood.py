@@ -22,8 +22,8 @@ from leukolab.data.synthetic.shift import shifted_images
 from leukolab.evaluation.external import ExternalDataset
 from leukolab.images import ANY_SIZE, ImageRejected, decode_image  # a processed dataset's images passed its ETL
 from leukolab.metrics.intervals import mean_interval, ratio_interval
-from leukolab.publishing.model import SmearModel
-from leukolab.publishing.referral import accepts
+from leukolab.predictor.decision import accepts
+from leukolab.predictor.smear_model import SmearModel
 
 
 def synthetic_sets(kinds: list[str], images: int, image_size: int, seed: int = 0) -> dict[str, list[np.ndarray]]:

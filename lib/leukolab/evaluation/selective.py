@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from leukolab.metrics.intervals import mean_interval, ratio_interval
-from leukolab.publishing.referral import accepts
+from leukolab.predictor.decision import accepts
 
 
 def risk_coverage_curve(confidence, correct) -> pd.DataFrame:

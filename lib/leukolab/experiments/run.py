@@ -24,7 +24,8 @@ from leukolab.experiments.resampling import run_resampling
 from leukolab.images import ImageRules
 from leukolab.models.factory import build_model
 from leukolab.ood import OodDetector, fit_detector
-from leukolab.publishing.model import SmearModel, log_smear_model
+from leukolab.predictor.meta import ModelMeta
+from leukolab.predictor.smear_model import SmearModel, log_smear_model
 from leukolab.tracking import flatten
 from leukolab.training.calibration import fit_temperature
 from leukolab.training.distributed import fit_distributed
@@ -104,9 +105,9 @@ def run_experiment(experiment: Experiment, dataset_dir: str | Path,
     for name, figure in figures.items():
         mlflow.log_figure(figure, f"plots/{name}.png")
 
-    meta = {"experiment": experiment.model_dump(mode="json"), "class_names": class_names, "image_size": manifest["image_size"],
-            "image_rules": ImageRules.from_mapping(manifest.get("parameters", {})).as_dict(),
-            "mean": mean, "std": std, "temperature": temperature, "dataset_fingerprint": manifest["fingerprint"]}
+    meta = ModelMeta(experiment=experiment, class_names=class_names, image_size=manifest["image_size"],
+                     image_rules=ImageRules.from_mapping(manifest.get("parameters", {})), mean=mean, std=std,
+                     temperature=temperature, dataset_fingerprint=manifest["fingerprint"])
     ood = fit_ood(SmearModel(model, meta), *(_in_memory(splits[name], experiment.seed) for name in ("train", "val")))
     if ood is not None:
         mlflow.log_metrics({"ood_threshold": ood.threshold, "ood_val_images": ood.val_images})

@@ -10,8 +10,8 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from leukolab.predictor.uri import load_smear_model
 from leukolab.publishing.card import render_model_card
-from leukolab.publishing.model import load_smear_model
 from leukolab.publishing.provenance import promotion_check, provenance_problems
 from leukolab.publishing.referral import referral_tags
 from leukolab.publishing.tta import tta_tags
@@ -95,7 +95,7 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
                "tracking URI": tracking_uri()}
     card = _log_card(client, candidate["run_id"], render_model_card(
         model_name=name, version=version.version, alias=alias, candidate=candidate, experiment=model.experiment,
-        manifest=manifest, gate=gate, temperature=model.meta.get("temperature"), lineage=lineage,
+        manifest=manifest, gate=gate, temperature=model.meta.temperature, lineage=lineage,
         figures={caption: Path(path).name for caption, path in (figures or {}).items()}, external=external,
         referral=referral, evaluation=evaluation, override=override, ood=ood), figures or {})
     description = card["text"] if len(card["text"]) <= DESCRIPTION_LIMIT else (

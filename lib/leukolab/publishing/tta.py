@@ -1,12 +1,8 @@
-"""Gated test-time augmentation: the eight views only where the plain answer could differ from theirs.
+"""Choosing the gate of gated test-time augmentation (:mod:`leukolab.predictor.gated_tta` applies it).
 
-A model with ``inference.tta`` averages eight rotations/mirrors of every image: eight forward passes' worth of work
-per image. Most images' plain answer (one view) is already the averaged one: the gate sends only the images whose
-plain confidence is under ``tta_gate`` through the eight views (together, in one pass), and answers the others from
-the plain pass. :func:`choose_tta_gate` picks the lowest gate at which, on the selection split, every image gets the
-same class and the same accept/refer decision as with full TTA, plus a margin; ``40_publish`` records it on the
-version as the tag ``tta_gate`` beside ``referral_threshold``, and the server applies it. Without the tag (and for
-``mlflow.pyfunc`` users) every image gets the eight views, as before.
+:func:`choose_tta_gate` picks the lowest gate at which, on the selection split, every image gets the same class and
+the same accept/refer decision as with full TTA, plus a margin; ``40_publish`` records it on the version as the tag
+``tta_gate`` beside ``referral_threshold`` (:func:`tta_tags`).
 """
 
 from __future__ import annotations
@@ -16,26 +12,12 @@ import logging
 import numpy as np
 
 from leukolab.models.factory import without_tta
+from leukolab.predictor.gated_tta import TTA_GATE_TAG, gated_outputs
 
 log = logging.getLogger(__name__)
-TTA_GATE_TAG = "tta_gate"
 DEFAULT_MARGIN = 0.05
 """Added to the highest plain confidence that changed an answer on the selection split: images a little more
 confident than any that changed there still get the eight views."""
-
-
-def gated_outputs(plain: dict[str, np.ndarray], augmented_of, gate: float) -> dict[str, np.ndarray]:
-    """``plain`` outputs (``probabilities``, N x classes, and any others per row) with the rows whose plain
-    confidence is under ``gate`` replaced by ``augmented_of(rows)`` (a boolean mask in, their TTA outputs out; not
-    called when no row is under the gate)."""
-    unsure = plain["probabilities"].max(1) < gate
-    if not unsure.any():
-        return plain
-    augmented = augmented_of(unsure)
-    merged = {key: value.copy() for key, value in plain.items()}
-    for key, value in merged.items():
-        value[unsure] = augmented[key]
-    return merged
 
 
 def answers(probabilities: np.ndarray, threshold: float | None) -> list[tuple[int, bool]]:
@@ -61,19 +43,8 @@ def choose_tta_gate(plain: np.ndarray, augmented: np.ndarray, threshold: float |
             "images": len(plain)}
 
 
-def gate_from_tags(tags: dict[str, str], version: str = "") -> float | None:
-    """The ``tta_gate`` tag of a registered version as a number, None when it has none."""
-    value = tags.get(TTA_GATE_TAG)
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"the {TTA_GATE_TAG} tag of model version {version or '?'} is {value!r}, not a number") from None
-
-
 def measure_gate(model, images, threshold: float | None, batch_size: int = 64) -> dict:
-    """:func:`choose_tta_gate` for a loaded :class:`~leukolab.publishing.model.SmearModel` with TTA on ``images``
+    """:func:`choose_tta_gate` for a loaded :class:`~leukolab.predictor.smear_model.SmearModel` with TTA on ``images``
     (uint8 N x 3 x H x W, the selection split's): its plain and its full-TTA probabilities, batch by batch."""
     plain, augmented = [], []
     for first in range(0, len(images), batch_size):

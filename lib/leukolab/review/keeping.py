@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from leukolab.publishing.referral import REFER
+from leukolab.predictor.decision import REFER
 from leukolab.review.store import Answer, Kept, ReviewStore
 
 log = logging.getLogger(__name__)

@@ -7,12 +7,14 @@ import argparse
 import os
 import sys
 
+from leukolab.predictor import DEFAULT_MODEL_URI
+
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, and folders to walk for images "
                         "(.jpg .jpeg .png .bmp .tif .tiff, recursively)")
     parser.add_argument("--model-uri", default=os.environ.get("LEUKOLAB_MODEL_URI"),
-                        help="a registered model (default: $LEUKOLAB_MODEL_URI or models:/leukolab@champion)")
+                        help=f"a registered model (default: $LEUKOLAB_MODEL_URI or {DEFAULT_MODEL_URI})")
     parser.add_argument("--out", metavar="FILE.csv", help="where to write the CSV (default: stdout)")
     parser.add_argument("--explain", metavar="DIR", help="write a heatmap overlay per image to DIR (Grad-CAM of the predicted class)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default: %(default)s)")
@@ -28,7 +30,6 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from leukolab.review.keeping import keep_scored_rows, keeping_enabled
     from leukolab.scoring.predict import predict_paths, write_contact_sheet, write_csv
-    from leukolab.serving.model import DEFAULT_MODEL_URI
 
     try:
         frame = predict_paths(args.paths, args.model_uri or DEFAULT_MODEL_URI, args.batch_size, args.explain,

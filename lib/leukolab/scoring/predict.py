@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 
 from leukolab.images import ANY_SIZE, ImageRejected, decode_image
 from leukolab.plots import contact_sheet
+from leukolab.predictor import DEFAULT_MODEL_URI
+from leukolab.predictor.uri import load_model, resolve_model
 from leukolab.scoring.input_files import collect
 from leukolab.scoring.rows import columns, score_batch
-from leukolab.serving.model import DEFAULT_MODEL_URI, load_model, resolve_model
 from leukolab.tracking import configure
 
 log = logging.getLogger(__name__)

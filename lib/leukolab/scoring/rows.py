@@ -1,6 +1,6 @@
 """One batch of files scored into rows: decoded under the model's :class:`~leukolab.images.ImageRules` (what the
 ETL and the API refuse is refused here, with the same reason), one forward pass over the usable images, the
-referral decision and its reason (:func:`~leukolab.publishing.referral.decide_answer`), and with ``explain_dir`` a
+referral decision and its reason (:func:`~leukolab.predictor.decision.decide_answer`), and with ``explain_dir`` a
 heatmap overlay per image."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from PIL import Image
 
 from leukolab.images import ImageRejected, decode_image
 from leukolab.plots import heatmap_overlay
-from leukolab.publishing.model import SmearModel
-from leukolab.publishing.referral import decide_answer
+from leukolab.predictor.decision import decide_answer
+from leukolab.predictor.smear_model import SmearModel
 from leukolab.scoring.input_files import ScoreItem
 
 UNREADABLE = "unreadable"

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 
 from leukolab.data.spark import spark_session
-from leukolab.publishing.model import SmearModel
+from leukolab.predictor.smear_model import SmearModel
 from leukolab.scoring.input_files import ScoreItem
 from leukolab.scoring.rows import score_batch
 

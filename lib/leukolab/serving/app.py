@@ -6,7 +6,8 @@ is pinned to its version before loading, so ``/version`` names the weights that 
 ``{"detail", "reason"}`` with a 4xx status.
 
 The app is made of: :mod:`~leukolab.serving.settings` (the limits), :mod:`~leukolab.serving.dependencies` (what
-routes take: settings, metrics, the loaded model), :mod:`~leukolab.serving.errors` (refusals as exceptions and
+routes take: settings, metrics, the loaded model), :mod:`~leukolab.serving.model_slot` (the model that answers, hot
+swapped), :mod:`~leukolab.serving.errors` (refusals as exceptions and
 their handlers), :mod:`~leukolab.serving.uploads` (reading and decoding images) and
 :mod:`~leukolab.serving.routes`, with the Open Inference Protocol's in :mod:`~leukolab.serving.v2`.
 """
@@ -20,9 +21,9 @@ from fastapi import FastAPI
 import leukolab
 from leukolab.review.keeping import keeper_from_env
 from leukolab.serving.admission import Admission
-from leukolab.serving.dependencies import ModelSlot
 from leukolab.serving.errors import install_error_handlers
 from leukolab.serving.metrics import RequestMetricsMiddleware, ServingMetrics
+from leukolab.serving.model_slot import ModelSlot
 from leukolab.serving.routes import router
 from leukolab.serving.settings import ServingSettings
 from leukolab.serving.v2 import include as include_v2

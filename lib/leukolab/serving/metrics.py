@@ -18,7 +18,7 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from leukolab.publishing.referral import LOW_CONFIDENCE, OUT_OF_DISTRIBUTION, REFER
+from leukolab.predictor.decision import LOW_CONFIDENCE, OUT_OF_DISTRIBUTION, REFER
 
 INFERENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONFIDENCE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))

@@ -20,10 +20,10 @@ import leukolab
 from leukolab.review.keeping import ReferredKeeper
 from leukolab.serving.admission import Admission, Admitted
 from leukolab.serving.auth import Authorized
-from leukolab.serving.dependencies import (Keeper, LoadedModel, LoadedNow, Metrics, ReadyModel, Settings, Slot,
-                                           predict_arrays)
+from leukolab.serving.dependencies import Keeper, LoadedNow, Metrics, ReadyModel, Settings, Slot
 from leukolab.serving.errors import ApiError
 from leukolab.serving.metrics import ServingMetrics
+from leukolab.serving.model_slot import LoadedModel, predict_arrays
 from leukolab.serving.schemas import BatchPrediction, ErrorBody, Health, Prediction, Readiness, VersionInfo
 from leukolab.serving.uploads import Upload, prepare_all, uploads_in
 
@@ -99,7 +99,7 @@ async def version(served: ReadyModel) -> VersionInfo:
                        dataset_fingerprint=info.dataset_fingerprint, referral_threshold=info.referral_threshold,
                        ood_check=model.ood.summary() if model.ood is not None else None,
                        task=model.task, class_names=model.class_names,
-                       image_size=int(model.meta["image_size"]), leukolab_version=leukolab.__version__)
+                       image_size=model.meta.image_size, leukolab_version=leukolab.__version__)
 
 
 @router.post("/predict", response_model=Prediction, summary="Classify (and segment) one smear image",

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from leukolab.publishing.referral import decide_answer
+from leukolab.predictor.decision import decide_answer
 
 
 class ErrorBody(BaseModel):

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from leukolab.images import DEFAULT_MAX_PIXELS
-from leukolab.serving.model import DEFAULT_MODEL_URI
+from leukolab.predictor import DEFAULT_MODEL_URI
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class ServingSettings:
     model_uri: str = DEFAULT_MODEL_URI
     model_poll_seconds: float = 30.0
     """How often an alias URI (``models:/leukolab@champion``) is resolved again to follow it to a new version (hot
-    swap, :class:`~leukolab.serving.dependencies.ModelSlot`); 0: never, the version found at start-up serves."""
+    swap, :class:`~leukolab.serving.model_slot.ModelSlot`); 0: never, the version found at start-up serves."""
     max_upload_bytes: int = 10 * 1024 * 1024
     """Largest file accepted (each file of a batch), refused before decoding."""
     max_pixels: int = DEFAULT_MAX_PIXELS

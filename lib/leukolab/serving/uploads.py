@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Message
 
 from leukolab.images import ImageRejected, decode_image
-from leukolab.publishing.model import SmearModel
+from leukolab.predictor.smear_model import SmearModel
 from leukolab.serving.dependencies import Settings
 from leukolab.serving.errors import ApiError
 

@@ -16,8 +16,9 @@ from fastapi.responses import Response
 import leukolab
 from leukolab.serving.admission import Admitted
 from leukolab.serving.auth import Authorized
-from leukolab.serving.dependencies import Keeper, LoadedModel, LoadedNow, Metrics, ReadyModel, Settings
+from leukolab.serving.dependencies import Keeper, LoadedNow, Metrics, ReadyModel, Settings
 from leukolab.serving.errors import ApiError
+from leukolab.serving.model_slot import LoadedModel
 from leukolab.serving.protocol import (BINARY_HEADER, EXTENSIONS, IMAGE_INPUT, SERVER_NAME, InferenceRequest,
                                        InferenceResponse, Liveness, ModelMetadata, ModelReadiness, ServerMetadata,
                                        ServerReadiness, TensorMetadata, V2Error, output_metadata)

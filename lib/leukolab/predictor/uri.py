@@ -1,41 +1,19 @@
-"""The served model: resolve a model URI to its registry version, run, dataset and referral threshold, then load it."""
+"""Loading the published model by URI: resolve it to its registry version, run, dataset, referral threshold and TTA
+gate, then load it."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from leukolab.publishing.model import SmearModel, load_smear_model
-from leukolab.publishing.referral import threshold_from_tags
-from leukolab.publishing.tta import gate_from_tags
+from leukolab.predictor.decision import threshold_from_tags
+from leukolab.predictor.gated_tta import gate_from_tags
+from leukolab.predictor.meta import ModelInfo
+from leukolab.predictor.smear_model import SmearModel
 from leukolab.tracking import configure, tracking_uri
-
-DEFAULT_MODEL_URI = "models:/leukolab@champion"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What stands behind a model URI: registry name and version, source run, dataset fingerprint, and the version's
-    ``referral_threshold`` tag (None without one, and for ``runs:/`` URIs: every prediction is accepted)."""
-
-    uri: str
-    name: str | None = None
-    version: str | None = None
-    run_id: str | None = None
-    dataset_fingerprint: str | None = None
-    referral_threshold: float | None = None
-    tta_gate: float | None = None
-    """The version's ``tta_gate`` tag (:mod:`leukolab.publishing.tta`); None: every image gets the full TTA."""
-
-    @property
-    def label(self) -> str:
-        """``name/version`` for registered models, else the run id, else the URI."""
-        if self.name and self.version:
-            return f"{self.name}/{self.version}"
-        return self.run_id or self.uri
 
 
 def is_alias(uri: str) -> bool:
@@ -64,6 +42,12 @@ def resolve_model(uri: str) -> tuple[str, ModelInfo]:
     info = ModelInfo(uri, version.name, str(version.version), version.run_id, fingerprint, threshold,
                      gate_from_tags(version.tags, f"{version.name}/{version.version}"))
     return f"models:/{version.name}/{version.version}", info
+
+
+def load_smear_model(model_uri: str) -> SmearModel:
+    """Load a logged or registered model from the workspace's tracking store and return its :class:`SmearModel`."""
+    configure()
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
 
 
 def load_model(uri: str, resolved: tuple[str, ModelInfo] | None = None) -> tuple[SmearModel, ModelInfo]:
