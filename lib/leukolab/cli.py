@@ -48,6 +48,7 @@ def _overrides(items: list) -> dict:
 def _run(args) -> int:
     from leukolab.pipeline.interrupts import Terminated
     from leukolab.pipeline.runner import StageFailed, run_pipeline
+    from leukolab.stages.records import PublishRecord
 
     if args.dry_run:
         return _status(args)
@@ -73,12 +74,12 @@ def _run(args) -> int:
     tasks = lineage["tasks"].values()
     counts = ", ".join(f"{sum(t['status'] == s for t in tasks)} {s}" for s in ("done", "cached"))
     print(f"\npipeline run {lineage['run_id']} finished ({counts}): {lineage['run_dir']}")
-    publish = lineage["tasks"].get("publish", {}).get("result")
+    publish = PublishRecord.from_output(lineage["tasks"].get("publish", {}).get("result"))
     if publish:
-        metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(publish.get("test_metrics", {}).items()) if k in
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(publish.test_metrics.items()) if k in
                             ("accuracy", "macro_f1", "roc_auc_ovr", "dice", "iou"))
-        print(f"champion: {publish['model_name']} version {publish['version']} (@{publish['alias']}); test: {metrics}")
-        for extra in publish.get("also_registered", []):
+        print(f"champion: {publish.model_name} version {publish.version} (@{publish.alias}); test: {metrics}")
+        for extra in publish.also_registered:
             print(f"also registered: {extra['model_name']} version {extra['version']} (@{extra['alias']}); "
                   f"test dice {extra['test_metrics'].get('dice', float('nan')):.3f}")
     return 0
