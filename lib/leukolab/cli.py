@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Callable, TypeVar
 
 from leukolab.cli_parser import build_parser
 from leukolab.config.arguments import key_value
 from leukolab.logs import configure_logging
 from leukolab.scoring.options import run_predict
+
+T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,31 +168,33 @@ def _runs(args) -> int:
 def _compare(args) -> int:
     from leukolab.pipeline.comparison import compare_runs
 
-    try:
-        comparison = compare_runs(args.run_a, args.run_b)
-    except ValueError as error:
-        print(f"leukolab compare: {error}", file=sys.stderr)
-        return 2
-    if args.json:
-        _print_json(comparison.records())
-    else:
-        print(comparison.markdown() if args.markdown else comparison.text())
-    return 0
+    return _answer("compare", lambda: compare_runs(args.run_a, args.run_b), as_json=args.json,
+                   records=lambda comparison: comparison.records(),
+                   text=lambda comparison: comparison.markdown() if args.markdown else comparison.text())
 
 
 def _status(args) -> int:
     from leukolab.pipeline.status import status_table, would_run
 
+    return _answer(args.command, lambda: would_run(args.profile, _overrides(args.param), args.pipeline, force=args.force,
+                                                   from_stage=args.from_stage, until=args.until, only=args.only),
+                   as_json=getattr(args, "json", False), records=lambda rows: rows, text=status_table,
+                   errors=(ValueError, FileNotFoundError))
+
+
+def _answer(command: str, produce: Callable[[], T], *, as_json: bool, records: Callable[[T], object],
+            text: Callable[[T], str], errors: tuple[type[Exception], ...] = (ValueError,)) -> int:
+    """What a reporting subcommand prints: ``produce()``'s ``records`` as JSON with ``--json``, else its ``text``;
+    an error of ``errors`` is one line on stderr (``leukolab COMMAND: ...``) and exit status 2."""
     try:
-        rows = would_run(args.profile, _overrides(args.param), args.pipeline, force=args.force,
-                         from_stage=args.from_stage, until=args.until, only=args.only)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"leukolab {args.command}: {error}", file=sys.stderr)
+        result = produce()
+    except errors as error:
+        print(f"leukolab {command}: {error}", file=sys.stderr)
         return 2
-    if getattr(args, "json", False):
-        _print_json(rows)
+    if as_json:
+        _print_json(records(result))
     else:
-        print(status_table(rows))
+        print(text(result))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""What the stage notebooks share: the set-up cell, and the cells of the experiment stages (10_segment, 20_classify)."""
+"""What the stage notebooks share: the set-up cell, showing an experiment (10_segment, 20_classify), and the last cell
+of a stage: its record handed on and its MLflow run ended."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from IPython.display import display
 
 from leukolab import tracking
 from leukolab.config.experiment import Experiment
+from leukolab.evaluation.stage import Evaluation, track_evaluation
 from leukolab.experiments.resampling import resampling_summary
 from leukolab.experiments.run import ExperimentResult
 from leukolab.logs import configure_logging
@@ -56,3 +58,9 @@ def finish_experiment(stage: str, run_dir: str | Path, result: ExperimentResult)
                               val_metrics=result.val_metrics, test_metrics=result.test_metrics,
                               resampling=result.resampling, acquisition_aware=result.acquisition_aware)
     return hand_on(run_dir, record, f"{stage}-{result.experiment.name}")
+
+
+def finish_evaluation(run_dir: str | Path, evaluation: Evaluation) -> Path:
+    """Log the evaluation (:func:`~leukolab.evaluation.stage.track_evaluation`), hand its record on to the publish
+    stage (``<run_dir>/evaluate.json``) and end the stage's run."""
+    return hand_on(run_dir, track_evaluation(run_dir, evaluation))

@@ -65,11 +65,11 @@ class EtlRecord(StageRecord):
     extra_sources: list[ExtraSourceCounts] = []
 
     @classmethod
-    def from_manifest(cls, dataset_dir: str | Path, manifest: dict, mlflow_run_id: str | None) -> Self:
+    def from_manifest(cls, dataset_dir: str | Path, manifest: dict) -> Self:
         """The record of a dataset from its manifest (:func:`leukolab.data.dataset.load_manifest`)."""
         extras = [{key: extra[key] for key in ExtraSourceCounts.__annotations__} for extra in manifest.get("extra_sources", [])]
         return cls(dataset_dir=str(dataset_dir), fingerprint=manifest["fingerprint"], counts=manifest["counts"],
-                   extra_sources=extras, mlflow_run_id=mlflow_run_id)
+                   extra_sources=extras)
 
 
 class ExperimentRecord(StageRecord):
