@@ -120,7 +120,7 @@ class GateDecision(TypedDict):
     split: str | None
     margin: float
     candidate_score: float
-    current_version: str | None
+    current_version: int | str | None
     current_score: float | None
     unchanged: NotRequired[bool]  # the candidate is the registered champion already
 
@@ -169,7 +169,7 @@ class PublishedVersion(TypedDict):
     """A registered version as :func:`leukolab.publishing.registry.publish` returns it."""
 
     model_name: str
-    version: str
+    version: int | str  # as the registry gives it
     alias: str
     model_uri: str
     source_run_id: str
@@ -184,7 +184,7 @@ class PublishRecord(StageRecord):
 
     stage: ClassVar[str] = "publish"
     model_name: str
-    version: str
+    version: int | str  # as the registry gives it
     alias: str
     model_uri: str
     source_run_id: str
