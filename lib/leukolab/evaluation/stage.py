@@ -90,11 +90,8 @@ class Evaluation:
     ood: dict | None = None
     figures: dict[str, Figure] = field(default_factory=dict)
 
-    @property
-    def report_split(self) -> str:
-        return REPORT_SPLIT
-
     def summary(self, row: pd.Series | None) -> Candidate | None:
+        """A chosen run's summary for the gate, the record and the registry (its figures on every split)."""
         return candidate_summary(row, self.table, REPORT_SPLIT)
 
     def reported(self) -> pd.Series:
