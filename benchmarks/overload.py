@@ -19,13 +19,10 @@ import asyncio
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
-from serve import api_request, register_scratch_model, synthetic_jpegs  # noqa: E402
+from serve import api_request, load, register_scratch_model, synthetic_jpegs  # noqa: E402
 
 
 def main() -> None:
@@ -53,50 +50,12 @@ def measure(model_uri: str, scratch: str, max_pending: int, images: list[bytes],
     os.environ["LEUKOLAB_MAX_PENDING"] = str(max_pending)
     with start_server(model_uri, log_path=Path(scratch) / f"api-{max_pending}.log", timeout=180) as server:
         requests = [api_request(server.url, image) for image in images]
-        asyncio.run(load(requests, 8, 3.0, args.timeout))  # warm-up below capacity
-        result = asyncio.run(load(requests, args.concurrency, args.seconds, args.timeout))
+        asyncio.run(load(requests, 8, 3.0, args.timeout, retry_after=True))  # warm-up below capacity
+        measured = asyncio.run(load(requests, args.concurrency, args.seconds, args.timeout, retry_after=True))
+    result = {"accepted_rps": measured["rps"], "accepted_p50_ms": measured["p50_ms"], "accepted_p99_ms": measured["p99_ms"],
+              **{key: measured[key] for key in ("rejected", "rejected_p99_ms", "other_statuses", "client_timeouts", "retry_after")}}
     print(f"max_pending {max_pending}: {result}")
     return result
-
-
-async def load(requests: list, concurrency: int, seconds: float, timeout: float) -> dict:
-    """``concurrency`` clients for ``seconds``: latencies of 200s and 503s, other statuses, client timeouts."""
-    import aiohttp
-
-    accepted, rejected, other, timeouts = [], [], [], 0
-    retry_after: set[str] = set()
-    deadline = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        async def client(offset: int) -> None:
-            nonlocal timeouts
-            i = offset
-            while time.perf_counter() < deadline:
-                url, body, headers = requests[i % len(requests)]
-                sent = time.perf_counter()
-                try:
-                    async with session.post(url, data=body, headers=headers) as response:
-                        await response.read()
-                        took = time.perf_counter() - sent
-                        if response.status == 503:
-                            rejected.append(took)
-                            retry_after.add(response.headers.get("Retry-After", "missing"))
-                            await asyncio.sleep(float(response.headers.get("Retry-After", 1)))  # as asked
-                        else:
-                            (accepted if response.status == 200 else other).append(took)
-                except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-                    timeouts += 1
-                i += concurrency
-
-        began = time.perf_counter()
-        await asyncio.gather(*(client(offset) for offset in range(concurrency)))
-        elapsed = time.perf_counter() - began
-
-    def p(values: list[float], q: float) -> float:
-        return float(np.quantile(values, q) * 1000) if values else float("nan")
-    return {"accepted_rps": len(accepted) / elapsed, "accepted_p50_ms": p(accepted, 0.5), "accepted_p99_ms": p(accepted, 0.99),
-            "rejected": len(rejected), "rejected_p99_ms": p(rejected, 0.99), "other_statuses": len(other),
-            "client_timeouts": timeouts, "retry_after": sorted(retry_after)}
 
 
 def report(rows: dict, args) -> None:

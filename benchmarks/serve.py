@@ -51,7 +51,6 @@ from pathlib import Path
 import numpy as np
 
 CONCURRENCY = (1, 8, 32)
-BOUNDARY = "leukolab-benchmark-boundary"
 MAX_SOAK_SECONDS = 3600
 COMPARE_CONCURRENCY = 8
 
@@ -205,9 +204,9 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float) -> None:
 
 
 def api_request(url: str, image: bytes, explain: bool = False) -> tuple[str, bytes, dict]:
-    body = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="smear.jpg"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()
-    return f"{url}/predict" + ("?explain=true" if explain else ""), body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    from leukolab.serving.client import image_upload
+
+    return (f"{url}/predict" + ("?explain=true" if explain else ""), *image_upload(image))
 
 
 def v2_request(url: str, image: bytes, binary: bool = True) -> tuple[str, bytes, dict]:
@@ -277,17 +276,25 @@ def check_answer(request: tuple[str, bytes, dict], expect: str = "Benign") -> No
         raise RuntimeError(f"{url} answered without a heatmap_png")
 
 
-async def load(requests: list[tuple[str, bytes, dict]], concurrency: int, seconds: float) -> dict:
-    """Keep ``concurrency`` requests in flight for ``seconds``: requests/s and p50/p99 of the 200s, and the errors
-    (other statuses, failed connections, timeouts), with the first one's description."""
+async def load(requests: list[tuple[str, bytes, dict]], concurrency: int, seconds: float, timeout: float = 120.0,
+               retry_after: bool = False) -> dict:
+    """Keep ``concurrency`` requests in flight for ``seconds`` (each within ``timeout`` s; with ``retry_after``, a
+    client answered 503 waits its ``Retry-After`` before the next): requests/s and p50/p99 of the 200s, the
+    errors (other statuses, failed connections, timeouts) with the first one's description, and what
+    ``benchmarks/overload.py`` counts: the 503s' latencies and ``Retry-After`` values, other statuses, timeouts."""
     import aiohttp
 
     latencies: list[float] = []
     errors: list[str] = []
+    rejected: list[float] = []
+    other = 0
+    timeouts = 0
+    retry_values: set[str] = set()
     deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         async def client(offset: int) -> None:
+            nonlocal other, timeouts
             i = offset
             while time.perf_counter() < deadline:
                 url, body, headers = requests[i % len(requests)]
@@ -295,11 +302,19 @@ async def load(requests: list[tuple[str, bytes, dict]], concurrency: int, second
                 try:
                     async with session.post(url, data=body, headers=headers) as response:
                         await response.read()
+                        took = time.perf_counter() - sent
                         if response.status == 200:
-                            latencies.append(time.perf_counter() - sent)
+                            latencies.append(took)
                         else:
                             errors.append(f"{url} answered {response.status}")
+                        if response.status == 503 and retry_after:
+                            rejected.append(took)
+                            retry_values.add(response.headers.get("Retry-After", "missing"))
+                            await asyncio.sleep(float(response.headers.get("Retry-After", 1)))  # as asked
+                        elif response.status != 200:
+                            other += 1
                 except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+                    timeouts += isinstance(error, (asyncio.TimeoutError, aiohttp.ServerTimeoutError))
                     errors.append(f"{url}: {type(error).__name__} {error}")
                 i += concurrency
 
@@ -308,7 +323,9 @@ async def load(requests: list[tuple[str, bytes, dict]], concurrency: int, second
         elapsed = time.perf_counter() - began
     quantiles = np.quantile(latencies, [0.5, 0.99]) * 1000 if latencies else [float("nan")] * 2
     return {"requests": len(latencies) + len(errors), "rps": len(latencies) / elapsed, "p50_ms": float(quantiles[0]),
-            "p99_ms": float(quantiles[1]), "errors": len(errors), "first_error": errors[0] if errors else None}
+            "p99_ms": float(quantiles[1]), "errors": len(errors), "first_error": errors[0] if errors else None,
+            "rejected": len(rejected), "rejected_p99_ms": float(np.quantile(rejected, 0.99) * 1000) if rejected else float("nan"),
+            "other_statuses": other, "client_timeouts": timeouts, "retry_after": sorted(retry_values)}
 
 
 def soak_and_compare(model_uri: str, scratch: str, images: list[bytes], args) -> None:

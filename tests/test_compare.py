@@ -9,6 +9,7 @@ import pytest
 from conftest import leukolab
 
 from leukolab.pipeline.comparison import compare_runs, flatten, markdown_table
+from leukolab.stages.records import EtlRecord, EvaluationRecord
 
 
 def write_run(workspace, run_id: str, tasks: dict, **fields) -> None:
@@ -19,18 +20,30 @@ def write_run(workspace, run_id: str, tasks: dict, **fields) -> None:
     (folder / "lineage.json").write_text(json.dumps(lineage))
 
 
+def evaluation_output(metrics_by_split: dict) -> dict:
+    """An evaluation's output whose champion has ``metrics_by_split`` (val chose, test reports)."""
+    champion = {"run_id": "r1", "experiment": "x", "task": "classification", "model_uri": "runs:/r1/model",
+                "selection_split": "val", "selection_metrics": metrics_by_split["val"], "report_split": "test",
+                "metrics": metrics_by_split["test"], "metrics_by_split": metrics_by_split}
+    gate = {"alias": "champion", "reason": "no champion registered yet", "metric": "accuracy", "split": "val",
+            "margin": 0.0, "candidate_score": 0.4, "current_version": None, "current_score": None}
+    return EvaluationRecord(selection_split="val", report_split="test", dataset_dir="data/processed/d",
+                            champion_metric="accuracy", champion=champion, gates={"champion": gate}, figures={},
+                            table=[]).model_dump()
+
+
 def test_compare_keeps_only_differing_parameters_and_names_reused_stages(tmp_path, monkeypatch):
     monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(tmp_path))
-    evaluation = {"selection_split": "val", "report_split": "test", "champion": {"metrics_by_split": {
-        "test": {"accuracy": 0.5, "accuracy_ci_low": 0.25, "accuracy_ci_high": 0.75, "dice": float("nan")},
-        "val": {"accuracy": 0.4}}}}
+    evaluation = evaluation_output({"test": {"accuracy": 0.5, "accuracy_ci_low": 0.25, "accuracy_ci_high": 0.75,
+                                             "dice": float("nan")}, "val": {"accuracy": 0.4}})
+    etl = EtlRecord(dataset_dir="data/processed/d", fingerprint="f1", counts={}).model_dump()
     write_run(tmp_path, "one", {
-        "etl": {"status": "done", "key": "k1", "parameters": {"seed": 7}, "result": {"fingerprint": "f1"}},
+        "etl": {"status": "done", "key": "k1", "parameters": {"seed": 7}, "result": etl},
         "classify-x": {"status": "done", "key": "k2", "parameters": {"seed": 7, "experiment_overrides": {"optim": {"lr": 0.1, "wd": 0}}}},
         "evaluate": {"status": "done", "key": "k3", "result": evaluation}})
     better = json.loads(json.dumps(evaluation).replace("0.5", "0.625"))
     write_run(tmp_path, "two", {
-        "etl": {"status": "cached", "cached_from": "one", "key": "k1", "parameters": {"seed": 7}, "result": {"fingerprint": "f1"}},
+        "etl": {"status": "cached", "cached_from": "one", "key": "k1", "parameters": {"seed": 7}, "result": etl},
         "classify-x": {"status": "done", "key": "k4", "parameters": {"seed": 7, "experiment_overrides": {"optim": {"lr": 0.01, "wd": 0}}}},
         "evaluate": {"status": "failed", "key": "k5", "result": better}}, library_digest="d2")
 

@@ -10,6 +10,7 @@ import pytest
 
 from leukolab.data.synthetic.smears import smear_table
 from leukolab.experiments.resampling import fold_assignment, resampling_summary, resampling_table, summarize
+from leukolab.stages.records import ExperimentRecord
 
 
 def grouped_frame(per_class: int = 10, group_size: int = 2) -> pd.DataFrame:
@@ -54,16 +55,21 @@ def test_summary_is_the_mean_sample_std_and_the_student_t_interval():
         summarize([0.9])
 
 
+def record(experiment: str, val: dict, test: dict, resampling: dict | None = None) -> ExperimentRecord:
+    """An experiment stage's record with these figures."""
+    return ExperimentRecord(experiment=experiment, task="classification", model_uri=f"runs:/{experiment}/model",
+                            val_metrics=val, test_metrics=test, resampling=resampling)
+
+
 def test_table_puts_the_single_split_beside_the_resampled_interval():
     summary = {"accuracy": {"mean": 0.9, "std": 0.01, "ci_low": 0.88, "ci_high": 0.92, "n": 5}}
-    outputs = {"classify-a": {"experiment": "a", "val_metrics": {"accuracy": 0.95}, "test_metrics": {"accuracy": 0.93},
-                              "resampling": {"folds": {"k": 5, "summary": summary}}},
-               "classify-b": {"experiment": "b", "val_metrics": {"accuracy": 0.5}, "test_metrics": {"accuracy": 0.5}}}
+    outputs = {"classify-a": record("a", {"accuracy": 0.95}, {"accuracy": 0.93}, {"folds": {"k": 5, "summary": summary}}),
+               "classify-b": record("b", {"accuracy": 0.5}, {"accuracy": 0.5})}
     table = resampling_table(outputs)
     assert table.to_dict("records") == [{"experiment": "a", "metric": "accuracy", "single split, val": 0.95,
                                          "single split, test": 0.93, "5 folds (train+val)": "0.900 [0.880, 0.920]"}]
     assert resampling_table({"classify-b": outputs["classify-b"]}).empty
-    assert resampling_summary(outputs["classify-a"]["resampling"]).to_dict("records") == [
+    assert resampling_summary(outputs["classify-a"].resampling).to_dict("records") == [
         {"resampling": "5 folds (train+val)", "metric": "accuracy", **summary["accuracy"]}]
     assert resampling_summary(None).empty
 
@@ -127,7 +133,7 @@ def test_folds_and_seeds_run_as_child_runs_with_a_summary(dataset_dir, tmp_path,
     summary = resampling_summary(result.resampling)
     assert sorted(set(summary["resampling"])) == ["2 folds (train+val)", "2 seeds, test", "2 seeds, val"]
     assert len(summary) == 9
-    table = resampling_table({"classify-simple-cnn": {"experiment": "simple-cnn", "resampling": result.resampling,
-                                                      "val_metrics": result.val_metrics, "test_metrics": result.test_metrics}})
+    table = resampling_table({"classify-simple-cnn": record("simple-cnn", result.val_metrics, result.test_metrics,
+                                                            result.resampling)})
     assert list(table["metric"]) == ["accuracy", "macro_f1", "roc_auc_ovr"]
     assert {"2 folds (train+val)", "2 seeds, val", "2 seeds, test"} <= set(table.columns)

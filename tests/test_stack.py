@@ -638,6 +638,7 @@ def test_real_prometheus_scrapes_the_api_and_answers_the_dashboard(tools, model_
     """The committed scrape config and rules, the API target moved to a local server: Prometheus counts our predictions."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    from leukolab.serving.client import post_images
     from leukolab.serving.launch import start_server
 
     predictions = 7
@@ -661,10 +662,9 @@ def test_real_prometheus_scrapes_the_api_and_answers_the_dashboard(tools, model_
             wait_for(f"{url}/-/ready", prometheus, log, 60)
             # Predictions made before the first scrape would show in the counter but not in increase().
             poll("a first scrape of the API", lambda: prometheus_query(url, "leukolab_predictions_total"))
-            for _ in range(predictions):
-                answer = httpx.post(f"{api.url}/predict", files={"file": ("smear.jpg", model_env["example_image"])},
-                                    timeout=60, trust_env=False)
-                assert answer.status_code == 200, answer.text
+            for sent in post_images(f"{api.url}/predict", [model_env["example_image"]] * predictions, "smear.jpg",
+                                    "image/jpeg"):
+                assert sent.response.status_code == 200, sent.response.text
 
             def counted():
                 result = prometheus_query(url, 'sum(leukolab_predictions_total{job="leukolab-api"})')

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Callable, TypeVar
 
 from leukolab.cli_parser import build_parser
 from leukolab.config.arguments import key_value
 from leukolab.logs import configure_logging
 from leukolab.scoring.options import run_predict
+
+T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +51,7 @@ def _overrides(items: list) -> dict:
 def _run(args) -> int:
     from leukolab.pipeline.interrupts import Terminated
     from leukolab.pipeline.runner import StageFailed, run_pipeline
+    from leukolab.stages.records import PublishRecord
 
     if args.dry_run:
         return _status(args)
@@ -73,12 +77,12 @@ def _run(args) -> int:
     tasks = lineage["tasks"].values()
     counts = ", ".join(f"{sum(t['status'] == s for t in tasks)} {s}" for s in ("done", "cached"))
     print(f"\npipeline run {lineage['run_id']} finished ({counts}): {lineage['run_dir']}")
-    publish = lineage["tasks"].get("publish", {}).get("result")
+    publish = PublishRecord.from_output(lineage["tasks"].get("publish", {}).get("result"))
     if publish:
-        metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(publish.get("test_metrics", {}).items()) if k in
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(publish.test_metrics.items()) if k in
                             ("accuracy", "macro_f1", "roc_auc_ovr", "dice", "iou"))
-        print(f"champion: {publish['model_name']} version {publish['version']} (@{publish['alias']}); test: {metrics}")
-        for extra in publish.get("also_registered", []):
+        print(f"champion: {publish.model_name} version {publish.version} (@{publish.alias}); test: {metrics}")
+        for extra in publish.also_registered:
             print(f"also registered: {extra['model_name']} version {extra['version']} (@{extra['alias']}); "
                   f"test dice {extra['test_metrics'].get('dice', float('nan')):.3f}")
     return 0
@@ -164,31 +168,33 @@ def _runs(args) -> int:
 def _compare(args) -> int:
     from leukolab.pipeline.comparison import compare_runs
 
-    try:
-        comparison = compare_runs(args.run_a, args.run_b)
-    except ValueError as error:
-        print(f"leukolab compare: {error}", file=sys.stderr)
-        return 2
-    if args.json:
-        _print_json(comparison.records())
-    else:
-        print(comparison.markdown() if args.markdown else comparison.text())
-    return 0
+    return _answer("compare", lambda: compare_runs(args.run_a, args.run_b), as_json=args.json,
+                   records=lambda comparison: comparison.records(),
+                   text=lambda comparison: comparison.markdown() if args.markdown else comparison.text())
 
 
 def _status(args) -> int:
     from leukolab.pipeline.status import status_table, would_run
 
+    return _answer(args.command, lambda: would_run(args.profile, _overrides(args.param), args.pipeline, force=args.force,
+                                                   from_stage=args.from_stage, until=args.until, only=args.only),
+                   as_json=getattr(args, "json", False), records=lambda rows: rows, text=status_table,
+                   errors=(ValueError, FileNotFoundError))
+
+
+def _answer(command: str, produce: Callable[[], T], *, as_json: bool, records: Callable[[T], object],
+            text: Callable[[T], str], errors: tuple[type[Exception], ...] = (ValueError,)) -> int:
+    """What a reporting subcommand prints: ``produce()``'s ``records`` as JSON with ``--json``, else its ``text``;
+    an error of ``errors`` is one line on stderr (``leukolab COMMAND: ...``) and exit status 2."""
     try:
-        rows = would_run(args.profile, _overrides(args.param), args.pipeline, force=args.force,
-                         from_stage=args.from_stage, until=args.until, only=args.only)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"leukolab {args.command}: {error}", file=sys.stderr)
+        result = produce()
+    except errors as error:
+        print(f"leukolab {command}: {error}", file=sys.stderr)
         return 2
-    if getattr(args, "json", False):
-        _print_json(rows)
+    if as_json:
+        _print_json(records(result))
     else:
-        print(status_table(rows))
+        print(text(result))
     return 0
 
 

@@ -47,6 +47,7 @@ def retrain_command(args: argparse.Namespace, overrides: dict) -> int:
     from leukolab.pipeline.runner import StageFailed, run_pipeline
     from leukolab.review.snapshot import usable_reviews, write_snapshot
     from leukolab.review.store import ReviewStore
+    from leukolab.stages.records import EvaluationRecord, PublishRecord
 
     if args.min_reviews < 0:
         print("leukolab retrain: --min-reviews must be 0 or more", file=sys.stderr)
@@ -78,11 +79,11 @@ def retrain_command(args: argparse.Namespace, overrides: dict) -> int:
             return 1
         except KeyboardInterrupt as stop:
             return 143 if isinstance(stop, Terminated) else 130
-        published = lineage["tasks"][RETRAIN_UNTIL]["result"]
-        gate = lineage["tasks"]["evaluate"]["result"]["gates"]["champion"]
-        store.record_retrain(snapshot.review_ids, str(snapshot.folder), lineage["run_id"], published["alias"])
-    print(f"\nrun {lineage['run_id']}: {published['model_name']} version {published['version']} is @{published['alias']} "
+        published = PublishRecord.from_output(lineage["tasks"][RETRAIN_UNTIL]["result"])
+        gate = EvaluationRecord.from_output(lineage["tasks"]["evaluate"]["result"]).gates["champion"]
+        store.record_retrain(snapshot.review_ids, str(snapshot.folder), lineage["run_id"], published.alias)
+    print(f"\nrun {lineage['run_id']}: {published.model_name} version {published.version} is @{published.alias} "
           f"({gate['reason']})")
-    if published["alias"] == "champion":
+    if published.alias == "champion":
         print("an API that follows @champion swaps to it at its next poll")
     return 0

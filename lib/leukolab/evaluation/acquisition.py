@@ -11,16 +11,17 @@ from __future__ import annotations
 import pandas as pd
 
 from leukolab.evaluation.compare import with_interval
+from leukolab.stages.records import ExperimentRecord
 
 FIGURES = ("accuracy", "balanced_accuracy", "macro_f1")
 """The metrics shown side by side."""
 IMAGE_LEVEL, ACQUISITION_AWARE = "image-level (grouped split)", "acquisition-aware (blocks + embargo)"
 
 
-def acquisition_figures(outputs: dict[str, dict]) -> dict[str, dict]:
-    """Run id -> the acquisition-aware result of each experiment stage output that has one available."""
-    return {out["mlflow_run_id"]: out["acquisition_aware"] for out in outputs.values()
-            if (out.get("acquisition_aware") or {}).get("available")}
+def acquisition_figures(records: dict[str, ExperimentRecord]) -> dict[str, dict]:
+    """Run id -> the acquisition-aware result of each experiment record that has one available."""
+    return {out.mlflow_run_id: out.acquisition_aware for out in records.values()
+            if (out.acquisition_aware or {}).get("available")}
 
 
 def selection_strategy(table: pd.DataFrame, figures: dict[str, dict], requested: str = "auto") -> str:

@@ -26,18 +26,14 @@ from leukolab.metrics.intervals import classification_intervals, interval_column
 from leukolab.metrics.scores import classification_metrics, segmentation_scores
 from leukolab.predictor.smear_model import SmearModel
 from leukolab.predictor.uri import load_smear_model
-from leukolab.stages import read_outputs
-
-EXPERIMENT_STAGES = ("segment", "classify")
-
+from leukolab.stages.records import Candidate, ExperimentRecord
 
 def experiment_runs(run_dir) -> pd.DataFrame:
     """The experiment stages of a pipeline run: stage, experiment, task, MLflow run id and model URI."""
     rows = [
-        {"stage": stage, "experiment": out["experiment"], "task": out["task"], "run_id": out["mlflow_run_id"],
-         "run_name": out["experiment"], "model_uri": out["model_uri"]}
-        for prefix in EXPERIMENT_STAGES
-        for stage, out in read_outputs(run_dir, f"{prefix}-").items()
+        {"stage": stage, "experiment": out.experiment, "task": out.task, "run_id": out.mlflow_run_id,
+         "run_name": out.experiment, "model_uri": out.model_uri}
+        for stage, out in ExperimentRecord.read_all(run_dir).items()
     ]
     if not rows:
         raise ValueError(f"no experiment runs found in {run_dir}: the pipeline run has no finished segment or classify "
@@ -195,7 +191,7 @@ def choose_champion(table: pd.DataFrame, metric: str, tie_breaker: str = "latenc
     return ranked.iloc[0]
 
 
-def candidate_summary(row: pd.Series | None, table: pd.DataFrame | None = None, report_split: str = "test") -> dict | None:
+def candidate_summary(row: pd.Series | None, table: pd.DataFrame | None = None, report_split: str = "test") -> Candidate | None:
     """What the gate and the publish stage need of the run chosen on ``row``'s split.
 
     ``selection_split`` and ``selection_metrics`` are what chose it (the gate

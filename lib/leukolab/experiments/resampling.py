@@ -30,6 +30,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from leukolab.config.experiment import Experiment
 from leukolab.data.reading.dataset import SmearDataset, load_datasets, load_manifest, load_split
 from leukolab.models.factory import build_model
+from leukolab.stages.records import ExperimentRecord
 from leukolab.tracking import flatten
 from leukolab.training.loop import evaluate, fit
 
@@ -173,24 +174,22 @@ def _summaries(resampling: dict) -> dict[str, dict]:
     return named
 
 
-def resampling_table(outputs: dict[str, dict]) -> pd.DataFrame:
+def resampling_table(records: dict[str, ExperimentRecord]) -> pd.DataFrame:
     """Per experiment and metric: its single-split val and test figures beside each resampling's mean [95% interval].
 
-    ``outputs`` are experiment stage outputs (:func:`leukolab.stages.read_outputs`); those without ``resampling``
-    are left out, so no experiment that resampled gives an empty frame.
+    ``records`` are experiment records (:meth:`~leukolab.stages.records.ExperimentRecord.read_all`); those without
+    ``resampling`` are left out, so no experiment that resampled gives an empty frame.
     """
     rows = []
-    for stage, out in outputs.items():
-        resampling = out.get("resampling")
-        if not resampling:
+    for out in records.values():
+        if not out.resampling:
             continue
-        columns = _summaries(resampling)
+        columns = _summaries(out.resampling)
         for metric in SUMMARIZED:
             if not any(metric in summary for summary in columns.values()):
                 continue
-            row = {"experiment": out["experiment"], "metric": metric,
-                   "single split, val": out.get("val_metrics", {}).get(metric),
-                   "single split, test": out.get("test_metrics", {}).get(metric)}
+            row = {"experiment": out.experiment, "metric": metric, "single split, val": out.val_metrics.get(metric),
+                   "single split, test": out.test_metrics.get(metric)}
             row.update({name: _mean_interval(summary.get(metric)) for name, summary in columns.items()})
             rows.append(row)
     return pd.DataFrame(rows)

@@ -19,6 +19,7 @@ import pandas as pd
 from leukolab.metrics import HEADLINE
 from leukolab.pipeline.lineage import read_lineage
 from leukolab.pipeline.parameters import notebook_parameters
+from leukolab.stages.records import EtlRecord, EvaluationRecord, PublishRecord, StageRecord
 
 MISSING = "—"
 """What a table shows for a value one run does not have."""
@@ -70,16 +71,27 @@ def _provenance(a: dict, b: dict) -> pd.DataFrame:
     return frame
 
 
-def _result(run: dict, task: str) -> dict:
-    return run.get("tasks", {}).get(task, {}).get("result") or {}
+def _record(run: dict, task: str, record: type[StageRecord]):
+    """The task's output in the run's lineage, read as ``record``; None when the task has none."""
+    return record.from_output(run.get("tasks", {}).get(task, {}).get("result"))
 
 
 def _champion(run: dict) -> str:
-    publish = _result(run, "publish")
-    if publish.get("model_name"):
-        return f"{_result(run, 'evaluate').get('champion', {}).get('experiment', '?')} -> {publish['model_name']} " \
-               f"version {publish['version']}"
-    return _result(run, "evaluate").get("champion", {}).get("experiment", MISSING)
+    evaluation, publish = _record(run, "evaluate", EvaluationRecord), _record(run, "publish", PublishRecord)
+    chosen = evaluation.champion["experiment"] if evaluation else None
+    if publish:
+        return f"{chosen or '?'} -> {publish.model_name} version {publish.version}"
+    return chosen or MISSING
+
+
+def _fingerprint(run: dict) -> str:
+    etl = _record(run, "etl", EtlRecord)
+    return etl.fingerprint if etl else MISSING
+
+
+def _referral_threshold(run: dict) -> str:
+    evaluation = _record(run, "evaluate", EvaluationRecord)
+    return _threshold(evaluation.referral["threshold"] if evaluation and evaluation.referral else None)
 
 
 PROVENANCE = {
@@ -90,18 +102,18 @@ PROVENANCE = {
     "git dirty": lambda run: str(run.get("git_dirty", MISSING)),
     "library digest": lambda run: str(run.get("library_digest", MISSING))[:16],
     "leukolab version": lambda run: run.get("leukolab_version", MISSING),
-    "dataset fingerprint": lambda run: _result(run, "etl").get("fingerprint", MISSING),
-    "reviews in train": lambda run: _reviews(_result(run, "etl")),
+    "dataset fingerprint": _fingerprint,
+    "reviews in train": lambda run: _reviews(_record(run, "etl", EtlRecord)),
     "champion": _champion,
-    "referral threshold": lambda run: _threshold(_result(run, "evaluate").get("referral", {}).get("threshold")),
+    "referral threshold": _referral_threshold,
     "MLflow parent run": lambda run: run.get("mlflow_parent_run_id") or MISSING,
 }
 """The rows of the provenance table: a field and how to read it from a run's lineage."""
 
 
-def _reviews(etl: dict) -> str:
+def _reviews(etl: EtlRecord | None) -> str:
     """The reviewed cases the run's dataset took into train (its ETL's extra sources): how many, and their ids."""
-    ids = sorted(i for extra in etl.get("extra_sources") or [] for i in extra.get("reviews", []))
+    ids = sorted(i for extra in (etl.extra_sources if etl else []) for i in extra["reviews"])
     if not ids:
         return "none"
     shown = ", ".join(map(str, ids[:20])) + (", ..." if len(ids) > 20 else "")
@@ -203,11 +215,13 @@ def _metrics(a: dict, b: dict) -> pd.DataFrame:
 def _evaluated(run: dict) -> dict[tuple[str, str], dict]:
     """(model, split) -> metrics of the evaluation's champion and segmenter on each split it evaluated: the
     selection split first, then the report split, then the others."""
-    evaluation = _result(run, "evaluate")
-    first = [evaluation.get("selection_split"), evaluation.get("report_split")]
+    evaluation = _record(run, "evaluate", EvaluationRecord)
+    if evaluation is None:
+        return {}
+    first = [evaluation.selection_split, evaluation.report_split]
     evaluated = {}
-    for role in ("champion", "segmenter"):
-        by_split = (evaluation.get(role) or {}).get("metrics_by_split", {})
+    for role, candidate in (("champion", evaluation.champion), ("segmenter", evaluation.segmenter)):
+        by_split = (candidate or {}).get("metrics_by_split", {})
         for split in sorted(by_split, key=lambda s: (first.index(s) if s in first else len(first), s)):
             evaluated[(role, split)] = by_split[split]
     return evaluated

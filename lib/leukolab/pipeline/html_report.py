@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from leukolab.metrics import HEADLINE
 from leukolab.pipeline.lineage import read_lineage
 from leukolab.pipeline.report import run_record
+from leukolab.stages.records import EvaluationRecord
 from leukolab.tracking import log_file_to_run
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
@@ -70,15 +71,13 @@ def _parameters(lineage: dict) -> str:
 
 
 def _metrics(run_dir: Path) -> str:
-    evaluation = run_dir / "evaluate.json"
-    if not evaluation.is_file():
+    if not (run_dir / f"{EvaluationRecord.stage}.json").is_file():
         return _section("Metrics", "<p>This run has no evaluation.</p>")
-    result = json.loads(evaluation.read_text())
-    table = pd.DataFrame(result.get("table", []))
+    result = EvaluationRecord.read(run_dir)
+    table = pd.DataFrame(result.table)
     columns = [c for c in ("run_name", "task", "split", *HEADLINE) if c in table]
-    chosen = result.get("champion") or {}
-    note = (f"<p>Champion <b>{html.escape(str(chosen.get('experiment', '')))}</b>, chosen on "
-            f"<b>{html.escape(str(result.get('selection_split')))}</b>; {html.escape(str(result.get('report_split')))} "
+    note = (f"<p>Champion <b>{html.escape(result.champion['experiment'])}</b>, chosen on "
+            f"<b>{html.escape(result.selection_split)}</b>; {html.escape(result.report_split)} "
             "reports it and chose nothing.</p>")
     return _section("Metrics", note + _table(table[columns].round(4) if columns else table))
 

@@ -33,6 +33,7 @@ from leukolab.pipeline.keys import library_digest, task_key
 from leukolab.pipeline.lineage import FINISHED, all_runs, find_cached, finished_in_store, now, read_lineage, runs_dir, seconds_between, write_lineage
 from leukolab.pipeline.parameters import RUNNER_PARAMETERS, notebook_parameters
 from leukolab.pipeline.progress import Progress
+from leukolab.stages.records import StageRecord, record_type
 from leukolab.tracking import EXPERIMENT_NAME, configure, git_tags, log_file_to_run, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ class PipelineRun:
         output = self._output(task.name)
         record.update({"started": now(), "finished": now(), "seconds": 0.0, "cached_from": origin.get("cached_from", origin_run),
                        "outputs": {"json": str(self.run_dir / f"{task.name}.json"), "notebook": origin["outputs"]["notebook"]},
-                       "mlflow_run_id": output.get("mlflow_run_id"), "git_commit": origin.get("git_commit"),
+                       "mlflow_run_id": self._record(task).mlflow_run_id, "git_commit": origin.get("git_commit"),
                        "git_dirty": origin.get("git_dirty"), "result": output})
         self._finish(task.name, "cached", f"from run {record['cached_from']}")
         return True
@@ -205,9 +206,10 @@ class PipelineRun:
             outcome.status, outcome.error = "killed", f"was interrupted ({self.interrupted})"
         record["finished"] = now()
         if outcome.status == "done":
-            output = self._output(task.name) or {}
-            children = [] if output.get("mlflow_run_id") else self._child_runs(task.name)
-            record.update({"result": output, "mlflow_run_id": output.get("mlflow_run_id") or (children[0].info.run_id if children else None)})
+            logged_to = self._record(task).mlflow_run_id
+            children = [] if logged_to else self._child_runs(task.name)
+            record.update({"result": self._output(task.name) or {},
+                           "mlflow_run_id": logged_to or (children[0].info.run_id if children else None)})
             if record["mlflow_run_id"]:
                 log_file_to_run(record["mlflow_run_id"], notebook, "notebook")
             self._finish(task.name, "done")
@@ -243,6 +245,11 @@ class PipelineRun:
     def _output(self, name: str) -> dict | None:
         path = self.run_dir / f"{name}.json"
         return json.loads(path.read_text()) if path.is_file() else None
+
+    def _record(self, task: Task) -> StageRecord:
+        """The task's output read as its stage's record (:mod:`leukolab.stages.records`); an empty one without it."""
+        output = self._output(task.name)
+        return record_type(task.stage).model_validate(output) if output else StageRecord()
 
     def _child_runs(self, name: str) -> list:
         """The MLflow runs the task's notebook opened in this attempt (tag ``leukolab.task``), newest first."""

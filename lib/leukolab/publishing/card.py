@@ -23,6 +23,27 @@ INTENDED_USE = (
 )
 
 
+def card_figures(figures: dict[str, str], selection_split: str, report_split: str) -> dict[str, str]:
+    """The champion's card figures: a caption for each of ``30_evaluate``'s figure files (``figures``: name -> PNG)
+    that the card shows, in the card's order."""
+    captions = {
+        "confusion_matrix": f"Confusion matrix ({report_split})", "reliability": f"Reliability ({report_split})",
+        "failure_cases": f"Most confident mistakes ({report_split})",
+        "roc": f"ROC, one class vs rest ({report_split})",
+        "precision_recall": f"Precision-recall, one class vs rest ({report_split})",
+        "heatmaps": f"Where the model looked: Grad-CAM heatmaps of mistakes and correct images ({report_split})",
+        "domain_shift": "In-domain vs external test sets",
+        "risk_coverage": f"Risk–coverage ({selection_split} chose the threshold; {report_split} at it)",
+        "out_of_distribution": f"Out-of-distribution score: {report_split} against the shifted and external sets",
+    }
+    return {caption: figures[name] for name, caption in captions.items() if name in figures}
+
+
+def segmenter_card_figures(figures: dict[str, str], selection_split: str) -> dict[str, str]:
+    """The segmenter's card figure: the segmentation models compared on the selection split."""
+    return {f"Segmentation models ({selection_split}, the selection split)": figures["segmentation"]}
+
+
 def render_model_card(*, model_name: str, version: str, alias: str, candidate: dict, experiment: Experiment, manifest: dict,
                       gate: dict, temperature: float | None, lineage: dict, figures: dict[str, str],
                       external: list[dict] | None = None, referral: dict | None = None, evaluation: dict | None = None,

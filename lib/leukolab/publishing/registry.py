@@ -10,11 +10,13 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from leukolab.data.reading.dataset import load_manifest
 from leukolab.predictor.uri import load_smear_model
-from leukolab.publishing.card import render_model_card
+from leukolab.publishing.card import card_figures, render_model_card, segmenter_card_figures
 from leukolab.publishing.provenance import promotion_check, provenance_problems
 from leukolab.publishing.referral import referral_tags
 from leukolab.publishing.tta import tta_tags
+from leukolab.stages.records import EvaluationRecord, PublishedVersion, PublishRecord
 from leukolab.tracking import configure, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ def register(model_uri: str, name: str, alias: str, tags: dict | None = None, de
 def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run_id: str | None,
             figures: dict[str, str] | None = None, external: list[dict] | None = None, referral: dict | None = None,
             dataset_dir: str | None = None, evaluation: dict | None = None,
-            promotion_override: str | None = None, ood: dict | None = None) -> dict:
+            promotion_override: str | None = None, ood: dict | None = None) -> PublishedVersion:
     """Register an evaluated candidate under the alias the gate chose, with lineage tags and a model card.
 
     ``candidate`` is ``30_evaluate``'s summary (chosen on its selection split;
@@ -104,6 +106,26 @@ def publish(candidate: dict, name: str, gate: dict, manifest: dict, pipeline_run
     client.set_model_version_tag(name, version.version, "model_card", card["uri"])
     return {"model_name": name, "version": version.version, "alias": alias, "model_uri": f"models:/{name}@{alias}",
             "source_run_id": candidate["run_id"], "test_metrics": metrics, "gate": gate, "model_card": card["uri"]}
+
+
+def publish_evaluation(evaluation: EvaluationRecord, model_name: str, segmenter_name: str, pipeline_run_id: str | None,
+                       promotion_override: str | None = None) -> PublishRecord:
+    """The publish stage (``40_publish``): :func:`publish` ``30_evaluate``'s champion under ``model_name`` with its
+    card's figures, referral, external sets and out-of-distribution report, and its segmenter (when it chose one)
+    under ``segmenter_name``; returns the stage's record (its ``mlflow_run_id`` left for the stage to set)."""
+    manifest = load_manifest(evaluation.dataset_dir)
+    provenance = evaluation.model_dump()
+    selection, report = evaluation.selection_split, evaluation.report_split
+    published = publish(evaluation.champion, model_name, evaluation.gates["champion"], manifest, pipeline_run_id,
+                        figures=card_figures(evaluation.figures, selection, report), external=evaluation.external,
+                        referral=evaluation.referral, dataset_dir=evaluation.dataset_dir, evaluation=provenance,
+                        promotion_override=promotion_override, ood=evaluation.ood)
+    also: list[PublishedVersion] = []
+    if evaluation.segmenter:
+        also.append(publish(evaluation.segmenter, segmenter_name, evaluation.gates["segmenter"], manifest, pipeline_run_id,
+                            figures=segmenter_card_figures(evaluation.figures, selection), evaluation=provenance,
+                            promotion_override=promotion_override))
+    return PublishRecord(**published, also_registered=also)
 
 
 def _log_card(client: MlflowClient, run_id: str, text: str, figures: dict[str, str]) -> dict:

@@ -32,7 +32,7 @@ from leukolab.pipeline.execute import Executor
 from leukolab.pipeline.graph import Plan, Task, plan
 from leukolab.pipeline.parameters import EXPERIMENT_OVERRIDES, notebook_parameters
 from leukolab.pipeline.runner import run_pipeline, threads_per_job
-from leukolab.stages import resolve_dataset
+from leukolab.stages.records import ExperimentRecord, resolve_dataset
 from leukolab.sweep.space import Dimension, as_overrides, check_values, default_space, read_space
 from leukolab.sweep.study import finished_count, open_study, recover, storage_url, study_lock, summary_table, sweeps_dir, write_best
 from leukolab.sweep.trial import PRUNED_AT
@@ -160,16 +160,16 @@ class Sweep:
         log.info("trial %d: %s", trial.number, trial.params)
         outcome = self.executor.run(task.notebook, notebook, self._parameters(trial, folder), env, task.timeout)
         output = folder / f"{task.name}.json"
-        result = json.loads(output.read_text()) if outcome.status == "done" and output.is_file() else {}
+        result = ExperimentRecord.read(folder, task.name) if outcome.status == "done" and output.is_file() else None
         runs = self.client.search_runs([self._experiment_id()], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' "
                                                                f"and tags.`leukolab.task` = '{name}'")
-        run_id = result.get("mlflow_run_id") or (runs[0].info.run_id if runs else None)
+        run_id = (result and result.mlflow_run_id) or (runs[0].info.run_id if runs else None)
         if self.interrupted:  # left running, for the next sweep of the study to ask again
             if run_id:
                 self.client.set_terminated(run_id, "KILLED")
             return
         self.ran.append(trial.number)
-        value = result.get("val_metrics", {}).get(self.plan.metric)
+        value = result.val_metrics.get(self.plan.metric) if result else None
         pruned = PRUNED_AT in self._frozen(trial.number).user_attrs
         state = TrialState.COMPLETE if value is not None else TrialState.PRUNED if pruned else TrialState.FAIL
         error = None if state != TrialState.FAIL else \

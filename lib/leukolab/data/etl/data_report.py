@@ -4,7 +4,8 @@ Figures and tables are built from the dataset folder the ETL wrote (its
 ``manifest.json`` and Parquet); pixels are read only for the few images the
 sample grid and the colour histograms use. :func:`log_report` puts all of it
 into the active MLflow run under ``report/``, and the mask shortcut warning
-(when the manifest has one) into a tag.
+(when the manifest has one) into a tag; :func:`track_etl` logs that and the
+dataset's tags, counts (:func:`etl_metrics`) and manifest.
 """
 
 from __future__ import annotations
@@ -206,6 +207,27 @@ def log_report(report: DataReport, artifact_dir: str = "report") -> None:
         if warning:
             mlflow.set_tag(tag, warning[:5000])
             mlflow.log_text(warning, f"{artifact_dir}/{tag}.txt")
+
+
+def etl_metrics(manifest: dict) -> dict[str, int]:
+    """The ETL's counts as MLflow metrics: files by outcome, duplicate groups, near-duplicate pairs, masks by status."""
+    return {**{f"files_{k}": v for k, v in manifest["files"].items()},
+            "duplicate_groups": len(manifest["duplicate_groups"]),
+            "near_duplicate_pairs": len(manifest["near_duplicate_pairs"]),
+            **{f"masks_{status}": sum(c[status] for c in manifest["masks"]["classes"].values())
+               for status in ("ok", "implausible", "without_mask")}}
+
+
+def track_etl(report: DataReport, raw_folder: str | Path) -> None:
+    """The ETL in the active MLflow run: the dataset's tags, :func:`etl_metrics`, the manifest and the report."""
+    import mlflow
+
+    manifest = report.manifest
+    mlflow.set_tags({"dataset_fingerprint": manifest["fingerprint"], "dataset": manifest["dataset"],
+                     "layout": manifest["layout"], "raw_folder": str(raw_folder)})
+    mlflow.log_metrics(etl_metrics(manifest))
+    mlflow.log_dict(manifest, "manifest.json")
+    log_report(report)
 
 
 def mask_coverage_table(manifest: dict) -> pd.DataFrame:

@@ -1,4 +1,7 @@
-"""How stages hand results on: a small JSON per stage in the pipeline run's folder."""
+"""The files stages hand results on through: a small JSON per stage in the pipeline run's folder.
+
+The stages of the pipeline write and read them through their records (:mod:`leukolab.stages.records`); these
+functions are the files under them, for any notebook a pipeline file names."""
 
 from __future__ import annotations
 
@@ -34,13 +37,6 @@ def read_outputs(run_dir: str | Path, prefix: str) -> dict[str, dict]:
     """All outputs whose stage name starts with ``prefix`` (the experiment fan-out), by stage name."""
     folder = workspace_path(run_dir)
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob(f"{prefix}*.json"))}
-
-
-def resolve_dataset(dataset_dir: str | None, run_dir: str | Path) -> Path:
-    """``dataset_dir`` when given, else the dataset the run's ETL stage wrote."""
-    if dataset_dir:
-        return workspace_path(dataset_dir)
-    return Path(read_output(run_dir, "etl")["dataset_dir"])
 
 
 def latest_run_with(stage: str, default: str | Path = "runs/interactive") -> Path:
