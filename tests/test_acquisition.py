@@ -199,3 +199,43 @@ def test_the_probe_finds_the_planted_session_shortcut_and_the_image_level_split_
     unseen_sessions, seen_sessions = background_probe(planted, blocked), background_probe(planted, image_level)
     assert unseen_sessions > 0.25 + 0.25 and seen_sessions > unseen_sessions
     assert background_probe(Sessions(size=8, class_bias=0.0), blocked) < unseen_sessions - 0.2
+
+
+def test_the_cell_count_probe_finds_pre_crowded_as_in_the_real_data():
+    """Pre fields hold about 3x the white cells of the others in the session stand-in (as in the ALL dataset), and the
+    cell-count probe, fitted on train and scored on unseen sessions, finds it: above chance, and Pre recalled."""
+    from leukolab import CLASS_NAMES
+    from leukolab.data.etl.probes import _fit_predict
+    from leukolab.data.synthetic.smears import image_rng, render_smear
+    from sklearn.metrics import balanced_accuracy_score, recall_score
+
+    per_class, size = 40, 64
+    sessions = Sessions(size=8)
+    assert sessions.cells("Pre") == (3, 9) and sessions.cells("Benign") == (1, 3)
+    rows = pd.DataFrame({"source_path": [f"{n}/{n}_{i:04d}.jpg" for n in CLASS_NAMES for i in range(per_class)],
+                         "class_name": [n for n in CLASS_NAMES for _ in range(per_class)]}).assign(group=lambda r: range(len(r)))
+    labels = rows["class_name"].map(CLASS_NAMES.index).to_numpy()
+    split = blocked_splits(rows, acquisition_keys(rows)[0], FRACTIONS, 10, 2, seed=7)["acquisition_split"].to_numpy()
+    train, test = split == "train", split == "test"
+
+    def counts(cells) -> np.ndarray:
+        """The probe's white cells per field of every row, rendered with ``cells(class_name)`` white cells."""
+        return np.array([probe_features(*render_smear(image_rng(5, n, i), n, size, cells(n)))["cell_count_area"][0]
+                         for n, i in zip(rows["class_name"], rows["source_path"].str[-8:-4].astype(int))])
+
+    def count_probe(count: np.ndarray) -> tuple[float, float]:
+        """Balanced accuracy and Pre's recall of the probe on the white cells per field alone (the cells' area share,
+        the probe's other feature, follows the classes' cell sizes with any count)."""
+        count = count[:, None]
+        predicted = _fit_predict(count[train], labels[train], count[test], 0)
+        pre = CLASS_NAMES.index("Pre")
+        return balanced_accuracy_score(labels[test], predicted), recall_score(labels[test] == pre, predicted == pre)
+
+    pre = labels == CLASS_NAMES.index("Pre")
+    realistic = counts(sessions.cells)
+    assert realistic[pre].mean() > 2.5 * realistic[~pre].mean()
+    found, uniform = count_probe(realistic), count_probe(counts(lambda name: (1, 3)))
+    assert found[0] > 0.25 + 0.15 and found[1] >= 0.8
+    assert uniform[0] < found[0] - 0.1 and uniform[1] < 0.5
+    with pytest.raises(ValueError, match="white_cells"):
+        Sessions(white_cells={"Pre": [0, 3]})

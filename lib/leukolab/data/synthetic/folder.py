@@ -8,8 +8,9 @@ false colour on black, JPEG-compressed (ringing at the edges), with a few small 
 and a per-class share of failed segmentations (nothing, or a fragment of one cell).
 ``domain_shift`` turns the stain hues, scales the illumination and blurs: the same
 classes from another lab's microscope, for external tests. ``sessions`` photographs consecutive
-numbers in acquisition sessions whose look follows the class (:mod:`leukolab.data.synthetic.sessions`).
-Images are the same as without the options (domain shift aside); the artefacts draw from their own seeds.
+numbers in acquisition sessions whose look follows the class (:mod:`leukolab.data.synthetic.sessions`), with the
+real data's white cells per field of each class. Images are the same as without the options (domain shift aside, and
+the cell counts of sessions); the artefacts draw from their own seeds.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from leukolab import CLASS_NAMES
 from leukolab.data.synthetic.sessions import Sessions
-from leukolab.data.synthetic.smears import CLASS_PROFILES, image_rng, render_smear
+from leukolab.data.synthetic.smears import CLASS_PROFILES, WHITE_CELLS, image_rng, render_smear
 
 SEGMENTATIONS = ("mask", "false_colour")
 _STEM = re.compile(r"^(?P<class_name>.+)_\d{4}\.(jpg|png)$")
@@ -93,7 +94,8 @@ def generate_dataset(root, images_per_class: int | dict[str, int], image_size: i
         segmented_path = root / "Segmented" / name / f"{name}_{i:04d}{suffix}"
         if keep_existing and image_path.is_file() and segmented_path.is_file():
             continue
-        image, mask = render_smear(image_rng(seed, name, i), name, image_size)
+        image, mask = render_smear(image_rng(seed, name, i), name, image_size,
+                                   sessions.cells(name) if sessions else WHITE_CELLS)
         image = shift.apply(image) if shift else image
         image = sessions.apply(image, seed, name, i) if sessions else image
         _save(Image.fromarray(image), image_path, format="JPEG", quality=95)

@@ -3,7 +3,7 @@
 Fields are painted in optical-density space (Beer-Lambert): every stained object adds
 absorbance and the image is ``illumination * exp(-density)``, so overlapping red cells
 darken where they overlap. Each field holds red cells, a few platelets and 1-3 white
-cells; the white cells carry the class. Every class trait (size, N/C ratio, nuclear
+cells (another count on request); the white cells carry the class. Every class trait (size, N/C ratio, nuclear
 outline, chromatin, nucleoli, vacuoles) is drawn from a per-class distribution that
 overlaps the neighbouring classes, while stain, illumination, blur and noise vary per
 image with one distribution for all classes.
@@ -77,12 +77,16 @@ CYTOPLASM_RGB = (178, 182, 226)
 NUCLEUS_RGB = (92, 44, 132)
 
 RED_CELL_RADIUS = 0.055
+WHITE_CELLS: Count = (1, 3)
+"""White cells per field of every class, unless a caller asks for another count."""
 HARMONIC_WEIGHTS = HARMONICS**-0.5 * np.sqrt(2 / np.sum(1.0 / HARMONICS))
 """Weights of the outline harmonics: higher ones wobble less; unit RMS wobble per unit irregularity."""
 
 
-def render_smear(rng: np.random.Generator, class_name: str, size: int = 224) -> tuple[np.ndarray, np.ndarray]:
-    """One smear field: (RGB uint8 HxWx3, mask uint8 HxW with 1 on white cells (nucleus+cytoplasm), 0 elsewhere)."""
+def render_smear(rng: np.random.Generator, class_name: str, size: int = 224,
+                 white_cells: Count = WHITE_CELLS) -> tuple[np.ndarray, np.ndarray]:
+    """One smear field: (RGB uint8 HxWx3, mask uint8 HxW with 1 on white cells (nucleus+cytoplasm), 0 elsewhere),
+    with ``white_cells`` (inclusive bounds of a uniform draw) white cells; one that finds no room is left out."""
     if class_name not in CLASS_PROFILES:
         raise ValueError(f"unknown class {class_name!r}; choose one of {list(CLASS_PROFILES)}")
     stains = _random_stains(rng)
@@ -90,7 +94,7 @@ def render_smear(rng: np.random.Generator, class_name: str, size: int = 224) -> 
     mask = np.zeros((size, size), bool)
     paint_discs(rng, density, stains.red_cell, size, count=rng.integers(45, 85), radius=RED_CELL_RADIUS, pallor=True)
     paint_discs(rng, density, stains.platelet, size, count=rng.integers(0, 6), radius=0.011, pallor=False)
-    cells = [_random_white_cell(rng, CLASS_PROFILES[class_name], size) for _ in range(rng.integers(1, 4))]
+    cells = [_random_white_cell(rng, CLASS_PROFILES[class_name], size) for _ in range(rng.integers(white_cells[0], white_cells[1] + 1))]
     for cell, centre in zip(cells, _place(rng, [c.cell.extent for c in cells], size)):
         paint_white_cell(rng, density, mask, cell, centre, stains)
     return expose(rng, density, stains.background, size), mask.astype(np.uint8)
