@@ -1,14 +1,14 @@
 """Recipes on the session stand-in: the image-level and the acquisition-aware figure of each, side by side.
 
 Synthetic smears photographed in acquisition sessions whose look follows the class, with Pre fields crowded as in the
-real data (:mod:`leukolab.data.synthetic_sessions`), go through the real Spark ETL, which writes both split
+real data (:mod:`leukolab.data.synthetic.sessions`), go through the real Spark ETL, which writes both split
 assignments. Each recipe (an experiment with augmentation overrides) is trained by ``leukolab.training.loop.fit``
 twice: on the grouped split (scored on its test: the image-level figure, bootstrap over duplicate groups) and on the
 acquisition-aware split (scored on its test: the acquisition-aware figure, cluster bootstrap over blocks). The recipe
 to keep is the one with the best acquisition-aware *val* balanced accuracy; test only reports. Seconds per epoch are
 wall and CPU (user + system of this process, all its threads) of the grouped training, validation included.
 
-    python benchmarks/acquisition_recipes.py --images-per-class 200 --image-size 64 --epochs 10
+    python benchmarks/acquisition_recipes.py --images-per-class 150 --image-size 48 --epochs 6
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ def figures(experiment, dataset_dir: Path, strategy: str, class_names: list[str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images-per-class", type=int, default=200)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--images-per-class", type=int, default=150)
+    parser.add_argument("--image-size", type=int, default=48)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--experiment", default="resnet10t-classifier", help="the real profile's classifier")
     parser.add_argument("--work", default=None, help="folder for the raw and processed data (default: a temporary one)")
     args = parser.parse_args()

@@ -41,8 +41,13 @@ def test_the_acquisition_key_is_the_last_number_in_the_name_and_absent_keys_are_
     unnamed = pd.DataFrame({"source_path": ["A/a.jpg", "A/b.jpg"], "class_name": ["A", "A"]})
     keys, reason = acquisition_keys(unnamed)
     assert keys is None and "carry no number" in reason
-    with pytest.raises(ValueError, match="acquisition column 'session'"):
+    with pytest.raises(ValueError, match="acquisition column 'session' gives no key for 2 images"):
         acquisition_keys(unnamed, column="session")
+    keyed = unnamed.assign(acquisition_key=[20.0, 3.0])  # the ETL's numbers from the label files' column
+    keys, source = acquisition_keys(keyed, column="session")
+    assert source == "column 'session' of the label files" and keys.tolist() == [20.0, 3.0]
+    with pytest.raises(ValueError, match="no key for 1 images \(e.g. \['A/b.jpg'\]\)"):
+        acquisition_keys(keyed.assign(acquisition_key=[20.0, None]), column="session")
 
 
 def test_evaluation_splits_are_whole_contiguous_blocks_with_the_embargo_around_them():

@@ -449,6 +449,30 @@ def test_labels_csv_classes_missing_files_and_accounting(spark, cnmc_csv, tmp_pa
     assert not [p for p in (tmp_path / "one").rglob("*") if p.is_file()]
 
 
+def test_labels_csv_acquisition_column_orders_the_blocks_and_is_refused_clearly(spark, cnmc_csv, tmp_path):
+    """``acquisition_column`` orders each class by the label files' numbers (here Patient_no), not by the last number
+    in the file name (which would put ``1.png`` first); the manifest names the key. A column of text, or the option
+    on a layout without label files, is refused before any work."""
+    params = dict(image_size=16, min_side=16, seed=2, label_names={"0": "hem", "1": "all"}, acquisition_blocks=3,
+                  acquisition_embargo=0)
+    dataset_dir = run_etl(spark, cnmc_csv, tmp_path, EtlParams(**params, acquisition_column="Patient_no"))
+    manifest, table = load_manifest(dataset_dir), load_split(dataset_dir)
+    assert manifest["acquisition"]["available"] and manifest["acquisition"]["key"] == "column 'Patient_no' of the label files"
+    assert manifest["labels"]["files"]["labels.csv"]["columns"]["acquisition"] == "Patient_no"
+    blasts = table[table["class_name"] == "all"].sort_values("acquisition_rank")["source_path"].tolist()
+    assert blasts == [f"images/UID_{i}_1_1_all.bmp" for i in (1, 3, 5, 7)] + [
+        f"held_out_test/test_images/{i}.png" for i in (1, 3)]  # Patient_no 3, 13, 15, 17, 31, 33
+    assert table.groupby("class_name")["acquisition_block"].nunique().to_dict() == {"all": 3, "hem": 3}
+    with pytest.raises(ValueError, match="acquisition_column 'Patient_ID' must hold a number for every image"):
+        run_etl(spark, cnmc_csv, tmp_path / "text", EtlParams(**params, acquisition_column="Patient_ID"))
+    folders = tmp_path / "folders"
+    for name in ("Benign/a_1.png", "Pre/b_2.png"):
+        write(folders / name, encode(Image.new("RGB", (24, 24)), "PNG"))
+    with pytest.raises(ValueError, match="acquisition_column 'session' names a column of the labels_csv layout's label "
+                                         "files, but this dataset's layout is 'imagefolder'"):
+        run_etl(spark, folders, tmp_path / "out", EtlParams(image_size=16, acquisition_column="session"))
+
+
 # ---------------------------------------------------------------- the data report
 
 

@@ -167,3 +167,23 @@ def test_one_class_datasets_are_refused_with_advice():
     with pytest.raises(ValueError, match="label_map .* maps the classes") as refused:
         require_two_classes(["blast"], "original_segmented", False, [], {"Pre": "blast"})
     assert "(chosen)" in str(refused.value) and "CSV files" not in str(refused.value)
+
+
+def test_an_acquisition_column_gives_each_image_its_key_or_is_refused_clearly(tmp_path):
+    touch(tmp_path, "img/a.jpg", "img/b.jpg", "img/c.jpg")
+    (tmp_path / "meta.csv").write_text("file,label,taken\na.jpg,1,20\nb.jpg,0,3.5\nc.jpg,0, 7\ngone.jpg,0,9\n")
+    files = walk_files(tmp_path)
+    labels = load_csv_labels(tmp_path, files, acquisition_column="taken")
+    assert labels.acquisition_keys == {"img/a.jpg": 20.0, "img/b.jpg": 3.5, "img/c.jpg": 7.0}
+    assert labels.report["meta.csv"]["columns"] == {"file": "file", "label": "label", "patient": None, "acquisition": "taken"}
+    assert load_csv_labels(tmp_path, files).acquisition_keys == {}  # no column asked for: the file-name number
+    with pytest.raises(ValueError, match="meta.csv has no column 'session' \\(acquisition_column\\)"):
+        load_csv_labels(tmp_path, files, acquisition_column="session")
+    (tmp_path / "more.csv").write_text("file,label,taken\na.jpg,1,21\n")
+    with pytest.raises(ValueError, match="give 'a.jpg' different acquisition keys \\[20.0, 21.0\\] in column 'taken'"):
+        load_csv_labels(tmp_path, walk_files(tmp_path), acquisition_column="taken")
+    (tmp_path / "more.csv").unlink()
+    (tmp_path / "meta.csv").write_text("file,label,taken\na.jpg,1,20\nb.jpg,0,morning\nc.jpg,0,\n,,n/a\n")
+    with pytest.raises(ValueError, match="meta.csv: acquisition_column 'taken' must hold a number for every image; "
+                                         "2 rows do not \\('b.jpg': 'morning', 'c.jpg': ''\\)"):
+        load_csv_labels(tmp_path, files, acquisition_column="taken")

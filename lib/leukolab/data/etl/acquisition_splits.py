@@ -6,7 +6,7 @@ carry neighbouring running numbers. A random split (even grouped by
 duplicates) puts near-twins of every test image in train, and a model can
 score by recognising the session. Here, within each class, images are
 ordered by an acquisition key (the last number in the file name, or a column
-of the labels CSV) and cut into ``blocks`` contiguous blocks of about equal
+of the labels CSV: ``acquisition_column``) and cut into ``blocks`` contiguous blocks of about equal
 size. Each evaluation split (val, test, holdouts) takes a run of whole
 consecutive blocks at a seeded place; the ``embargo`` images on each side of
 every evaluation run are withheld from training (split ``embargo``; less in a
@@ -38,13 +38,17 @@ def name_keys(source_paths: pd.Series) -> pd.Series:
 def acquisition_keys(rows: pd.DataFrame, column: str | None = None) -> tuple[pd.Series | None, str]:
     """Each row's acquisition key and where it came from; ``(None, why)`` when the data has none.
 
-    ``column``: a column of ``rows`` (from the labels CSV) holding the key; otherwise the last number in the
-    file name, used only when every image's name carries one and they are not all equal within every class.
+    ``column``: the label files' column (``EtlParams.acquisition_column``) whose numbers the ETL put in
+    ``rows["acquisition_key"]``; every row needs one. Otherwise the last number in the file name, used only when
+    every image's name carries one and they are not all equal within every class.
     """
     if column is not None:
-        if column not in rows or rows[column].isna().any():
-            raise ValueError(f"acquisition column {column!r} is missing or has empty values; give every image a key")
-        return pd.to_numeric(rows[column], errors="raise").astype(float), f"column {column!r}"
+        keys = rows["acquisition_key"] if "acquisition_key" in rows else pd.Series(np.nan, index=rows.index)
+        if keys.isna().any():
+            missing = rows.loc[keys.isna(), "source_path"].head(3).tolist()
+            raise ValueError(f"acquisition column {column!r} gives no key for {int(keys.isna().sum())} images "
+                             f"(e.g. {missing}); give every image a number there")
+        return keys.astype(float), f"column {column!r} of the label files"
     keys = name_keys(rows["source_path"])
     if keys.isna().any():
         missing = rows.loc[keys.isna(), "source_path"].head(3).tolist()
@@ -140,7 +144,7 @@ def _keep_groups_whole(result: pd.DataFrame, groups: pd.Series) -> None:
 def acquisition_columns(table: pd.DataFrame, fractions: dict[str, float], params) -> pd.DataFrame:
     """The curated ``table``'s acquisition columns (null throughout when ``params`` turn them off or the data has
     no acquisition key); ``params`` is :class:`leukolab.data.etl.params.EtlParams`."""
-    keys, _ = acquisition_keys(table) if params.acquisition_splits and len(table) else (None, "")
+    keys, _ = acquisition_keys(table, params.acquisition_column) if params.acquisition_splits and len(table) else (None, "")
     if keys is None:
         return pd.DataFrame({"acquisition_split": None, "acquisition_block": pd.NA, "acquisition_rank": pd.NA},
                             index=table.index).astype({"acquisition_block": "Int64", "acquisition_rank": "Int64"})
@@ -153,7 +157,7 @@ def acquisition_manifest(table: pd.DataFrame, classes: list[str], params) -> dic
     images per split and class (``embargo`` included) and the groups straddling train and evaluation (0)."""
     if not params.acquisition_splits:
         return {"available": False, "reason": "turned off (acquisition_splits=False)"}
-    keys, source = acquisition_keys(table) if len(table) else (None, "no images")
+    keys, source = acquisition_keys(table, params.acquisition_column) if len(table) else (None, "no images")
     if keys is None or table["acquisition_split"].isna().all():
         return {"available": False, "reason": source}
     split = table["acquisition_split"]

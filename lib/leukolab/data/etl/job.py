@@ -149,6 +149,10 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
     if not on_disk:
         raise ValueError(f"no files found under {raw_dir}")
     layout = params.layout or detect_layout(raw_dir, params.label_pattern)
+    if params.acquisition_column is not None and layout != "labels_csv":
+        raise ValueError(f"acquisition_column {params.acquisition_column!r} names a column of the labels_csv layout's "
+                         f"label files, but this dataset's layout is {layout!r}: leave it unset to order images by the "
+                         "last number in their file names")
     located = params.layout_for(layout, raw_dir, on_disk)
     dataset_name = dataset_name or raw_dir.name
     extras = resolve_extra_sources(extra_sources, params)
@@ -159,6 +163,8 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
     try:
         with _spark_conf(spark, _session_settings(raw_dir, on_disk, tasks)):
             meta = _first_pass(spark, raw_dir, on_disk, located, params, staging / "processed")
+            if params.acquisition_column is not None:
+                meta["acquisition_key"] = meta["source_path"].map(located.labels.acquisition_keys)
             extra_metas = [_first_pass(spark, extra.root, extra.files, extra.layout, extra.params, staging / "processed",
                                        extra.prefix) for extra in extras]
         processed_at = time.perf_counter()

@@ -8,13 +8,16 @@ label files list a name, the one in the deepest folder above the image wins
 (``held_out_test/test_labels.csv`` for ``held_out_test/test_images/1.bmp``);
 label files that still disagree quarantine it as ``conflicting_labels``, and
 files that share a name and the label files that name them are all quarantined
-as ``ambiguous_name`` (the CSV cannot tell them apart).
+as ``ambiguous_name`` (the CSV cannot tell them apart). An ``acquisition_column``
+gives each image its acquisition key (a number: running number, session, time
+stamp) for acquisition-aware splits; a label file without it, or with a value
+there that is not a number, is refused.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -34,13 +37,16 @@ class CsvLabels:
 
     ``entries``: relative path -> (label, patient id or None); ``refused``:
     relative path -> (quarantine reason, message); ``report``: per label file,
-    the columns used and how many names it lists, matches and misses.
+    the columns used and how many names it lists, matches and misses;
+    ``acquisition_keys``: relative path -> the number in the ``acquisition_column``
+    (empty without one).
     """
 
     label_files: tuple[str, ...]
     entries: dict[str, tuple[str, str | None]]
     refused: dict[str, tuple[str, str]]
     report: dict[str, dict]
+    acquisition_keys: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,6 +55,7 @@ class _LabelFile:
     columns: dict[str, str | None]
     rows: dict[str, set[tuple[str, str | None]]]  # file name -> (label, patient) pairs
     row_count: int
+    keys: dict[str, set[float]]  # file name -> acquisition keys (empty without an acquisition column)
 
     @property
     def folder(self) -> PurePosixPath:
@@ -98,17 +105,21 @@ def names_images(root: str | Path, files: list[str]) -> bool:
 
 def load_csv_labels(root: str | Path, files: list[str], labels_files: list[str] | None = None,
                     file_column: str | None = None, label_column: str | None = None,
-                    patient_column: str | None = None) -> CsvLabels:
-    """Read the label files (``None``: every CSV under the root that names image files) and resolve every file in ``files``."""
+                    patient_column: str | None = None, acquisition_column: str | None = None) -> CsvLabels:
+    """Read the label files (``None``: every CSV under the root that names image files) and resolve every file in ``files``.
+
+    With ``acquisition_column``, every label file must have that column, holding a number in every row that names a
+    file; label files that give one image different numbers are refused too (``ValueError``)."""
     root = Path(root)
     if labels_files is None:
         labels_files = sorted(detect_label_files(root, files, file_column))
         if not labels_files:
             raise ValueError(f"no CSV file under {root} has a column of image file names: set labels_files and file_column")
     image_names = _image_names(files)
-    tables = [_load(root, path, image_names, file_column, label_column, patient_column) for path in labels_files]
+    tables = [_load(root, path, image_names, file_column, label_column, patient_column, acquisition_column)
+              for path in labels_files]
     label_paths = set(labels_files)
-    entries, refused, matched = {}, {}, defaultdict(set)
+    entries, refused, matched, keys = {}, {}, defaultdict(set), {}
     sharing = defaultdict(list)  # (name, label files) -> paths
     for path in files:
         name = PurePosixPath(path).name
@@ -129,10 +140,13 @@ def load_csv_labels(root: str | Path, files: list[str], labels_files: list[str] 
             refused[path] = ("conflicting_labels", f"{sources} give {name!r} the labels {labels}")
         else:
             entries[path] = (labels[0], patients[0] if patients else None)
+            if acquisition_column is not None:
+                keys[path] = _one_key(nearest, name, acquisition_column)
     for (name, sources), paths in sharing.items():
         if len(paths) > 1:
             for path in paths:
                 entries.pop(path, None)
+                keys.pop(path, None)
                 refused[path] = ("ambiguous_name", f"{len(paths)} files are named {name!r} and {list(sources)} "
                                  "match rows by file name, so cannot tell them apart")
     report = {}
@@ -141,10 +155,20 @@ def load_csv_labels(root: str | Path, files: list[str], labels_files: list[str] 
         report[table.path] = {"columns": table.columns, "rows": table.row_count, "listed": len(table.rows),
                               "matched": len(matched[table.path]), "missing": len(missing),
                               "missing_sample": missing[:MISSING_SAMPLE]}
-    return CsvLabels(tuple(labels_files), entries, refused, report)
+    return CsvLabels(tuple(labels_files), entries, refused, report, keys)
 
 
-def _load(root: Path, path: str, image_names: set[str], file_column, label_column, patient_column) -> _LabelFile:
+def _one_key(tables: list[_LabelFile], name: str, column: str) -> float:
+    """The acquisition key the label files ``tables`` give the file ``name``; refused when they disagree."""
+    found = set().union(*(table.keys[name] for table in tables))
+    if len(found) > 1:
+        raise ValueError(f"label files {[table.path for table in tables]} give {name!r} different acquisition keys "
+                         f"{sorted(found)} in column {column!r} (acquisition_column); give each image one")
+    return found.pop()
+
+
+def _load(root: Path, path: str, image_names: set[str], file_column, label_column, patient_column,
+          acquisition_column=None) -> _LabelFile:
     frame = _read(root, path)
     files = _file_column(frame, path, image_names, file_column)
     labels = _named_column(frame, path, label_column, LABEL_COLUMNS, "label_column", exclude={files})
@@ -152,12 +176,28 @@ def _load(root: Path, path: str, image_names: set[str], file_column, label_colum
         raise ValueError(f"label file {path}: no label column among {list(frame.columns)} "
                          f"(looked for {list(LABEL_COLUMNS)}): set label_column")
     patients = _named_column(frame, path, patient_column, PATIENT_COLUMNS, "patient_column", exclude={files, labels})
-    rows = defaultdict(set)
+    acquisition = _named_column(frame, path, acquisition_column, (), "acquisition_column", exclude=set())
+    rows, keys = defaultdict(set), defaultdict(set)
     patient_values = frame[patients] if patients else [None] * len(frame)
-    for name, label, patient in zip(_names(frame[files]), frame[labels], patient_values):
+    key_values = _acquisition_keys(frame, path, files, acquisition) if acquisition else [None] * len(frame)
+    for name, label, patient, key in zip(_names(frame[files]), frame[labels], patient_values, key_values):
         if name:
             rows[name].add((label, patient or None))
-    return _LabelFile(path, {"file": files, "label": labels, "patient": patients}, dict(rows), len(frame))
+            if key is not None:
+                keys[name].add(key)
+    columns = {"file": files, "label": labels, "patient": patients, **({"acquisition": acquisition} if acquisition else {})}
+    return _LabelFile(path, columns, dict(rows), len(frame), dict(keys))
+
+
+def _acquisition_keys(frame: pd.DataFrame, path: str, files: str, column: str) -> pd.Series:
+    """The acquisition column as numbers; refused when a row that names a file holds an empty or non-numeric value."""
+    keys = pd.to_numeric(frame[column], errors="coerce")
+    bad = keys.isna() & frame[files].ne("")
+    if bad.any():
+        examples = [f"{name!r}: {value!r}" for name, value in zip(frame.loc[bad, files], frame.loc[bad, column])][:5]
+        raise ValueError(f"label file {path}: acquisition_column {column!r} must hold a number for every image; "
+                         f"{int(bad.sum())} rows do not ({', '.join(examples)})")
+    return keys.astype(float)
 
 
 def _read(root: Path, path: str) -> pd.DataFrame:

@@ -32,7 +32,8 @@ class EtlParams(BaseModel):
 cell fraction of the masks that pass, is implausible: dropped, its image kept.
 
     Acquisition-aware splits (:mod:`leukolab.data.etl.acquisition_splits`): per class, ``acquisition_blocks``
-    contiguous blocks in file-name number order, whole blocks for val/test/holdouts, ``acquisition_embargo`` neighbours withheld.
+    contiguous blocks in acquisition order (the file-name number, or ``acquisition_column`` of the ``labels_csv``
+    label files), whole blocks for val/test/holdouts, ``acquisition_embargo`` neighbours withheld.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -73,6 +74,8 @@ cell fraction of the masks that pass, is implausible: dropped, its image kept.
                                      "running number (leukolab.data.etl.acquisition_splits)")
     acquisition_blocks: int = Field(20, ge=2, description="contiguous blocks per class in acquisition order")
     acquisition_embargo: int = Field(4, ge=0, description="images withheld from train on each side of an evaluation block")
+    acquisition_column: str | None = Field(None, description="labels_csv: column of the label files holding each "
+                                           "image's acquisition key (a number); None: the last number in the file name")
 
     @field_validator("labels_files", mode="before")
     @classmethod
@@ -100,5 +103,6 @@ cell fraction of the masks that pass, is implausible: dropped, its image kept.
     def layout_for(self, name: str, raw_dir: Path | None = None, on_disk: list[str] | None = None) -> Layout:
         """The :class:`Layout` ``name`` with these parameters' options (``labels_csv`` reads its CSVs under ``raw_dir``)."""
         labels = None if name != "labels_csv" or raw_dir is None else csv_labels.load_csv_labels(
-            raw_dir, on_disk, self.labels_files, self.file_column, self.label_column, self.patient_column)
+            raw_dir, on_disk, self.labels_files, self.file_column, self.label_column, self.patient_column,
+            self.acquisition_column)
         return Layout(name, self.label_pattern, dict(self.label_names), self.patient_pattern, labels)
