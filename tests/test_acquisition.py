@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukolab.data.etl.acquisition_splits import EMBARGO, acquisition_keys, blocked_splits, name_keys
+from leukolab.data.etl.acquisition_splits import EMBARGO, acquisition_keys, blocked_folds, blocked_splits, name_keys
 from leukolab.data.etl.probes import probe_features, shortcut_warning
 from leukolab.data.synthetic.sessions import Sessions
 from leukolab.metrics.intervals import classification_intervals, cluster_intervals
@@ -90,6 +90,46 @@ def test_holdouts_get_blocks_and_tiny_classes_keep_half_their_train_images():
         assert {"val", "test", "holdout_1"} <= set(labels) and (labels == "train").sum() >= (labels == EMBARGO).sum()
     with pytest.raises(ValueError, match="use more blocks"):
         blocked_splits(rows, keys, FRACTIONS, 2, 0, seed=0)
+
+
+def fold_pool() -> pd.DataFrame:
+    """A blocked-CV pool as the acquisition-aware train+val+embargo: per class ranks 0-19 and 30-49 (the test block
+    20-29 is not in it), each row its own group except A's ranks 5 and 45 (duplicates), and one reviewed case (rank -1)."""
+    rows = pd.DataFrame([{"class_name": c, "acquisition_rank": r, "group_id": f"{c}{r}"}
+                         for c in "AB" for r in [*range(20), *range(30, 50)]])
+    rows.loc[(rows["class_name"] == "A") & (rows["acquisition_rank"] == 45), "group_id"] = "A5"
+    reviewed = pd.DataFrame([{"class_name": "B", "acquisition_rank": -1, "group_id": "reviewed"}])
+    return pd.concat([rows, reviewed], ignore_index=True).sample(frac=1, random_state=1).reset_index(drop=True)
+
+
+def test_blocked_folds_are_contiguous_cover_the_pool_and_withhold_the_embargo_and_groups():
+    rows = fold_pool()
+    fold, withheld = blocked_folds(rows, folds=4, embargo=2)
+    reviewed = (rows["acquisition_rank"] == -1).to_numpy()
+    assert (fold[reviewed] == -1).all() and not withheld[:, reviewed].any()  # trains in every fold
+    assert set(fold[~reviewed]) == {0, 1, 2, 3}  # complete coverage: every other row held out by exactly one fold
+    for name in "AB":
+        ordered = rows.assign(fold=fold)[(rows["class_name"] == name) & ~reviewed].sort_values("acquisition_rank")
+        assert list(ordered["fold"]) == sorted(ordered["fold"]) and (ordered["fold"].value_counts() == 10).all()
+    rank, group, cls = rows["acquisition_rank"].to_numpy(), rows["group_id"].to_numpy(), rows["class_name"].to_numpy()
+    for f in range(4):
+        train, held = (fold != f) & ~withheld[f], fold == f
+        assert not (train & held).any() and not set(group[train]) & set(group[held])
+        for name in "AB":
+            gap = np.abs(rank[train & (cls == name) & ~reviewed][:, None] - rank[held & (cls == name)][None, :]).min()
+            assert gap > 2  # no training image within the embargo of a held-out one
+    # Embargo by acquisition rank: fold 1 (ranks 10-19) withholds 8, 9 but not 30, 31 (ten places away across the
+    # test block); 2 per class and fold, plus A's duplicate of a held-out image in folds 0 and 3.
+    per_fold = [sorted(zip(cls[withheld[f]], rank[withheld[f]])) for f in range(4)]
+    assert per_fold[0] == [("A", 10), ("A", 11), ("A", 45), ("B", 10), ("B", 11)]
+    assert per_fold[1] == [("A", 8), ("A", 9), ("B", 8), ("B", 9)]
+    assert per_fold[2] == [("A", 40), ("A", 41), ("B", 40), ("B", 41)]
+    assert per_fold[3] == [("A", 5), ("A", 38), ("A", 39), ("B", 38), ("B", 39)]
+    assert not blocked_folds(rows, 4, 0)[1][1].any()  # no embargo, no shared group: nothing withheld from fold 2
+    with pytest.raises(ValueError, match="leaves no training image of"):
+        blocked_folds(rows, 2, 40)
+    with pytest.raises(ValueError, match="class 'A' has only 40 images to fold"):
+        blocked_folds(rows, 41, 0)
 
 
 def test_the_cluster_bootstrap_is_wider_than_the_image_bootstrap_when_clusters_share_their_outcome():

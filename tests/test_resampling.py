@@ -80,17 +80,21 @@ MEAN, STD = [0.75, 0.65, 0.68], [0.15, 0.17, 0.15]
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
     """A processed dataset as the ETL lays it out (``data/*.parquet`` with ``split`` and ``group_id``, a manifest):
-    per class 6 train images in pairs, 3 val (a pair and one), 3 test."""
+    per class 6 train images in pairs, 3 val (a pair and one), 3 test. Acquisition-aware (embargo 1): per class
+    ranks 0-5 train, 6-7 val, 8 embargo, 9-11 test, in blocks of 3."""
     root = tmp_path_factory.mktemp("resampling-dataset")
     frame = smear_table(12, 32, seed=5)
     index = frame.groupby("label").cumcount()
     frame["split"] = np.select([index < 6, index < 9], ["train", "val"], "test")
     frame["group_id"] = frame["label"] * 100 + np.where(index < 8, index // 2, index)
+    frame["acquisition_split"] = np.select([index < 6, index < 8, index < 9], ["train", "val", "embargo"], "test")
+    frame["acquisition_rank"], frame["acquisition_block"] = index, frame["label"] * 4 + index // 3
     (root / "data").mkdir()
     pq.write_table(pa.Table.from_pandas(frame), root / "data" / "part-00000.parquet")
     (root / "manifest.json").write_text(json.dumps({
         "dataset": "resampling-test", "fingerprint": "resampling-fingerprint", "image_size": 32,
-        "classes": ["Benign", "Early", "Pre", "Pro"], "train_mean": MEAN, "train_std": STD}))
+        "classes": ["Benign", "Early", "Pre", "Pro"], "train_mean": MEAN, "train_std": STD,
+        "acquisition": {"available": True, "embargo": 1, "blocks": 4}}))
     return root
 
 
@@ -128,12 +132,44 @@ def test_folds_and_seeds_run_as_child_runs_with_a_summary(dataset_dir, tmp_path,
     assert all(r["train_images"] + r["heldout_images"] == 36 for r in folds["runs"])
     accuracies = [r["heldout"]["accuracy"] for r in folds["runs"]]
     assert folds["summary"]["accuracy"] == summarize(accuracies)
-    assert set(folds["summary"]) == {"accuracy", "macro_f1", "roc_auc_ovr"}
+    assert set(folds["summary"]) == {"accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr"}
+    assert (folds["strategy"], folds["embargo"], folds["pooled"]["images"], folds["pooled"]["clusters"]) == (
+        "grouped", 0, 36, "group_id")
+    assert folds["pooled"]["balanced_accuracy_ci_low"] <= folds["pooled"]["balanced_accuracy"]
     assert seeds["summary"]["test"]["macro_f1"]["n"] == 2
     summary = resampling_summary(result.resampling)
-    assert sorted(set(summary["resampling"])) == ["2 folds (train+val)", "2 seeds, test", "2 seeds, val"]
-    assert len(summary) == 9
+    assert sorted(set(summary["resampling"])) == ["2 folds (train+val)", "2 folds, pooled out-of-fold", "2 seeds, test",
+                                                  "2 seeds, val"]
+    assert len(summary) == 15
     table = resampling_table({"classify-simple-cnn": record("simple-cnn", result.val_metrics, result.test_metrics,
                                                             result.resampling)})
-    assert list(table["metric"]) == ["accuracy", "macro_f1", "roc_auc_ovr"]
-    assert {"2 folds (train+val)", "2 seeds, val", "2 seeds, test"} <= set(table.columns)
+    assert list(table["metric"]) == ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr"]
+    assert {"2 folds (train+val)", "2 folds, pooled out-of-fold", "2 seeds, val", "2 seeds, test"} <= set(table.columns)
+
+
+@pytest.mark.integration
+def test_blocked_folds_withhold_the_embargo_and_pool_every_out_of_fold_prediction(dataset_dir, tmp_path, monkeypatch):
+    """``cv_strategy: acquisition``: per class the acquisition-aware train+val+embargo (ranks 0-8) in two contiguous
+    folds (0-4, 5-8), each withholding its neighbour from training (embargo 1); test (9-11) is never read."""
+    import mlflow
+
+    from leukolab import tracking
+    from leukolab.config.experiment import load_experiment
+    from leukolab.experiments.resampling import run_resampling
+
+    monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking.configure()
+    experiment = load_experiment("simple-cnn", {"training": {"epochs": 1, "batch_size": 8}, "model": {"width": 8},
+                                                "cv_folds": 2, "cv_strategy": "acquisition"})
+    with mlflow.start_run(run_name="simple-cnn") as parent:
+        folds = run_resampling(experiment, dataset_dir)["folds"]
+    child = mlflow.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                               output_format="list")[0]
+    assert (child.data.params["resample.cv_strategy"], child.data.params["resample.embargo"]) == ("acquisition", "1")
+    assert [(r["heldout_images"], r["embargoed_images"], r["train_images"]) for r in folds["runs"]] == [(20, 4, 12), (16, 4, 16)]
+    assert (folds["strategy"], folds["embargo"], folds["pooled"]["images"], folds["pooled"]["clusters"]) == (
+        "acquisition", 1, 36, "acquisition_block")
+    assert {"accuracy", "balanced_accuracy_ci_low", "balanced_accuracy_ci_high"} <= set(folds["pooled"])
+    assert set(resampling_summary({"folds": folds})["resampling"]) == {
+        "2 blocked folds, embargo 1 (train+val)", "2 blocked folds, embargo 1, pooled out-of-fold"}

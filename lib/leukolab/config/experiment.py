@@ -110,7 +110,10 @@ class Experiment(Section):
     distributed: DistributedSpec = DistributedSpec()
     data: DataSpec = DataSpec()
     seed: int = 42
-    cv_folds: int | None = Field(None, ge=2, description="also k grouped folds of train+val, as child runs")
+    cv_folds: int | None = Field(None, ge=2, description="also k folds of train+val, as child runs")
+    cv_strategy: Literal["grouped", "acquisition"] = Field(
+        "grouped", description="cv_folds: grouped (random, duplicates and patients together) or acquisition (blocked: "
+        "contiguous blocks of acquisition order per class, the embargo withheld from each fold's training)")
     seeds: list[int] | None = Field(None, description="also retrain once per seed, as child runs")
     acquisition_aware: bool = Field(False, description="classifiers: also train and score on the acquisition-aware "
                                     "splits (a child run), when the dataset has them")
@@ -133,7 +136,8 @@ def parse_experiment(values: dict, where: str = "experiment") -> Experiment:
 
 
 SHORTCUTS = {"seed": ("seed",), "epochs": ("training", "epochs"), "num_processes": ("distributed", "num_processes"),
-             "spark_master": ("distributed", "master"), "cv_folds": ("cv_folds",), "seeds": ("seeds",),
+             "spark_master": ("distributed", "master"), "cv_folds": ("cv_folds",),
+             "cv_strategy": ("cv_strategy",), "seeds": ("seeds",),
              "acquisition_aware": ("acquisition_aware",)}
 """Parameters of the experiment stages that set one experiment key (``epochs`` is ``training.epochs``; ``spark_master``,
 named like the ETL's, is ``distributed.master``)."""

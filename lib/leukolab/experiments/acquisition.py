@@ -17,9 +17,7 @@ from scipy.special import softmax
 
 from leukolab.config.experiment import Experiment
 from leukolab.data.reading.dataset import SmearDataset, load_manifest, load_split
-from leukolab.experiments.resampling import _child_run, _colour_statistics, _train
-from leukolab.metrics.intervals import cluster_intervals, interval_columns
-from leukolab.metrics.scores import classification_metrics
+from leukolab.experiments.resampling import _child_run, _colour_statistics, _train, clustered_metrics
 from leukolab.training.loop import predict
 
 ACQUISITION_SPLITS = ("train", "val", "test")
@@ -55,9 +53,5 @@ def run_acquisition_aware(experiment: Experiment, dataset_dir: str | Path, boots
 def scored(model, dataset: SmearDataset, clusters: np.ndarray, context: dict, samples: int, seed: int) -> dict:
     """Classification metrics of ``model`` on ``dataset`` with cluster-bootstrap intervals over ``clusters``."""
     logits = predict(model, dataset.images, context["mean"], context["std"])["logits"]
-    probabilities, labels = softmax(logits, axis=1), dataset.labels.numpy()
-    metrics = classification_metrics(labels, probabilities, context["class_names"])
-    if samples:
-        metrics.update(interval_columns(cluster_intervals(labels, probabilities.argmax(1), clusters,
-                                                          len(context["class_names"]), samples, seed)))
-    return metrics
+    return clustered_metrics(dataset.labels.numpy(), softmax(logits, axis=1), clusters, context["class_names"], samples,
+                             seed)

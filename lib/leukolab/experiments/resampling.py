@@ -2,12 +2,17 @@
 
 Two experiment keys, either or both (absent: nothing extra runs):
 
-- ``cv_folds: k`` pools train and val (test and holdouts are never read), splits them into k folds grouped by
-  ``group_id`` (duplicates and patients stay together) and stratified by label, seeded by the experiment's
-  ``seed``. Each fold trains on the other k-1 folds and is scored once on itself. The held-out fold chooses
-  nothing: folds train the full schedule without early stopping and keep the final weights, and their metrics
-  are uncalibrated (temperature scaling does not change accuracy, macro-F1 or ROC-AUC). Each fold normalises
-  by its training folds' own colour mean and std.
+- ``cv_folds: k`` pools train and val (test and holdouts are never read) and splits them into k folds. With
+  ``cv_strategy: grouped`` (the default) folds are grouped by ``group_id`` (duplicates and patients stay together)
+  and stratified by label, seeded by the experiment's ``seed``. With ``cv_strategy: acquisition`` (blocked) the
+  pool is the acquisition-aware train, val and embargo, and each fold is one contiguous block of every class's
+  acquisition order, with the dataset's ``acquisition_embargo`` neighbours (and the fold's groups) withheld from
+  its training (:func:`leukolab.data.acquisition.blocked_folds`). Each fold trains on the rest and is scored once
+  on itself. The held-out fold chooses nothing: folds train the full schedule without early stopping and keep the
+  final weights, and their metrics are uncalibrated (temperature scaling does not change accuracy, macro-F1 or
+  ROC-AUC). Each fold normalises by its training images' own colour mean and std. Classifiers also get the
+  pooled out-of-fold figure: every pooled image scored by the fold that held it out, with 95% intervals from a
+  cluster bootstrap over duplicate/patient groups (grouped) or acquisition blocks (blocked).
 - ``seeds: [..]`` retrains on the usual train/val split once per seed (early stopping on val as always), scored
   on val and test.
 
@@ -25,16 +30,22 @@ import mlflow
 import numpy as np
 import pandas as pd
 from scipy import stats
+from scipy.special import softmax
 from sklearn.model_selection import StratifiedGroupKFold
 
 from leukolab.config.experiment import Experiment
+from leukolab.data.etl.acquisition_splits import EMBARGO, blocked_folds
+from leukolab.data.etl.probes import CLUSTERS
 from leukolab.data.reading.dataset import SmearDataset, load_datasets, load_manifest, load_split
+from leukolab.metrics.intervals import cluster_intervals, interval_columns
+from leukolab.metrics.scores import classification_metrics
 from leukolab.models.factory import build_model
 from leukolab.stages.records import ExperimentRecord
 from leukolab.tracking import flatten
-from leukolab.training.loop import evaluate, fit
+from leukolab.training.loop import evaluate, fit, predict
 
-SUMMARIZED = ("accuracy", "macro_f1", "roc_auc_ovr", "dice", "iou")
+SUMMARIZED = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr", "dice", "iou")
+BOOTSTRAP_SAMPLES = 1000
 
 
 def fold_assignment(frame: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
@@ -77,7 +88,9 @@ def run_resampling(experiment: Experiment, dataset_dir: str | Path) -> dict | No
 
     Returns ``{"folds": {...}, "seeds": {...}}`` (only the keys the experiment set), each with ``interval``
     (``"t"``), ``level``, per-run ``runs`` and ``summary`` (per metric ``mean``, ``std``, ``ci_low``,
-    ``ci_high``, ``n``; seeds summarize ``val`` and ``test`` separately); ``None`` when neither key is set.
+    ``ci_high``, ``n``; seeds summarize ``val`` and ``test`` separately); folds also say their ``strategy`` and
+    ``embargo`` and, for classifiers, the ``pooled`` out-of-fold metrics (``<metric>_ci_low/_ci_high``,
+    ``images``, ``clusters``). ``None`` when neither key is set.
     """
     folds, seeds = experiment.cv_folds, experiment.seeds
     if not folds and not seeds:
@@ -86,30 +99,69 @@ def run_resampling(experiment: Experiment, dataset_dir: str | Path) -> dict | No
     context = {"mean": manifest["train_mean"], "std": manifest["train_std"], "class_names": manifest["classes"]}
     out = {}
     if folds:
-        out["folds"] = _cross_validate(experiment, dataset_dir, int(folds), context)
+        out["folds"] = _cross_validate(experiment, dataset_dir, int(folds), context, manifest)
     if seeds:
         out["seeds"] = _repeat_seeds(experiment, dataset_dir, [int(s) for s in seeds], context)
     return out
 
 
-def _cross_validate(experiment: Experiment, dataset_dir, folds: int, context: dict) -> dict:
-    pooled = pd.concat([load_split(dataset_dir, "train"), load_split(dataset_dir, "val")], ignore_index=True)
-    if experiment.task == "segmentation":  # as load_datasets: segmenters see plausible masks only
-        pooled = pooled[pooled["mask"].notna()].reset_index(drop=True)
-    seed = experiment.seed
-    assignment = fold_assignment(pooled, folds, seed)
+def _cross_validate(experiment: Experiment, dataset_dir, folds: int, context: dict, manifest: dict) -> dict:
+    strategy, seed = experiment.cv_strategy, experiment.seed
+    pooled = _fold_pool(dataset_dir, strategy, experiment.task)
+    if strategy == "acquisition":
+        embargo = int(manifest["acquisition"]["embargo"])
+        assignment, withheld = blocked_folds(pooled, folds, embargo)
+    else:
+        embargo, assignment, withheld = 0, fold_assignment(pooled, folds, seed), np.zeros((folds, len(pooled)), bool)
     data = SmearDataset(pooled, with_masks=experiment.task in ("segmentation", "joint"))
+    classifies = experiment.task == "classification"
+    probabilities = np.full((len(pooled), len(context["class_names"])), np.nan)
     runs = []
     for fold in range(folds):
-        train, held_out = data.subset(np.flatnonzero(assignment != fold)), data.subset(np.flatnonzero(assignment == fold))
+        held = np.flatnonzero(assignment == fold)
+        train, held_out = data.subset(np.flatnonzero((assignment != fold) & ~withheld[fold])), data.subset(held)
         fold_context = {**context, **_colour_statistics(train)}
-        with _child_run(experiment, f"fold {fold + 1}/{folds}", {"resample": "fold", "fold": fold + 1, "cv_folds": folds}):
+        with _child_run(experiment, f"fold {fold + 1}/{folds}", {"resample": "fold", "fold": fold + 1, "cv_folds": folds,
+                                                                 "cv_strategy": strategy, "embargo": embargo}):
             model = _train(experiment, train, None, fold_context)
-            metrics = _score(model, held_out, experiment.task, fold_context)
+            if classifies:
+                probabilities[held] = softmax(predict(model, held_out.images, fold_context["mean"],
+                                                      fold_context["std"])["logits"], axis=1)
+                metrics = classification_metrics(held_out.labels.numpy(), probabilities[held], context["class_names"])
+            else:
+                metrics = _score(model, held_out, experiment.task, fold_context)
             mlflow.log_metrics({f"heldout_{k}": v for k, v in metrics.items()})
-        runs.append({"fold": fold + 1, "train_images": len(train), "heldout_images": len(held_out), "heldout": metrics})
-    return {"k": folds, "seed": seed, "interval": "t", "level": 0.95, "runs": runs,
-            "summary": summarize_runs([r["heldout"] for r in runs])}
+        runs.append({"fold": fold + 1, "train_images": len(train), "heldout_images": len(held_out),
+                     "embargoed_images": int(withheld[fold].sum()), "heldout": metrics})
+    out = {"k": folds, "seed": seed, "strategy": strategy, "embargo": embargo, "interval": "t", "level": 0.95,
+           "runs": runs, "summary": summarize_runs([r["heldout"] for r in runs])}
+    if classifies:
+        scored = assignment >= 0
+        out["pooled"] = {**clustered_metrics(data.labels.numpy()[scored], probabilities[scored],
+                                             pooled[CLUSTERS[strategy]].to_numpy()[scored], context["class_names"],
+                                             BOOTSTRAP_SAMPLES, seed),
+                         "images": int(scored.sum()), "clusters": CLUSTERS[strategy]}
+    return out
+
+
+def _fold_pool(dataset_dir, strategy: str, task: str) -> pd.DataFrame:
+    """The images the folds share: train and val of the ``strategy`` (acquisition-aware: and its embargo), never test
+    or holdouts; segmenters see plausible masks only (as :func:`load_datasets`)."""
+    names = ("train", "val") + ((EMBARGO,) if strategy == "acquisition" else ())
+    pooled = pd.concat([load_split(dataset_dir, name, strategy) for name in names], ignore_index=True)
+    if task == "segmentation":
+        pooled = pooled[pooled["mask"].notna()].reset_index(drop=True)
+    return pooled
+
+
+def clustered_metrics(labels: np.ndarray, probabilities: np.ndarray, clusters: np.ndarray, class_names: list[str],
+                      samples: int, seed: int) -> dict[str, float]:
+    """Classification metrics with cluster-bootstrap intervals (accuracy, balanced accuracy, macro-F1) over ``clusters``."""
+    metrics = classification_metrics(labels, probabilities, class_names)
+    if samples:
+        metrics.update(interval_columns(cluster_intervals(labels, probabilities.argmax(1), clusters, len(class_names),
+                                                          samples, seed)))
+    return metrics
 
 
 def _repeat_seeds(experiment: Experiment, dataset_dir, seeds: list[int], context: dict) -> dict:
@@ -167,7 +219,14 @@ def _summaries(resampling: dict) -> dict[str, dict]:
     """Each summary of a ``run_resampling`` result by a readable name."""
     named = {}
     if "folds" in resampling:
-        named[f"{resampling['folds']['k']} folds (train+val)"] = resampling["folds"]["summary"]
+        folds = resampling["folds"]
+        kind = "blocked folds, embargo {}".format(folds["embargo"]) if folds.get("strategy") == "acquisition" else "folds"
+        named[f"{folds['k']} {kind} (train+val)"] = folds["summary"]
+        if "pooled" in folds:
+            pooled = folds["pooled"]
+            named[f"{folds['k']} {kind}, pooled out-of-fold"] = {
+                metric: {"mean": pooled[metric], "ci_low": pooled[f"{metric}_ci_low"], "ci_high": pooled[f"{metric}_ci_high"],
+                         "n": pooled["images"]} for metric in SUMMARIZED if f"{metric}_ci_low" in pooled}
     if "seeds" in resampling:
         for split in ("val", "test"):
             named[f"{len(resampling['seeds']['seeds'])} seeds, {split}"] = resampling["seeds"]["summary"][split]

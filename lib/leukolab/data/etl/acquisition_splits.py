@@ -141,6 +141,41 @@ def _keep_groups_whole(result: pd.DataFrame, groups: pd.Series) -> None:
     result.loc[moved, "acquisition_split"] = EMBARGO
 
 
+def blocked_folds(rows: pd.DataFrame, folds: int, embargo: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blocked cross-validation folds of ``rows`` (``class_name``, ``acquisition_rank``, ``group_id``): the fold of
+    each row, and per fold which other rows are withheld from its training (``folds`` x rows, bool).
+
+    Within each class the rows in acquisition order are cut into ``folds`` contiguous parts of about equal size; fold
+    f holds part f of every class. Fold f's training leaves out, besides its own rows, every row within ``embargo``
+    places of one of them in its class's acquisition order (``acquisition_rank``, so images between them that the
+    pool lacks, such as the test block, count) and the other rows of any group with a row in fold f. Rows in no
+    acquisition order (rank -1: reviewed cases) are in no fold (-1) and train in every fold.
+    """
+    if folds < 2:
+        raise ValueError(f"cv_folds must be at least 2, got {folds}")
+    fold = np.full(len(rows), -1)
+    withheld = np.zeros((folds, len(rows)), bool)
+    rank = rows["acquisition_rank"].to_numpy()
+    for name, members in rows.assign(position=np.arange(len(rows)))[rank >= 0].groupby("class_name", sort=True):
+        if len(members) < folds:
+            raise ValueError(f"cv_folds={folds} but class {name!r} has only {len(members)} images to fold; use fewer folds")
+        ordered = members.sort_values("acquisition_rank")
+        positions, ranks = ordered["position"].to_numpy(), ordered["acquisition_rank"].to_numpy()
+        part = np.arange(len(ordered)) * folds // len(ordered)
+        fold[positions] = part
+        for f in range(folds):
+            near = np.abs(ranks[:, None] - ranks[part == f][None, :]).min(1) <= embargo
+            withheld[f, positions[near & (part != f)]] = True
+    groups = rows["group_id"].to_numpy()
+    for f in range(folds):
+        withheld[f] |= np.isin(groups, groups[fold == f]) & (fold != f)
+        classes = set(rows["class_name"][(fold != f) & ~withheld[f]])
+        if classes != set(rows["class_name"]):
+            raise ValueError(f"fold {f + 1}/{folds} leaves no training image of {sorted(set(rows['class_name']) - classes)} "
+                             f"after an embargo of {embargo}: use fewer folds or a smaller acquisition_embargo")
+    return fold, withheld
+
+
 def acquisition_columns(table: pd.DataFrame, fractions: dict[str, float], params) -> pd.DataFrame:
     """The curated ``table``'s acquisition columns (null throughout when ``params`` turn them off or the data has
     no acquisition key); ``params`` is :class:`leukolab.data.etl.params.EtlParams`."""
