@@ -19,9 +19,15 @@ epochs the profile runs (its ``epochs`` stage parameter, else the experiment's;
 early stopping can only end a run sooner) and the training seconds; evaluation
 seconds for one pass over ``--eval-images`` (with TTA where the experiment uses
 it); and the training cost per image against ``simple-cnn`` measured in the same
-run ("x simple-cnn"). The total is the sum of training and evaluation seconds of
-the listed experiments: the model stages of the budget, without the ETL, the
+run ("x simple-cnn"). A profile with ``acquisition_aware: true`` trains each
+classifier a second time, on the acquisition-aware train split
+(``--acquisition-train-images``), validated and evaluated as the first. The total is the sum of training and
+evaluation seconds of the listed experiments: the model stages of the budget, without the ETL, the
 evaluate/publish/serve stages, notebook start-up and MLflow logging.
+
+Every time is measured twice: wall clock, and CPU (user + system time of this process, all its threads) divided
+by the cores torch uses, which is what the wall clock would be on an otherwise idle machine; on a shared machine
+the wall clock grows with the other jobs' load and the CPU figure barely does.
 
 Pixels do not change the cost of a step, so the synthetic images are a pool of
 ``POOL_PER_CLASS`` smears per class, repeated to fill the batches.
@@ -53,6 +59,9 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=2280, help="training split (default: 70%% of 3,256)")
     parser.add_argument("--val-images", type=int, default=490, help="validated every epoch, without TTA")
     parser.add_argument("--eval-images", type=int, default=980, help="evaluated once at the end (val + test)")
+    parser.add_argument("--acquisition-train-images", type=int, default=1735,
+                        help="acquisition-aware training split of a profile with acquisition_aware (default: the real "
+                        "dataset's class mix in 20 blocks with embargo 37)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per experiment")
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps before them")
     parser.add_argument("--markdown", action="store_true", help="also print rows for benchmarks/RESULTS.md")
@@ -72,13 +81,14 @@ def main() -> None:
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     profile_epochs = epochs_in_profile(profile)
+    args.twice = bool(profile.parameters.get("acquisition_aware"))
     names = args.experiments or list(profile_epochs)
     if not names:
         parser.error(f"profile {args.profile!r} lists no experiments; name them with --experiments")
     unknown = sorted(set(names) - set(available("experiments")))
     if unknown:
         parser.error(f"unknown experiments {unknown}; choose from {available('experiments')}")
-    size = args.image_size or profile.get("parameters", {}).get("image_size")
+    size = args.image_size or profile.parameters.get("image_size")
     if not size:
         parser.error(f"profile {args.profile!r} sets no image_size; give --image-size")
     pool_frame = smear_table(POOL_PER_CLASS, size, seed=0)
@@ -87,6 +97,8 @@ def main() -> None:
     mean, std = pixels.mean(dim=(0, 2, 3)).tolist(), pixels.std(dim=(0, 2, 3)).tolist()
     print(f"profile {args.profile}; {size} px; {args.train_images} training images per epoch, {args.val_images} validated "
           f"per epoch, {args.eval_images} evaluated; {args.warmup} + {args.steps} steps per experiment")
+    if args.twice:
+        print(f"acquisition_aware: classifiers also train on {args.acquisition_train_images} acquisition-aware images")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
           f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.2f}")
 
@@ -97,29 +109,34 @@ def main() -> None:
         print_row(name, rows[name])
     listed = [rows[n] for n in names]
     total = sum(r["train_s"] + r["eval_s"] for r in listed)
+    total_cpu = sum(r["train_cpu_s"] + r["eval_cpu_s"] for r in listed)
     scope = f"the {args.profile} profile" if not args.experiments else "the listed experiments"
-    print(f"total for {scope}: {total:.0f} s = {total / 60:.1f} min (training {sum(r['train_s'] for r in listed):.0f} s, "
-          f"evaluation {sum(r['eval_s'] for r in listed):.0f} s; load average {os.getloadavg()[0]:.2f})")
+    print(f"total for {scope}: {total:.0f} s = {total / 60:.1f} min wall (training {sum(r['train_s'] for r in listed):.0f} s, "
+          f"evaluation {sum(r['eval_s'] for r in listed):.0f} s); CPU / {torch.get_num_threads()} threads: {total_cpu:.0f} s = "
+          f"{total_cpu / 60:.1f} min (load average {os.getloadavg()[0]:.2f})")
     if args.markdown:
         day, load = time.strftime("%Y-%m-%d"), f"{os.getloadavg()[0]:.1f}"
         for name, r in rows.items():
-            print(f"| {day} | {args.profile} | {name} | {size} | {r['batch']} | {r['train_ms']:.1f} | {r['epoch_s']:.1f} | "
-                  f"{r['epochs']} | {r['train_s']:.0f} | {r['plain_ms']:.1f} / {r['tta_ms']:.1f} | {r['eval_s']:.0f} | "
-                  f"{r['x_baseline']:.2f} | {load} |")
-        print(f"| {day} | {args.profile} | **total: {total:.0f} s = {total / 60:.1f} min** ({', '.join(names)}) | {size} | | | | | "
-              f"{sum(r['train_s'] for r in listed):.0f} | | {sum(r['eval_s'] for r in listed):.0f} | | {load} |")
+            print(f"| {day} | {args.profile} | {name}{' (x2: grouped + acquisition-aware)' if r['twice'] else ''} | {size} | "
+                  f"{r['batch']} | {r['train_ms']:.1f} / {r['train_cpu_ms']:.1f} | {r['epoch_s']:.1f} / {r['epoch_cpu_s']:.1f} | "
+                  f"{r['epochs']} | {r['train_s']:.0f} / {r['train_cpu_s']:.0f} | {r['plain_ms']:.1f} / {r['tta_ms']:.1f} | "
+                  f"{r['eval_s']:.0f} / {r['eval_cpu_s']:.0f} | {r['x_baseline']:.2f} | {load} |")
+        print(f"| {day} | {args.profile} | **total: {total:.0f} s wall, {total_cpu:.0f} s CPU / {torch.get_num_threads()} = "
+              f"{total_cpu / 60:.1f} min** ({', '.join(names)}) | {size} | | | | | "
+              f"{sum(r['train_s'] for r in listed):.0f} / {sum(r['train_cpu_s'] for r in listed):.0f} | | "
+              f"{sum(r['eval_s'] for r in listed):.0f} / {sum(r['eval_cpu_s'] for r in listed):.0f} | | {load} |")
 
 
-def epochs_in_profile(profile: dict) -> dict[str, int | None]:
+def epochs_in_profile(profile) -> dict[str, int | None]:
     """Experiment name -> the ``epochs`` its stage receives from the profile (None: the experiment's own)."""
     from leukolab.config import deep_merge, read_yaml
     from leukolab.pipeline.graph import PIPELINE_FILE
 
     stage_of = {spec["foreach"]: stage for stage, spec in read_yaml(PIPELINE_FILE)["stages"].items() if spec.get("foreach")}
     epochs = {}
-    for key, names in profile.get("experiments", {}).items():
+    for key, names in profile.experiments.items():
         stage = stage_of.get(key, key)
-        params = deep_merge(profile.get("parameters", {}), profile.get("stage_parameters", {}).get(stage, {}))
+        params = deep_merge(profile.parameters, profile.stage_parameters.get(stage, {}))
         epochs.update({name: params.get("epochs") for name in names})
     return epochs
 
@@ -132,27 +149,42 @@ def measure(name: str, epochs: int | None, pools: dict, mean, std, args) -> dict
     from leukolab.training.loop import fit
 
     experiment = load_experiment(name)
-    epochs = int(epochs or experiment["training"]["epochs"])
-    batch = int(experiment["training"]["batch_size"])
-    if int(experiment.get("distributed", {}).get("num_processes", 1)) > 1:
+    epochs = int(epochs or experiment.training.epochs)
+    batch = experiment.training.batch_size
+    if experiment.distributed.num_processes > 1:
         print(f"  note: {name} trains data-parallel in the pipeline; measured here in one process")
-    pool = pools[experiment["task"] != "classification"]
+    pool = pools[experiment.task != "classification"]
     train = repeated(pool, (args.warmup + args.steps + 1) * batch)
     model = build_model(experiment, len(CLASS_NAMES))
-    stamps: list[float] = []
-    model.register_forward_pre_hook(lambda module, _: stamps.append(time.perf_counter()) if module.training else None)
+    stamps: list[tuple[float, float]] = []
+    model.register_forward_pre_hook(lambda module, _: stamps.append(clocks()) if module.training else None)
     one_epoch = load_experiment(name, {"training": {"epochs": 1}})
     fit(model, train, pool, one_epoch, mean, std, CLASS_NAMES)
-    steps = [b - a for a, b in zip(stamps, stamps[1:])][args.warmup:]
+    steps = [b[0] - a[0] for a, b in zip(stamps, stamps[1:])][args.warmup:]
     step_s = statistics.median(steps)
+    step_cpu = statistics.median([b[1] - a[1] for a, b in zip(stamps, stamps[1:])][args.warmup:])
 
-    plain_ms = inference_ms(model, pool, mean, std, tta=False)
-    tta_ms = inference_ms(model, pool, mean, std, tta=True)
-    uses_tta = bool(experiment.get("inference", {}).get("tta", False))
-    epoch_s = args.train_images // batch * step_s + args.val_images * plain_ms / 1000
-    return {"task": experiment["task"], "batch": batch, "train_ms": step_s / batch * 1000, "epoch_s": epoch_s,
-            "epochs": epochs, "train_s": epoch_s * epochs, "plain_ms": plain_ms, "tta_ms": tta_ms, "uses_tta": uses_tta,
-            "eval_s": args.eval_images * (tta_ms if uses_tta else plain_ms) / 1000, "step_spread": (min(steps), max(steps))}
+    plain_ms, plain_cpu = inference_ms(model, pool, mean, std, tta=False)
+    tta_ms, tta_cpu = inference_ms(model, pool, mean, std, tta=True)
+    uses_tta = experiment.inference.tta
+    twice = args.twice and experiment.task == "classification"
+    steps_per_epoch = args.train_images // batch + (args.acquisition_train_images // batch if twice else 0)
+    val = args.val_images * (2 if twice else 1)
+    epoch_s = steps_per_epoch * step_s + val * plain_ms / 1000
+    epoch_cpu_s = steps_per_epoch * step_cpu + val * plain_cpu / 1000
+    evaluated = args.eval_images * (2 if twice else 1) / 1000
+    return {"task": experiment.task, "batch": batch, "twice": twice, "train_ms": step_s / batch * 1000,
+            "train_cpu_ms": step_cpu / batch * 1000, "epoch_s": epoch_s, "epoch_cpu_s": epoch_cpu_s, "epochs": epochs,
+            "train_s": epoch_s * epochs, "train_cpu_s": epoch_cpu_s * epochs, "plain_ms": plain_ms, "tta_ms": tta_ms,
+            "uses_tta": uses_tta, "eval_s": evaluated * (tta_ms if uses_tta else plain_ms),
+            "eval_cpu_s": evaluated * (tta_cpu if uses_tta else plain_cpu), "step_spread": (min(steps), max(steps))}
+
+
+def clocks() -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process divided by the threads torch uses)."""
+    import torch
+
+    return time.perf_counter(), time.process_time() / torch.get_num_threads()
 
 
 def repeated(pool, count: int):
@@ -162,8 +194,9 @@ def repeated(pool, count: int):
     return pool.subset(torch.randperm(count, generator=torch.Generator().manual_seed(0)) % len(pool))
 
 
-def inference_ms(model, pool, mean, std, tta: bool) -> float:
-    """Median ms per image of ``predict`` over the pool (after one untimed pass), with or without TTA."""
+def inference_ms(model, pool, mean, std, tta: bool) -> tuple[float, float]:
+    """Median wall and CPU (per torch thread) ms per image of ``predict`` over the pool (after one untimed pass),
+    with or without TTA."""
     from leukolab.training.loop import predict
 
     device = str(next(model.parameters()).device)
@@ -172,17 +205,18 @@ def inference_ms(model, pool, mean, std, tta: bool) -> float:
         predict(model, pool.images, mean, std, device=device)
         times = []
         for _ in range(INFERENCE_REPEATS):
-            start = time.perf_counter()
+            start = clocks()
             predict(model, pool.images, mean, std, device=device)
-            times.append(time.perf_counter() - start)
+            times.append([end - begin for begin, end in zip(start, clocks())])
     finally:
         model.tta = kept
-    return statistics.median(times) / len(pool) * 1000
+    return tuple(statistics.median(column) / len(pool) * 1000 for column in zip(*times))
 
 
 def print_row(name: str, r: dict) -> None:
     low, high = r["step_spread"]
     print(f"  {name:28s} {r['task']:14s} batch {r['batch']:3d}  {r['train_ms']:7.1f} ms/train image "
+          f"({r['train_cpu_ms']:.1f} CPU; epoch {r['epoch_cpu_s']:.1f} s CPU{', x2' if r['twice'] else ''}) "
           f"(steps {low * 1000:.0f}-{high * 1000:.0f} ms)  {r['epoch_s']:7.1f} s/epoch x {r['epochs']:3d} = "
           f"{r['train_s']:7.0f} s  | inference {r['plain_ms']:.1f} ms/image, {r['tta_ms']:.1f} with TTA  "
           f"| evaluation {r['eval_s']:5.0f} s{' (TTA)' if r['uses_tta'] else ''}  | {r['x_baseline']:.2f} x {BASELINE}  "
