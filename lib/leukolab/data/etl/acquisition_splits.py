@@ -58,6 +58,27 @@ def acquisition_keys(rows: pd.DataFrame, column: str | None = None) -> tuple[pd.
     return keys, "the last number in the file name"
 
 
+def column_keys(frame: pd.DataFrame, path: str, files: str, column: str) -> pd.Series:
+    """Label file ``path``'s acquisition ``column`` as numbers; refused when a row naming a file (in column ``files``)
+    holds an empty or non-numeric value there."""
+    keys = pd.to_numeric(frame[column], errors="coerce")
+    bad = keys.isna() & frame[files].ne("")
+    if bad.any():
+        examples = [f"{name!r}: {value!r}" for name, value in zip(frame.loc[bad, files], frame.loc[bad, column])][:5]
+        raise ValueError(f"label file {path}: acquisition_column {column!r} must hold a number for every image; "
+                         f"{int(bad.sum())} rows do not ({', '.join(examples)})")
+    return keys.astype(float)
+
+
+def single_key(keys: dict[str, set[float]], name: str, column: str) -> float:
+    """The one acquisition key that the label files (path -> keys they give file ``name``) agree on; refused otherwise."""
+    found = set().union(*keys.values())
+    if len(found) > 1:
+        raise ValueError(f"label files {sorted(keys)} give {name!r} different acquisition keys {sorted(found)} in "
+                         f"column {column!r} (acquisition_column); give each image one")
+    return found.pop()
+
+
 def blocked_splits(rows: pd.DataFrame, keys: pd.Series, fractions: dict[str, float], blocks: int, embargo: int,
                    seed: int) -> pd.DataFrame:
     """Per row (aligned on ``rows.index``): ``acquisition_split``, ``acquisition_block`` and ``acquisition_rank``.

@@ -9,9 +9,7 @@ label files list a name, the one in the deepest folder above the image wins
 label files that still disagree quarantine it as ``conflicting_labels``, and
 files that share a name and the label files that name them are all quarantined
 as ``ambiguous_name`` (the CSV cannot tell them apart). An ``acquisition_column``
-gives each image its acquisition key (a number: running number, session, time
-stamp) for acquisition-aware splits; a label file without it, or with a value
-there that is not a number, is refused.
+gives each image its acquisition key (:func:`leukolab.data.acquisition.column_keys`).
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from leukolab.data.etl.acquisition_splits import column_keys, single_key
 from leukolab.data.etl.raw_files import IMAGE_SUFFIXES, LAYOUTS, is_hidden
 
 LABEL_COLUMNS = ("label", "labels", "class", "class_name", "classname", "diagnosis", "target")
@@ -38,8 +37,7 @@ class CsvLabels:
     ``entries``: relative path -> (label, patient id or None); ``refused``:
     relative path -> (quarantine reason, message); ``report``: per label file,
     the columns used and how many names it lists, matches and misses;
-    ``acquisition_keys``: relative path -> the number in the ``acquisition_column``
-    (empty without one).
+    ``acquisition_keys``: relative path -> its ``acquisition_column`` number.
     """
 
     label_files: tuple[str, ...]
@@ -106,10 +104,7 @@ def names_images(root: str | Path, files: list[str]) -> bool:
 def load_csv_labels(root: str | Path, files: list[str], labels_files: list[str] | None = None,
                     file_column: str | None = None, label_column: str | None = None,
                     patient_column: str | None = None, acquisition_column: str | None = None) -> CsvLabels:
-    """Read the label files (``None``: every CSV under the root that names image files) and resolve every file in ``files``.
-
-    With ``acquisition_column``, every label file must have that column, holding a number in every row that names a
-    file; label files that give one image different numbers are refused too (``ValueError``)."""
+    """Read the label files (``None``: every CSV under the root that names image files) and resolve every file in ``files``."""
     root = Path(root)
     if labels_files is None:
         labels_files = sorted(detect_label_files(root, files, file_column))
@@ -141,7 +136,7 @@ def load_csv_labels(root: str | Path, files: list[str], labels_files: list[str] 
         else:
             entries[path] = (labels[0], patients[0] if patients else None)
             if acquisition_column is not None:
-                keys[path] = _one_key(nearest, name, acquisition_column)
+                keys[path] = single_key({table.path: table.keys[name] for table in nearest}, name, acquisition_column)
     for (name, sources), paths in sharing.items():
         if len(paths) > 1:
             for path in paths:
@@ -158,15 +153,6 @@ def load_csv_labels(root: str | Path, files: list[str], labels_files: list[str] 
     return CsvLabels(tuple(labels_files), entries, refused, report, keys)
 
 
-def _one_key(tables: list[_LabelFile], name: str, column: str) -> float:
-    """The acquisition key the label files ``tables`` give the file ``name``; refused when they disagree."""
-    found = set().union(*(table.keys[name] for table in tables))
-    if len(found) > 1:
-        raise ValueError(f"label files {[table.path for table in tables]} give {name!r} different acquisition keys "
-                         f"{sorted(found)} in column {column!r} (acquisition_column); give each image one")
-    return found.pop()
-
-
 def _load(root: Path, path: str, image_names: set[str], file_column, label_column, patient_column,
           acquisition_column=None) -> _LabelFile:
     frame = _read(root, path)
@@ -179,7 +165,7 @@ def _load(root: Path, path: str, image_names: set[str], file_column, label_colum
     acquisition = _named_column(frame, path, acquisition_column, (), "acquisition_column", exclude=set())
     rows, keys = defaultdict(set), defaultdict(set)
     patient_values = frame[patients] if patients else [None] * len(frame)
-    key_values = _acquisition_keys(frame, path, files, acquisition) if acquisition else [None] * len(frame)
+    key_values = column_keys(frame, path, files, acquisition) if acquisition else [None] * len(frame)
     for name, label, patient, key in zip(_names(frame[files]), frame[labels], patient_values, key_values):
         if name:
             rows[name].add((label, patient or None))
@@ -187,17 +173,6 @@ def _load(root: Path, path: str, image_names: set[str], file_column, label_colum
                 keys[name].add(key)
     columns = {"file": files, "label": labels, "patient": patients, **({"acquisition": acquisition} if acquisition else {})}
     return _LabelFile(path, columns, dict(rows), len(frame), dict(keys))
-
-
-def _acquisition_keys(frame: pd.DataFrame, path: str, files: str, column: str) -> pd.Series:
-    """The acquisition column as numbers; refused when a row that names a file holds an empty or non-numeric value."""
-    keys = pd.to_numeric(frame[column], errors="coerce")
-    bad = keys.isna() & frame[files].ne("")
-    if bad.any():
-        examples = [f"{name!r}: {value!r}" for name, value in zip(frame.loc[bad, files], frame.loc[bad, column])][:5]
-        raise ValueError(f"label file {path}: acquisition_column {column!r} must hold a number for every image; "
-                         f"{int(bad.sum())} rows do not ({', '.join(examples)})")
-    return keys.astype(float)
 
 
 def _read(root: Path, path: str) -> pd.DataFrame:
