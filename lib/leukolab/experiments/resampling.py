@@ -7,7 +7,7 @@ Two experiment keys, either or both (absent: nothing extra runs):
   and stratified by label, seeded by the experiment's ``seed``. With ``cv_strategy: acquisition`` (blocked) the
   pool is the acquisition-aware train, val and embargo, and each fold is one contiguous block of every class's
   acquisition order, with the dataset's ``acquisition_embargo`` neighbours (and the fold's groups) withheld from
-  its training (:func:`leukolab.data.acquisition.blocked_folds`). Each fold trains on the rest and is scored once
+  its training (:func:`leukolab.data.etl.acquisition_splits.blocked_folds`). Each fold trains on the rest and is scored once
   on itself. The held-out fold chooses nothing: folds train the full schedule without early stopping and keep the
   final weights, and their metrics are uncalibrated (temperature scaling does not change accuracy, macro-F1 or
   ROC-AUC). Each fold normalises by its training images' own colour mean and std. Classifiers also get the

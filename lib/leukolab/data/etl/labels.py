@@ -9,7 +9,7 @@ label files list a name, the one in the deepest folder above the image wins
 label files that still disagree quarantine it as ``conflicting_labels``, and
 files that share a name and the label files that name them are all quarantined
 as ``ambiguous_name`` (the CSV cannot tell them apart). An ``acquisition_column``
-gives each image its acquisition key (:func:`leukolab.data.acquisition.column_keys`).
+gives each image its acquisition key (:func:`leukolab.data.etl.acquisition_splits.column_keys`).
 """
 
 from __future__ import annotations
