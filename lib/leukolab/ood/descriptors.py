@@ -1,9 +1,9 @@
-"""Cheap input checks: how an image is coloured and what kind of image it is, as vectors compared with training's.
+"""Cheap input checks: how an image is coloured, what kind of image it is and how large its cells are, as vectors.
 
 A pathologist tells a smear field from another kind of image at a glance: a field of view is mostly pale background
-and pink red cells with a few purple white cells, in colour, at one magnification. Both descriptors are measured on
-the image the network sees (HxWx3 uint8 at the model's input size) and compared with the training images' by the
-distance to the nearest ones (:mod:`leukolab.ood.detectors`), so no number here is a hand-set limit:
+and pink red cells with a few purple white cells, in colour, at one magnification. The descriptors are measured on
+the image the network sees (HxWx3 uint8 at the model's input size) and compared with the training images' by a
+distance (:mod:`leukolab.ood.detectors`), so no number here is a hand-set limit:
 
 - :func:`colour_histograms`: the joint RGB histogram (6 levels per channel), square-rooted, so that Euclidean
   distance is the Hellinger distance between colour distributions (another stain, illumination, greyscale, black);
@@ -25,8 +25,8 @@ BANDS = (0.0, *np.geomspace(1 / 64, 0.71, 7))
 """Edges of the spatial-frequency bands, in cycles per pixel: everything under 1/64, then six bands each about 1.9
 times the last up to 0.71 (the corner of the spectrum), so that a change of scale moves power by about a band."""
 SIZES = tuple(np.geomspace(0.03, 0.3, 6))
-"""Sides of the squares of :func:`size_distributions`, as fractions of the image's side (about 2 to 19 px at 64 px):
-each about 1.6 times the last, from under a red cell's radius to about a field's largest white cell."""
+"""Sides of the squares of :func:`size_distributions`, as fractions of the image's side (2 to 19 px at 64 px): each
+about 1.6 times the last, from under a red cell's radius to over a white cell's diameter."""
 
 
 def colour_histograms(images: np.ndarray) -> np.ndarray:

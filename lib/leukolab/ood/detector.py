@@ -146,7 +146,7 @@ def fit_detector(train: Inputs, train_labels: np.ndarray, val: Inputs, share: fl
     if not chosen:
         raise ValueError(f"none of the OOD detectors {list(used)} can score this model's outputs")
     labels = np.asarray(train_labels)
-    embedded = {name: DETECTORS[name].embed(train) for name in available}
+    embedded = {name: DETECTORS[name].embed_all(train) for name in available}
     detectors = {name: DETECTORS[name].fit_embedded(embedded[name], labels) for name in available}
     out_of_fold = out_of_fold_scores(available, embedded, labels, folds)
     val_scores = {name: detector.score(val) for name, detector in detectors.items()}

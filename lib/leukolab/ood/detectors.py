@@ -24,7 +24,7 @@ from scipy.special import logsumexp
 from leukolab.ood.descriptors import colour_histograms, size_distributions, structure_spectra
 
 SCORE_ROWS = 1024
-"""Images scored against a neighbour bank at once (bounds the distance matrix's memory)."""
+"""Images embedded, or scored against a neighbour bank, at once (bounds the working arrays' memory)."""
 
 
 @dataclass
@@ -62,11 +62,19 @@ class Detector:
         raise NotImplementedError
 
     @classmethod
+    def embed_all(cls, inputs: Inputs) -> np.ndarray:
+        """:meth:`embed` of :data:`SCORE_ROWS` images at a time (a descriptor's working arrays are many times the
+        images': tens of thousands of images at once would not fit in memory)."""
+        chunks = [cls.embed(inputs.subset(np.arange(start, min(start + SCORE_ROWS, len(inputs.images)))))
+                  for start in range(0, len(inputs.images), SCORE_ROWS)]
+        return np.concatenate(chunks) if chunks else cls.embed(inputs)
+
+    @classmethod
     def fit(cls, inputs: Inputs, labels: np.ndarray) -> Detector:
-        return cls.fit_embedded(cls.embed(inputs), np.asarray(labels))
+        return cls.fit_embedded(cls.embed_all(inputs), np.asarray(labels))
 
     def score(self, inputs: Inputs) -> np.ndarray:
-        return self.score_embedded(self.embed(inputs))
+        return self.score_embedded(self.embed_all(inputs))
 
 
 def shrunk_precision(centred: np.ndarray) -> np.ndarray:
