@@ -36,9 +36,9 @@ def main() -> None:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from sklearn.metrics import roc_auc_score
 
-    from leukolab.data.dataset import load_manifest
-    from leukolab.data.synthetic_shift import SHIFTS, shifted_images
-    from leukolab.publishing.model import load_smear_model
+    from leukolab.data.reading.dataset import load_manifest
+    from leukolab.data.synthetic.shift import SHIFTS, shifted_images
+    from leukolab.predictor.uri import load_smear_model
 
     evaluation = json.loads((args.workspace / "runs" / args.run_id / "evaluate.json").read_text())
     model = load_smear_model(evaluation["champion"]["model_uri"])
@@ -46,7 +46,7 @@ def main() -> None:
     home = model.ood.scores(model.ood_inputs(fresh_images(model, raw_dir, args.fresh, args.fresh_seed)))
     rows = []
     for kind in SHIFTS:
-        away = model.ood.scores(model.ood_inputs(list(shifted_images(kind, args.stand_ins, int(model.meta["image_size"]),
+        away = model.ood.scores(model.ood_inputs(list(shifted_images(kind, args.stand_ins, model.meta.image_size,
                                                                       args.stand_in_seed))))
         row = {"set": kind, "referred": float(model.ood.out_of_distribution(away["combined"]).mean())}
         for name, scores in away.items():
@@ -60,7 +60,7 @@ def main() -> None:
 def fresh_images(model, raw_dir: Path, count: int, seed: int) -> list[np.ndarray]:
     """``count`` new smears from the generator that wrote ``raw_dir`` (the classes in turn), as the ETL stores them."""
     from leukolab import CLASS_NAMES
-    from leukolab.data.synthetic import image_rng, render_smear
+    from leukolab.data.synthetic.smears import image_rng, render_smear
     from leukolab.images import decode_image
 
     settings = json.loads((raw_dir / ".synthetic.json").read_text())
