@@ -2,7 +2,7 @@
 
 One network (simple-cnn at 128 px, its random initial weights: speed does not depend on them) is logged twice in a
 scratch workspace: once plain (``leukolab-plain``, as models published before the check) and once with an OOD check
-fitted on ``--train-images`` synthetic smears and thresholded on ``--val-images`` (``leukolab``). Both are served at
+fitted on ``--train-images`` synthetic smears and thresholded on them out of fold and ``--val-images`` (``leukolab``). Both are served at
 once on 127.0.0.1 and one client alternates single requests between them (concurrency 1, the same images in the same
 order), so whatever else the machine is doing weighs on both alike; the ratio of their p50 is the check's cost.
 The run is bounded by ``--requests`` per server and ``--seconds``.

@@ -1,8 +1,10 @@
 """The smoke run's champion refers images from other labs and of other kinds as out of distribution, in its
 evaluation and in every consumer: the API, v2 inference and `leukolab predict` (the demo: tests/test_demo_browser.py).
 
-The stand-ins are the synthetic shifted sets (:mod:`leukolab.data.synthetic.shift`), which nothing was fitted or
-chosen on: the check was fitted on the smoke run's train split and its threshold chosen on val."""
+The stand-ins are the synthetic shifted sets (:mod:`leukolab.data.synthetic.shift`, the evaluation's seed), which
+nothing was fitted or chosen on: the check was fitted on the smoke run's train split and its threshold chosen on
+train out of fold and val. The smoke champion's confidence threshold refers all of its 4 test images, so the coverage
+drop is read with the check's own in-domain referrals (0 of 4 allowed)."""
 
 from __future__ import annotations
 
@@ -45,22 +47,15 @@ def shifted_image() -> bytes:
     return jpeg(next(shifted_images("greyscale", 1, 64, seed=3)))
 
 
-FAR = ("other_lab", "cell_on_black", "greyscale")
-"""Stand-ins the smoke champion refers (almost) all of."""
-NEAR = ("magnification", "single_cell")
-"""Stand-ins that differ by the size of their cells alone: at the smoke run's 64 px, after one epoch on 24 images
-with 8 val images to set the threshold, the champion ranks every one above the in-domain images but refers about
-half (magnification) to two thirds (single cells) of them (docs/ood.md)."""
-
-
 def test_the_champion_refers_the_shifted_sets_and_keeps_its_in_domain_coverage(champion_env):
     ood = champion_env["evaluation"]["ood"]
-    assert ood is not None and ood["check"]["used"] == ["mahalanobis", "knn", "colour", "kind"]
+    assert ood is not None and ood["check"]["used"] == ["mahalanobis", "knn", "colour", "kind", "size"]
+    assert ood["check"]["calibration_images"] > ood["check"]["val_images"]  # train out of fold as well as val
     sets = {row["set"].removeprefix("synthetic "): row for row in ood["sets"]}
-    assert set(sets) == set(SHIFTS) == {*FAR, *NEAR}
-    assert all(sets[kind]["referred"] >= 0.95 for kind in FAR), sets
-    assert all(sets[kind]["auroc_combined"] >= 0.95 and sets[kind]["referred"] >= 0.4 for kind in NEAR), sets
+    assert set(sets) == set(SHIFTS)
+    assert all(row["referred"] >= 0.95 and row["auroc_combined"] >= 0.95 for row in sets.values()), sets
     cost = ood["cost"]
+    assert cost["in_domain_referred"] <= 0.02, cost  # as if every in-domain answer had been accepted
     assert cost["before"]["coverage"] - cost["after"]["coverage"] <= 0.02, cost
 
 
@@ -71,7 +66,7 @@ def test_api_and_v2_answer_out_of_distribution_and_count_it(champion_env, shifte
 
     with TestClient(create_app("models:/leukolab@champion")) as client:
         version = client.get("/version").json()
-        assert version["ood_check"]["used"] == ["mahalanobis", "knn", "colour", "kind"]
+        assert version["ood_check"]["used"] == ["mahalanobis", "knn", "colour", "kind", "size"]
         answer = client.post("/predict", files={"file": ("grey.jpg", shifted_image)}).json()
         assert (answer["decision"], answer["reason"]) == ("refer", "out_of_distribution"), answer
         assert answer["ood_score"] > version["ood_check"]["threshold"] and answer["probabilities"]

@@ -71,12 +71,14 @@ class InferenceSpec(Section):
 
 
 class OodSpec(Section):
-    """The out-of-distribution check fitted with the model (see docs/ood.md): its detectors and val share."""
+    """The out-of-distribution check fitted with the model (see docs/ood.md): its detectors, share and folds."""
 
-    detectors: list[Literal["mahalanobis", "knn", "colour", "kind", "energy"]] = Field(
-        ["mahalanobis", "knn", "colour", "kind"], min_length=1,
+    detectors: list[Literal["mahalanobis", "knn", "colour", "kind", "size", "energy"]] = Field(
+        ["mahalanobis", "knn", "colour", "kind", "size"], min_length=1,
         description="the detectors whose standardised scores the combined score averages")
-    share: float = Field(0.99, gt=0, lt=1, description="share of val kept in distribution by the threshold")
+    share: float = Field(0.99, gt=0, lt=1, description="share of in-distribution images the threshold keeps "
+                         "(calibrated on train out of fold and val)")
+    folds: int = Field(5, ge=1, description="folds of train scored out of fold for the calibration (1: val alone)")
 
 
 class DistributedSpec(Section):

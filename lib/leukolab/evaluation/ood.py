@@ -1,9 +1,10 @@
 """The champion's out-of-distribution check, reported: per detector, how well it tells the in-domain report split
 from each shifted or external set (AUROC), the share of each set referred, and what the check costs in-domain.
 
-Everything here reports; nothing chooses (the detectors were fitted on train and the threshold chosen on val when the
-model was trained, :func:`leukolab.experiments.run.fit_ood`). A set is a list of images: the synthetic stand-ins
-(:mod:`leukolab.data.synthetic.shift`), an external processed dataset, or a folder of raw unlabelled images.
+Everything here reports; nothing chooses (the detectors were fitted on train and the threshold chosen on train out of
+fold and val when the model was trained, :func:`leukolab.experiments.run.fit_ood`). A set is a list of images: the
+synthetic stand-ins (:mod:`leukolab.data.synthetic.shift`), an external processed dataset, or a folder of raw
+unlabelled images.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def ood_figure(report: dict) -> Figure:
     axes.hist(report["in_domain_combined"], bins=bins, alpha=0.6, label="in-domain (report split)", color="tab:blue")
     for name, scores in report["set_combined"].items():
         axes.hist(scores, bins=bins, alpha=0.45, label=name, histtype="stepfilled")
-    axes.axvline(report["check"]["threshold"], color="black", linestyle="--", label="threshold (chosen on val)")
+    axes.axvline(report["check"]["threshold"], color="black", linestyle="--", label="threshold (chosen on train out of fold and val)")
     axes.set_xlabel("combined out-of-distribution score")
     axes.set_ylabel("images")
     axes.legend(fontsize=7)

@@ -125,13 +125,13 @@ def _in_memory(split, seed: int) -> SmearDataset:
 
 def fit_ood(model: SmearModel, train: SmearDataset, val: SmearDataset) -> OodDetector | None:
     """The model's out-of-distribution check (its experiment's ``ood`` section): detectors fitted on ``train``, the
-    threshold chosen on ``val``; None for a model that only segments."""
+    threshold chosen on ``train`` out of fold and ``val``; None for a model that only segments."""
     if model.task == "segmentation":
         return None
     spec = model.experiment.ood
     inputs = {name: model.ood_inputs(list(split.images.permute(0, 2, 3, 1).numpy())) for name, split in
               (("train", train), ("val", val))}
-    return fit_detector(inputs["train"], train.labels.numpy(), inputs["val"], spec.share, spec.detectors)
+    return fit_detector(inputs["train"], train.labels.numpy(), inputs["val"], spec.share, spec.detectors, spec.folds)
 
 
 def _log_epoch(epoch: int, metrics: dict, on_epoch: Callable[[int, dict], None] | None) -> None:

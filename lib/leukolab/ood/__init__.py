@@ -1,4 +1,5 @@
-"""Out-of-distribution referral: detectors fitted on train, a threshold chosen on val, carried by the published model."""
+"""Out-of-distribution referral: detectors fitted on train, a threshold chosen on train out of fold and val, carried by
+the published model."""
 
 from leukolab.ood.detector import DEFAULT_DETECTORS, DEFAULT_SHARE, OodDetector, fit_detector, in_distribution_threshold
 from leukolab.ood.detectors import DETECTORS, Inputs

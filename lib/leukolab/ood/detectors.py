@@ -5,10 +5,12 @@
 - :class:`Energy`: the negative free energy ``-logsumexp(logits)`` (Liu et al. 2020); it needs no fitting.
 - :class:`NearestNeighbours`: the distance of the L2-normalised features to their k-th nearest training neighbour
   (Sun et al. 2022).
-- :class:`ColourCheck` and :class:`KindCheck`, the cheap input checks: the same k-th nearest-neighbour distance for
-  the image's colour histogram and its spatial-frequency spectrum (:mod:`leukolab.ood.descriptors`). A distance to
-  neighbours needs no covariance, so it holds up on small training sets.
+- :class:`ColourCheck`, :class:`KindCheck` and :class:`SizeCheck`, the cheap input checks
+  (:mod:`leukolab.ood.descriptors`): the k-th nearest-neighbour distance of the image's colour histogram and of its
+  spatial-frequency spectrum, and the class-conditional Mahalanobis distance of the sizes of its dark objects.
 
+A detector works on an embedding of the inputs (:meth:`~Mahalanobis.embed`: features, logits or a descriptor of
+the image), so that the out-of-fold scores of :func:`leukolab.ood.detector.fit_detector` embed each image once.
 Each keeps its fitted state as a dict of arrays (``state``), so a published model carries it in one ``.npz`` file.
 """
 
@@ -19,7 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp
 
-from leukolab.ood.descriptors import colour_histograms, structure_spectra
+from leukolab.ood.descriptors import colour_histograms, size_distributions, structure_spectra
+
+SCORE_ROWS = 1024
+"""Images embedded, or scored against a neighbour bank, at once (bounds the working arrays' memory)."""
 
 
 @dataclass
@@ -30,6 +35,47 @@ class Inputs:
     logits: np.ndarray | None
     images: np.ndarray
 
+    def subset(self, rows: np.ndarray) -> Inputs:
+        """The inputs of the images at ``rows``."""
+        return Inputs(*(None if part is None else part[rows] for part in (self.features, self.logits)), self.images[rows])
+
+
+class Detector:
+    """A score from an embedding of the inputs: :meth:`embed`, then :meth:`fit_embedded` or :meth:`score_embedded`."""
+
+    name: str
+    needs: str
+    """The :class:`Inputs` field the embedding is made of: a detector is fitted only when the model provides it."""
+
+    def __init__(self, state: dict | None = None):
+        self.state = state or {}
+
+    @staticmethod
+    def embed(inputs: Inputs) -> np.ndarray:
+        raise NotImplementedError
+
+    @classmethod
+    def fit_embedded(cls, embedded: np.ndarray, labels: np.ndarray) -> Detector:
+        raise NotImplementedError
+
+    def score_embedded(self, embedded: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @classmethod
+    def embed_all(cls, inputs: Inputs) -> np.ndarray:
+        """:meth:`embed` of :data:`SCORE_ROWS` images at a time (a descriptor's working arrays are many times the
+        images': tens of thousands of images at once would not fit in memory)."""
+        chunks = [cls.embed(inputs.subset(np.arange(start, min(start + SCORE_ROWS, len(inputs.images)))))
+                  for start in range(0, len(inputs.images), SCORE_ROWS)]
+        return np.concatenate(chunks) if chunks else cls.embed(inputs)
+
+    @classmethod
+    def fit(cls, inputs: Inputs, labels: np.ndarray) -> Detector:
+        return cls.fit_embedded(cls.embed_all(inputs), np.asarray(labels))
+
+    def score(self, inputs: Inputs) -> np.ndarray:
+        return self.score_embedded(self.embed_all(inputs))
+
 
 def shrunk_precision(centred: np.ndarray) -> np.ndarray:
     """The inverse of the Ledoit-Wolf covariance of already centred rows."""
@@ -38,69 +84,67 @@ def shrunk_precision(centred: np.ndarray) -> np.ndarray:
     return LedoitWolf(assume_centered=True).fit(centred).precision_
 
 
-def _squared_distances(points: np.ndarray, centres: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """N x C squared Mahalanobis distances of ``points`` to each of ``centres`` under ``precision``."""
-    offsets = points[:, None, :] - centres[None, :, :]
-    return np.einsum("ncd,de,nce->nc", offsets, precision, offsets)
-
-
-class Mahalanobis:
+class Mahalanobis(Detector):
     name, needs = "mahalanobis", "features"
 
-    def __init__(self, state: dict):
-        self.state = state
+    @staticmethod
+    def embed(inputs: Inputs) -> np.ndarray:
+        return np.asarray(inputs.features, np.float64)
 
     @classmethod
-    def fit(cls, inputs: Inputs, labels: np.ndarray) -> Mahalanobis:
-        features = inputs.features.astype(np.float64)
+    def fit_embedded(cls, embedded: np.ndarray, labels: np.ndarray) -> Mahalanobis:
         classes = np.unique(labels)
-        means = np.stack([features[labels == c].mean(0) for c in classes])
-        centred = features - means[np.searchsorted(classes, labels)]
+        means = np.stack([embedded[labels == c].mean(0) for c in classes])
+        centred = embedded - means[np.searchsorted(classes, labels)]
         return cls({"means": means, "precision": shrunk_precision(centred)})
 
-    def score(self, inputs: Inputs) -> np.ndarray:
-        return _squared_distances(inputs.features.astype(np.float64), self.state["means"], self.state["precision"]).min(1)
+    def score_embedded(self, embedded: np.ndarray) -> np.ndarray:
+        """The squared distance to the nearest class mean."""
+        offsets = embedded[:, None, :] - self.state["means"][None, :, :]
+        return np.einsum("ncd,de,nce->nc", offsets, self.state["precision"], offsets).min(1)
 
 
-class Energy:
+class Energy(Detector):
     name, needs = "energy", "logits"
 
-    def __init__(self, state: dict | None = None):
-        self.state = state or {}
+    @staticmethod
+    def embed(inputs: Inputs) -> np.ndarray:
+        return np.asarray(inputs.logits, np.float64)
 
     @classmethod
-    def fit(cls, inputs: Inputs, labels: np.ndarray) -> Energy:
+    def fit_embedded(cls, embedded: np.ndarray, labels: np.ndarray) -> Energy:
         return cls()
 
-    def score(self, inputs: Inputs) -> np.ndarray:
-        return -logsumexp(inputs.logits.astype(np.float64), axis=1)
+    def score_embedded(self, embedded: np.ndarray) -> np.ndarray:
+        return -logsumexp(embedded, axis=1)
 
 
-class NearestNeighbours:
+class NearestNeighbours(Detector):
     """The k-th nearest training neighbour's distance in an embedding (:meth:`embed`): the L2-normalised features."""
 
     name, needs = "knn", "features"
     MAX_K = 10
     """k grows with the training set (one neighbour per 20 images) up to this many."""
 
-    def __init__(self, state: dict):
-        self.state = state
-
-    @classmethod
-    def fit(cls, inputs: Inputs, labels: np.ndarray) -> NearestNeighbours:
-        bank = cls.embed(inputs)
-        k = int(np.clip(len(bank) // 20, 1, cls.MAX_K))
-        return cls({"bank": bank.astype(np.float32), "k": np.array(k)})
-
     @staticmethod
     def embed(inputs: Inputs) -> np.ndarray:
-        return _unit(inputs.features)
+        features = np.asarray(inputs.features, np.float64)
+        return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
-    def score(self, inputs: Inputs) -> np.ndarray:
+    @classmethod
+    def fit_embedded(cls, embedded: np.ndarray, labels: np.ndarray) -> NearestNeighbours:
+        k = int(np.clip(len(embedded) // 20, 1, cls.MAX_K))
+        return cls({"bank": embedded.astype(np.float32), "k": np.array(k)})
+
+    def score_embedded(self, embedded: np.ndarray) -> np.ndarray:
         bank, k = self.state["bank"].astype(np.float64), int(self.state["k"])
-        points = self.embed(inputs)
-        squared = (points**2).sum(1)[:, None] - 2 * points @ bank.T + (bank**2).sum(1)[None, :]
-        return np.sqrt(np.partition(np.maximum(squared, 0), k - 1, axis=1)[:, k - 1])
+        norms = (bank**2).sum(1)[None, :]
+        scores = []
+        for start in range(0, len(embedded), SCORE_ROWS):
+            points = embedded[start:start + SCORE_ROWS]
+            squared = (points**2).sum(1)[:, None] - 2 * points @ bank.T + norms
+            scores.append(np.sqrt(np.partition(np.maximum(squared, 0), k - 1, axis=1)[:, k - 1]))
+        return np.concatenate(scores) if scores else np.zeros(0)
 
 
 class ColourCheck(NearestNeighbours):
@@ -123,10 +167,17 @@ class KindCheck(NearestNeighbours):
         return structure_spectra(inputs.images)
 
 
-def _unit(features: np.ndarray) -> np.ndarray:
-    features = np.asarray(features, np.float64)
-    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+class SizeCheck(Mahalanobis):
+    """The sizes of the image's dark objects (its cells' size in pixels: another magnification, a crop of one cell)
+    against the training images': class means and one shared covariance, as :class:`Mahalanobis` (six dimensions,
+    so that few training images estimate them)."""
+
+    name, needs = "size", "images"
+
+    @staticmethod
+    def embed(inputs: Inputs) -> np.ndarray:
+        return size_distributions(inputs.images)
 
 
-DETECTORS = {kind.name: kind for kind in (Mahalanobis, Energy, NearestNeighbours, ColourCheck, KindCheck)}
+DETECTORS = {kind.name: kind for kind in (Mahalanobis, Energy, NearestNeighbours, ColourCheck, KindCheck, SizeCheck)}
 """Every detector, by name."""

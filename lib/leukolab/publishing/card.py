@@ -182,10 +182,13 @@ def _out_of_distribution(ood: dict | None) -> str:
         return ("This model carries **no out-of-distribution check**: an image unlike its training data (another lab, "
                 "stain or kind of image) is answered like any other.")
     check, cost = ood["check"], ood["cost"]
+    calibrated_on = "val" if check["calibration_images"] == check["val_images"] else "train out of fold and val"
     text = (f"Images unlike the training data are answered `refer` with reason `out_of_distribution`. The score is the "
             f"mean standardised score of {', '.join(check['used'])} (fitted on train); the threshold "
-            f"**{check['threshold']:.3f}** keeps {check['share']:.0%} of val ({check['val_images']} images) in "
-            f"distribution. On the report split ({cost['images']} images) it refers {cost['in_domain_referred']:.1%}: "
+            f"**{check['threshold']:.3f}**, for a share of {check['share']:.0%}, is set on the scores of "
+            f"{check['calibration_images']} in-distribution images the detectors were not fitted on ({calibrated_on}): "
+            f"it keeps at least {check['kept_share']:.1%} of new in-distribution images. On the report split "
+            f"({cost['images']} images) it refers {cost['in_domain_referred']:.1%}: "
             f"coverage {_with_ci(cost['before'], 'coverage')} without the check, {_with_ci(cost['after'], 'coverage')} "
             f"with it; risk {_with_ci(cost['before'], 'risk')} and {_with_ci(cost['after'], 'risk')}.")
     if not ood["sets"]:

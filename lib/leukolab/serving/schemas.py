@@ -33,7 +33,8 @@ class VersionInfo(BaseModel):
     dataset_fingerprint: str | None = Field(description="The run's dataset_fingerprint tag, when set")
     referral_threshold: float | None = Field(description="The version's referral threshold; null: every prediction is accepted")
     ood_check: dict | None = Field(description=(
-        "The model's out-of-distribution check (detectors, threshold, the val share it keeps); null: the model was "
+        "The model's out-of-distribution check (detectors, threshold, share, calibration images, kept_share: the "
+        "share of new in-distribution images it keeps at least); null: the model was "
         "published without one, and out-of-distribution images are not referred"))
     task: str = Field(description="classification, segmentation or joint")
     class_names: list[str] = Field(description="Classes, in the model's output order")
