@@ -1,7 +1,8 @@
 """Faults injected into a real smoke run through the real CLI: SIGKILL of the runner during the ETL, of the stage's
 kernel during training, of the runner during the evaluation and of the kernel during the publish, each followed by
-``leukolab run --resume``. The run completes with the champion and metrics of the uninterrupted ``smoke_run`` (same
-profile, same seed), and nothing half-written is used or registered."""
+``leukolab run --resume``; a workspace on a small filesystem that fills up during training, resumed once space is
+freed. The run completes with the champion and metrics of the uninterrupted ``smoke_run`` (same profile, same seed),
+and nothing half-written is used or registered."""
 
 from __future__ import annotations
 
@@ -62,13 +63,13 @@ def alive(process: psutil.Process) -> bool:
         return False
 
 
-def kill_during(workspace: Path, runner: subprocess.Popen, task: str, target: str, delay: float,
-                timeout: float = 600) -> tuple[str, list[psutil.Process]]:
-    """SIGKILL ``target`` (the runner, or the kernel running ``task``) ``delay`` s after the task's kernel (for the
-    ETL, its Spark JVM) is up; the runner's output and the processes it had."""
-    deadline, up_since, family = time.monotonic() + timeout, None, {}
+def when_running(workspace: Path, runner: subprocess.Popen, task: str, delay: float, family: dict,
+                 timeout: float = 600) -> psutil.Process:
+    """Wait until ``task``'s kernel (for the ETL, also its Spark JVM) has been up ``delay`` s and return the kernel;
+    ``family`` collects the runner's processes by pid meanwhile."""
+    deadline, up_since = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
-        assert runner.poll() is None, f"the run ended before {task} was killed:\n{runner.stdout.read()[-3000:]}"
+        assert runner.poll() is None, f"the run ended before {task} ran:\n{runner.stdout.read()[-3000:]}"
         family.update({p.pid: p for p in descendants(runner)})
         started = running(lineage(workspace).get("tasks", {}).get(task, {}))
         kernel = next((p for p in family.values() if alive(p) and "ipykernel" in " ".join(p.cmdline())), None)
@@ -76,12 +77,19 @@ def kill_during(workspace: Path, runner: subprocess.Popen, task: str, target: st
         if started and kernel and (spark or task != "etl"):
             up_since = up_since or time.monotonic()
             if time.monotonic() - up_since >= delay:
-                assert running(lineage(workspace)["tasks"][task]), f"{task} finished before the kill"
-                (runner if target == "runner" else kernel).send_signal(signal.SIGKILL)
-                break
+                assert running(lineage(workspace)["tasks"][task]), f"{task} finished before the fault"
+                return kernel
         time.sleep(0.1)
-    else:
-        pytest.fail(f"{task} was not running with its kernel within {timeout} s")
+    pytest.fail(f"{task} was not running with its kernel within {timeout} s")
+
+
+def kill_during(workspace: Path, runner: subprocess.Popen, task: str, target: str,
+                delay: float) -> tuple[str, list[psutil.Process]]:
+    """SIGKILL ``target`` (the runner, or the kernel running ``task``) ``delay`` s after the task's kernel (for the
+    ETL, its Spark JVM) is up; the runner's output and the processes it had."""
+    family = {}
+    kernel = when_running(workspace, runner, task, delay, family)
+    (runner if target == "runner" else kernel).send_signal(signal.SIGKILL)
     output, _ = runner.communicate(timeout=120)
     return output, list(family.values())
 
@@ -128,25 +136,42 @@ def test_sigkills_in_every_stage_then_resume_give_the_uninterrupted_runs_champio
 
     final = lineage(workspace)
     assert final["status"] == "finished" and len(final["resumed"]) == len(KILLS)
+    assert_resumed_as_uninterrupted(workspace, reference_workspace, monkeypatch)
+
+
+def read_output(folder: Path, task: str) -> dict:
+    return json.loads((folder / f"{task}.json").read_text())
+
+
+def assert_resumed_as_uninterrupted(workspace: Path, reference_workspace: Path, monkeypatch,
+                                    tracking_uri: str | None = None) -> None:
+    """Run ``RUN_ID`` of ``workspace`` has the dataset, champion and metrics of the uninterrupted ``smoke-1``; every
+    registered version in its store (``tracking_uri``, else the workspace's) has its model files, no stage run is
+    left open, and the champion is this run's final one."""
     run_dir, reference_dir = workspace / "runs" / RUN_ID, reference_workspace / "runs" / "smoke-1"
-    read = lambda folder, name: json.loads((folder / f"{name}.json").read_text())  # noqa: E731
     # The same data, the same champion with the same metrics, as the uninterrupted run.
-    assert read(run_dir, "etl")["fingerprint"] == read(reference_dir, "etl")["fingerprint"]
-    dataset = Path(read(run_dir, "etl")["dataset_dir"])
+    assert read_output(run_dir, "etl")["fingerprint"] == read_output(reference_dir, "etl")["fingerprint"]
+    dataset = Path(read_output(run_dir, "etl")["dataset_dir"])
     assert (dataset / "manifest.json").is_file() and not list(dataset.parent.glob(".staging-*/manifest.json"))
-    champion, reference = read(run_dir, "evaluate")["champion"], read(reference_dir, "evaluate")["champion"]
+    champion, reference = read_output(run_dir, "evaluate")["champion"], read_output(reference_dir, "evaluate")["champion"]
     assert champion["experiment"] == reference["experiment"]
     assert stable(champion["metrics_by_split"]) == stable(reference["metrics_by_split"])
     # What is registered is whole: every version has its model files, and the champion is this run's final one.
     monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(workspace))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if tracking_uri:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    else:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from mlflow.tracking import MlflowClient
 
     from leukolab.tracking import configure
 
     configure()
     client = MlflowClient()
-    published = read(run_dir, "publish")
+    parent = lineage(workspace)["mlflow_parent_run_id"]
+    stage_runs = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert "RUNNING" not in {run.info.status for run in stage_runs}, "a stage run left open"
+    published = read_output(run_dir, "publish")
     assert published["source_run_id"] == champion["run_id"]
     assert client.get_run(champion["run_id"]).info.status == "FINISHED"
     import mlflow
@@ -156,3 +181,78 @@ def test_sigkills_in_every_stage_then_resume_give_the_uninterrupted_runs_champio
         assert {"MLmodel", "artifacts"} <= files, (version.version, files)
     chosen = client.get_model_version_by_alias("leukolab", "champion")
     assert chosen.run_id == champion["run_id"] and str(chosen.version) == str(published["version"])
+
+
+FILLED_TASK = "segment-unet-mobilenet"
+"""The task during which the disk fills: its checkpoint (tens of MB) and model are the run's largest writes."""
+LEFT_FREE = 8 * 1024**2
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 MiB tmpfs at ``tmp_path/disk``, unmounted afterwards; skipped where this process may not mount one."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m", "leukolab-test-disk", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a size-limited tmpfs cannot be mounted here (it takes root, or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """A file that takes all of ``disk``'s free space but ``leave`` bytes."""
+    stats = os.statvfs(disk)
+    filler = disk / "filler"
+    with open(filler, "wb") as file:
+        os.posix_fallocate(file.fileno(), 0, stats.f_bavail * stats.f_frsize - leave)
+    return filler
+
+
+@pytest.mark.timeout(1500, func_only=True)  # the shared smoke_run fixture has its own bound
+def test_a_full_disk_fails_the_stage_naming_it_and_resume_once_space_is_freed_gives_the_uninterrupted_runs_champion(
+        smoke_run, small_disk, monkeypatch):
+    reference_workspace, _ = smoke_run
+    workspace = small_disk / "workspace"
+    workspace.mkdir()
+    runner = start_runner(workspace, "--profile", "smoke", "--run-id", RUN_ID)
+    try:
+        when_running(workspace, runner, FILLED_TASK, 0, {})
+        filler = fill(small_disk, LEFT_FREE)
+        output, _ = runner.communicate(timeout=600)
+        # A clear failure, naming the full filesystem, in the runner's message and the lineage ...
+        assert runner.returncode == 1 and "PIPELINE FAILED" in output, output[-3000:]
+        record = lineage(workspace)["tasks"][FILLED_TASK]
+        assert record["status"] == "failed" and f"the filesystem of {workspace} is full" in record["error"], record
+        assert f"the filesystem of {workspace} is full" in output, output[-3000:]
+        # ... and the path that could not be written in the failing cell of the executed notebook.
+        cells = json.loads(Path(record["outputs"]["notebook"]).read_text())["cells"]
+        errors = [out for cell in cells for out in cell.get("outputs", []) if out["output_type"] == "error"]
+        assert errors and "No space left on device" in errors[0]["evalue"] and str(workspace) in errors[0]["evalue"], errors
+        # Nothing half-written is left to be used: no partial checkpoint, no result, no registered version.
+        assert not [p for p in (workspace / "data" / "checkpoints").rglob("*") if ".partial-" in p.name]
+        assert not (workspace / "runs" / RUN_ID / f"{FILLED_TASK}.json").exists()
+        assert not list((workspace / "data" / "processed").glob("*/.staging-*"))
+        assert_nothing_registered(workspace, monkeypatch)
+        filler.unlink()
+        runner = start_runner(workspace, "--resume", RUN_ID)
+        output, _ = runner.communicate(timeout=900)
+        assert runner.returncode == 0, output[-3000:]
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.communicate(timeout=60)
+    assert lineage(workspace)["status"] == "finished"
+    assert_resumed_as_uninterrupted(workspace, reference_workspace, monkeypatch)
+
+
+def assert_nothing_registered(workspace: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(workspace))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from mlflow.tracking import MlflowClient
+
+    from leukolab.tracking import configure
+
+    configure()
+    assert not MlflowClient().search_model_versions("name = 'leukolab'")

@@ -25,12 +25,12 @@ import json
 import logging
 import os
 import sqlite3
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from leukolab.config import workspace_path
+from leukolab.disk import write_whole
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class ReviewStore:
             log.warning("review store %s is full of reviewed or pending cases: a referred image was not kept", self.folder)
             return Kept("not_kept", digest, [])
         relative = f"images/{digest[:2]}/{digest}{_suffix(image)}"
-        _write_whole(self.folder / relative, image)
+        write_whole(self.folder / relative, image)
         with self._connect() as db:
             db.execute("INSERT OR IGNORE INTO cases VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (
                 digest, relative, len(image), stamp, stamp, 1, source, answer.decision, answer.reason,
@@ -274,17 +274,3 @@ def _suffix(image: bytes) -> str:
         return ".img"
     return {"jpeg": ".jpg", "tiff": ".tif"}.get(kind, f".{kind}" if kind else ".img")
 
-
-def _write_whole(path: Path, data: bytes) -> None:
-    """``data`` at ``path`` or nothing: a temporary file in the same folder, flushed to disk, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, scratch = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise
