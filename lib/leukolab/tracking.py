@@ -31,21 +31,28 @@ def tracking_uri() -> str:
 
 
 HTTP_RETRIES = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
 }
 """How MLflow's client retries a request to a tracking server that does not answer (a restart, a network blip):
-5 retries, 0, 4, 8, 16 and 32 s (+ up to 1 s) apart, so a server back within about a minute is not noticed, and one
-away longer fails the request, naming the server; each attempt waits at most 60 s for an answer. Set for this
-process and the stages it starts unless the environment sets them (MLflow's own defaults retry for about 4 minutes)."""
+6 retries, 0, 4, 8, 16, 32 and 64 s (+ up to 1 s) apart, so a server back within about two minutes (a restart on a
+busy machine) is not noticed, and one away longer fails the request, naming the server; each attempt waits at most
+60 s for an answer. Set for this process and the stages it starts unless the environment sets them (MLflow's own
+defaults retry for about 4 minutes)."""
 _probed: set[str] = set()
 
 
 def is_remote(uri: str) -> bool:
     """Whether ``uri`` is a tracking server (``http://``, ``https://``), not a local store."""
     return uri.startswith(("http://", "https://"))
+
+
+def bound_retries() -> None:
+    """Set :data:`HTTP_RETRIES` where the environment does not."""
+    for name, value in HTTP_RETRIES.items():
+        os.environ.setdefault(name, value)
 
 
 def configure(experiment_name: str = EXPERIMENT_NAME) -> str:
@@ -57,8 +64,7 @@ def configure(experiment_name: str = EXPERIMENT_NAME) -> str:
     """
     uri = tracking_uri()
     if is_remote(uri):
-        for name, value in HTTP_RETRIES.items():
-            os.environ.setdefault(name, value)
+        bound_retries()
         if uri not in _probed and not os.environ.get("LEUKOLAB_TASK"):
             probe_server(uri)
             _probed.add(uri)

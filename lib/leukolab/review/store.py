@@ -130,8 +130,9 @@ class ReviewStore:
 
     # ------------------------------------------------------------------ keeping
 
-    def keep(self, image: bytes, answer: Answer, source: str) -> Kept:
-        """Keep ``image`` with ``answer`` (``source``: ``api``, ``predict``, ...), once per distinct image."""
+    def keep(self, image: bytes, answer: Answer, source: str, kept_at: str | None = None) -> Kept:
+        """Keep ``image`` with ``answer`` (``source``: ``api``, ``predict``, ...), once per distinct image; ``kept_at``:
+        when it was first kept (a case pulled from another store), default now."""
         digest = hashlib.sha256(image).hexdigest()
         stamp = now()
         with self._connect() as db:
@@ -149,7 +150,7 @@ class ReviewStore:
         write_whole(self.folder / relative, image)
         with self._connect() as db:
             db.execute("INSERT OR IGNORE INTO cases VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (
-                digest, relative, len(image), stamp, stamp, 1, source, answer.decision, answer.reason,
+                digest, relative, len(image), kept_at or stamp, stamp, 1, source, answer.decision, answer.reason,
                 answer.predicted_class, answer.confidence, json.dumps(answer.probabilities), answer.model_name,
                 answer.model_version))
         if dropped:
@@ -200,14 +201,15 @@ class ReviewStore:
         """Every kept case (oldest first) with its latest review; ``pending_only``: those without a review."""
         with self._connect() as db:
             rows = db.execute("SELECT * FROM cases ORDER BY kept_at, rowid").fetchall()
-            latest = {row["hash"]: dict(row) for row in db.execute("SELECT * FROM reviews ORDER BY id")}
+            latest = {row["hash"]: dict(row) for row in db.execute("SELECT * FROM reviews ORDER BY reviewed_at, id")}
         found = [self._case(row, latest.get(row["hash"])) for row in rows]
         return [case for case in found if case.review is None] if pending_only else found
 
     def case(self, digest: str) -> Case:
         with self._connect() as db:
             row = db.execute("SELECT * FROM cases WHERE hash = ?", (digest,)).fetchone()
-            review = db.execute("SELECT * FROM reviews WHERE hash = ? ORDER BY id DESC LIMIT 1", (digest,)).fetchone()
+            review = db.execute("SELECT * FROM reviews WHERE hash = ? ORDER BY reviewed_at DESC, id DESC LIMIT 1",
+                                (digest,)).fetchone()
         if row is None:
             raise KeyError(f"no kept case {digest[:12]}")
         return self._case(row, dict(review) if review else None)
@@ -243,10 +245,17 @@ class ReviewStore:
             return cursor.lastrowid
 
     def latest_reviews(self) -> list[dict]:
-        """The latest review of every reviewed case (id, hash, label, reviewer, note, reviewed_at, origin), by id."""
+        """The latest review (by ``reviewed_at``, reviews pulled from another store included) of every reviewed case
+        (id, hash, label, reviewer, note, reviewed_at, origin), by id."""
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM reviews WHERE id IN (SELECT MAX(id) FROM reviews GROUP BY hash) ORDER BY id")
+            rows = db.execute("SELECT * FROM reviews AS r WHERE id = (SELECT id FROM reviews WHERE hash = r.hash "
+                              "ORDER BY reviewed_at DESC, id DESC LIMIT 1) ORDER BY id")
             return [dict(row) for row in rows]
+
+    def reviews(self) -> list[dict]:
+        """Every review made, the replaced ones included, by id."""
+        with self._connect() as db:
+            return [dict(row) for row in db.execute("SELECT * FROM reviews ORDER BY id")]
 
     # ------------------------------------------------------------------ retrains
 
