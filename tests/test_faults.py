@@ -1,8 +1,9 @@
 """Faults injected into a real smoke run through the real CLI: SIGKILL of the runner during the ETL, of the stage's
 kernel during training, of the runner during the evaluation and of the kernel during the publish, each followed by
 ``leukolab run --resume``; a workspace on a small filesystem that fills up during training, resumed once space is
-freed. The run completes with the champion and metrics of the uninterrupted ``smoke_run`` (same profile, same seed),
-and nothing half-written is used or registered."""
+freed; the tracking server stopped and started again while a training waits for it, then stopped during the
+evaluation until the run fails naming it, and resumed once it is back. Each run completes with the champion and
+metrics of the uninterrupted ``smoke_run`` (same profile, same seed), and nothing half-written is used or registered."""
 
 from __future__ import annotations
 
@@ -29,9 +30,12 @@ KILLS = [  # (task, what is killed, seconds after its kernel (for the ETL: its S
 UNSTABLE_METRICS = ("latency_ms_per_image",)
 
 
-def start_runner(workspace: Path, *args: str) -> subprocess.Popen:
+def start_runner(workspace: Path, *args: str, tracking_uri: str | None = None) -> subprocess.Popen:
+    """``leukolab run ARGS`` in ``workspace``, on its own SQLite store unless given a ``tracking_uri``."""
     env = {**os.environ, "LEUKOLAB_WORKSPACE": str(workspace), "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
     return subprocess.Popen([sys.executable, "-m", "leukolab.cli", "run", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -256,3 +260,61 @@ def assert_nothing_registered(workspace: Path, monkeypatch) -> None:
 
     configure()
     assert not MlflowClient().search_model_versions("name = 'leukolab'")
+
+
+def cell_waiting(notebook: Path, source: str) -> bool:
+    """Whether the executed notebook's cell holding ``source`` is running (papermill marks each cell as it goes)."""
+    try:
+        cells = json.loads(notebook.read_text())["cells"]
+    except (OSError, ValueError):  # not written yet, or being written
+        return False
+    return any(source in "".join(cell["source"]) and cell["metadata"].get("papermill", {}).get("status") == "running"
+               for cell in cells)
+
+
+@pytest.mark.timeout(2400, func_only=True)  # the shared smoke_run fixture has its own bound
+def test_a_tracking_server_back_in_time_is_waited_for_one_away_is_named_and_resume_gives_the_uninterrupted_champion(
+        smoke_run, tmp_path, monkeypatch):
+    from leukolab.tracking_server import start_tracking_server
+
+    reference_workspace, _ = smoke_run
+    workspace, root = tmp_path / "workspace", tmp_path / "server"
+    workspace.mkdir()
+    server = start_tracking_server(root, timeout=600)
+    port = int(server.url.rsplit(":", 1)[1])
+    runner = start_runner(workspace, "--profile", "smoke", "--run-id", RUN_ID, tracking_uri=server.url)
+    try:
+        # Stopped as a training starts, started again (same store, same port) while its kernel waits to open its run:
+        # MLflow's bounded retries (leukolab.tracking.HTTP_RETRIES) carry the stage through.
+        task = "classify-simple-cnn"
+        deadline = time.monotonic() + 1200
+        while not running(lineage(workspace).get("tasks", {}).get(task, {})):
+            assert runner.poll() is None and time.monotonic() < deadline, f"{task} did not start"
+            time.sleep(0.1)
+        server.stop()
+        notebook, waited = Path(lineage(workspace)["tasks"][task]["outputs"]["notebook"]), None
+        while waited is None or time.monotonic() - waited < 3:
+            assert runner.poll() is None and time.monotonic() < deadline, f"{task} did not wait for the server"
+            waited = (waited or time.monotonic()) if cell_waiting(notebook, "open_stage_run") else None
+            time.sleep(0.2)
+        server = start_tracking_server(root, port=port, timeout=600)
+        # Stopped during the evaluation and left away: the stage fails and the run stops, naming the server.
+        when_running(workspace, runner, "evaluate", 5, {}, timeout=1200)
+        server.stop()
+        output, _ = runner.communicate(timeout=900)
+        assert runner.returncode == 1 and "PIPELINE FAILED" in output, output[-3000:]
+        assert f"the MLflow tracking server {server.url} does not answer" in output, output[-3000:]
+        tasks = lineage(workspace)["tasks"]
+        assert tasks[task]["status"] == "done" and tasks["evaluate"]["status"] == "failed", tasks
+        assert not (workspace / "runs" / RUN_ID / "evaluate.json").exists()
+        server = start_tracking_server(root, port=port, timeout=600)
+        runner = start_runner(workspace, "--resume", RUN_ID, tracking_uri=server.url)
+        output, _ = runner.communicate(timeout=1200)
+        assert runner.returncode == 0, output[-3000:]
+        assert lineage(workspace)["status"] == "finished" and len(lineage(workspace)["resumed"]) == 1
+        assert_resumed_as_uninterrupted(workspace, reference_workspace, monkeypatch, tracking_uri=server.url)
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.communicate(timeout=60)
+        server.stop()

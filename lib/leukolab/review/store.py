@@ -12,7 +12,8 @@ made. (A power loss may roll back the last kept cases' rows, never a review.)
 The size bound (``max_bytes`` of images, ``$LEUKOLAB_REVIEW_MAX_BYTES``, default 2 GiB) drops the oldest cases
 that have no review to make room (reviewed cases are labelled data and stay); each drop is recorded in ``dropped``
 and returned to the caller. A case that cannot fit even then is not kept, and is recorded there too. The store
-logs counts only, never hashes, paths or answers.
+logs counts only, never hashes, paths or answers. With a tracking server, :mod:`leukolab.review.remote` keeps a copy
+of the store there, shared by several machines.
 """
 
 from __future__ import annotations
