@@ -18,6 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import fill
+
 pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 RUN_ID = "faulty"
@@ -192,39 +194,18 @@ FILLED_TASK = "segment-unet-mobilenet"
 LEFT_FREE = 8 * 1024**2
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 512 MiB tmpfs at ``tmp_path/disk``, unmounted afterwards; skipped where this process may not mount one."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m", "leukolab-test-disk", str(disk)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"a size-limited tmpfs cannot be mounted here (it takes root, or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
-    yield disk
-    subprocess.run(["umount", "--lazy", str(disk)], check=False)
-
-
-def fill(disk: Path, leave: int) -> Path:
-    """A file that takes all of ``disk``'s free space but ``leave`` bytes."""
-    stats = os.statvfs(disk)
-    filler = disk / "filler"
-    with open(filler, "wb") as file:
-        os.posix_fallocate(file.fileno(), 0, stats.f_bavail * stats.f_frsize - leave)
-    return filler
-
-
-@pytest.mark.timeout(1500, func_only=True)  # the shared smoke_run fixture has its own bound
+@pytest.mark.timeout(2400, func_only=True)  # the shared smoke_run fixture has its own bound
 def test_a_full_disk_fails_the_stage_naming_it_and_resume_once_space_is_freed_gives_the_uninterrupted_runs_champion(
-        smoke_run, small_disk, monkeypatch):
+        smoke_run, tmpfs, monkeypatch):
     reference_workspace, _ = smoke_run
+    small_disk = tmpfs("512m")
     workspace = small_disk / "workspace"
     workspace.mkdir()
     runner = start_runner(workspace, "--profile", "smoke", "--run-id", RUN_ID)
     try:
         when_running(workspace, runner, FILLED_TASK, 0, {})
         filler = fill(small_disk, LEFT_FREE)
-        output, _ = runner.communicate(timeout=600)
+        output, _ = runner.communicate(timeout=900)
         # A clear failure, naming the full filesystem, in the runner's message and the lineage ...
         assert runner.returncode == 1 and "PIPELINE FAILED" in output, output[-3000:]
         record = lineage(workspace)["tasks"][FILLED_TASK]
@@ -241,7 +222,7 @@ def test_a_full_disk_fails_the_stage_naming_it_and_resume_once_space_is_freed_gi
         assert_nothing_registered(workspace, monkeypatch)
         filler.unlink()
         runner = start_runner(workspace, "--resume", RUN_ID)
-        output, _ = runner.communicate(timeout=900)
+        output, _ = runner.communicate(timeout=1500)
         assert runner.returncode == 0, output[-3000:]
     finally:
         if runner.poll() is None:
@@ -272,7 +253,7 @@ def cell_waiting(notebook: Path, source: str) -> bool:
                for cell in cells)
 
 
-@pytest.mark.timeout(2400, func_only=True)  # the shared smoke_run fixture has its own bound
+@pytest.mark.timeout(3000, func_only=True)  # the shared smoke_run fixture has its own bound
 def test_a_tracking_server_back_in_time_is_waited_for_one_away_is_named_and_resume_gives_the_uninterrupted_champion(
         smoke_run, tmp_path, monkeypatch):
     from leukolab.tracking_server import start_tracking_server
@@ -309,7 +290,7 @@ def test_a_tracking_server_back_in_time_is_waited_for_one_away_is_named_and_resu
         assert not (workspace / "runs" / RUN_ID / "evaluate.json").exists()
         server = start_tracking_server(root, port=port, timeout=600)
         runner = start_runner(workspace, "--resume", RUN_ID, tracking_uri=server.url)
-        output, _ = runner.communicate(timeout=1200)
+        output, _ = runner.communicate(timeout=1500)
         assert runner.returncode == 0, output[-3000:]
         assert lineage(workspace)["status"] == "finished" and len(lineage(workspace)["resumed"]) == 1
         assert_resumed_as_uninterrupted(workspace, reference_workspace, monkeypatch, tracking_uri=server.url)

@@ -42,11 +42,13 @@ def outside_causes(run_dir: Path, down: str | None = None) -> str:
     return "".join(f"; {cause}" for cause in full_filesystems(storage_folders(run_dir)) + ([down] if down else []))
 
 
-def runner_failure(error: Exception, run_dir: Path, run_id: str) -> str:
-    """The message of the runner's own failed write (an ``OSError`` naming its file) or MLflow call."""
+def runner_failure(error: Exception, lineage: dict) -> str:
+    """The message of the runner's own failed write (an ``OSError`` naming its file) or MLflow call, after the
+    errors of the run's failed tasks (``lineage`` as the runner holds it: maybe newer than the file)."""
     if isinstance(error, OSError) and error.filename:
         what = f"could not write {error.filename} ({error.strerror})"
     else:
         what = f"failed: {type(error).__name__}: {str(error)[:1000]}"
-    return (f"the pipeline runner {what}{outside_causes(run_dir, server_down())}; once that is fixed, "
-            f"`leukolab run --resume {run_id}` continues")
+    failed = [task["error"] for task in lineage["tasks"].values() if task.get("error")]
+    return "\n".join(failed + [f"the pipeline runner {what}{outside_causes(Path(lineage['run_dir']), server_down())}; "
+                                f"once that is fixed, `leukolab run --resume {lineage['run_id']}` continues"])

@@ -129,7 +129,7 @@ class PipelineRun:
                 status = "killed"
                 raise
             except (OSError, MlflowException) as error:  # the runner's own write or MLflow call: a full disk, a server away
-                raise StageFailed(runner_failure(error, self.run_dir, self.lineage["run_id"])) from error
+                raise StageFailed(runner_failure(error, self.lineage)) from error
             finally:
                 if self.progress:
                     self.progress.close()
