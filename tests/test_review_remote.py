@@ -106,7 +106,11 @@ def test_a_push_cut_short_is_finished_by_the_next_and_never_half_pulled(remote, 
                                          '"source": "api", "kept_at": "2026-01-01T00:00:00.000+00:00"}')
     remote.client.log_artifact(run, str(forged / f"{fake}.png"), "images")
     remote.client.log_artifact(run, str(forged / f"{fake}.json"), "cases")
-    assert remote.pull(there).pulled_cases == 0 and len(there.cases()) == 1
+    (forged / "reviews").mkdir()
+    (forged / "reviews" / f"{fake}.json").write_text('{"label": "Pre"}')  # not a review: no case, no reviewer
+    remote.client.log_artifacts(run, str(forged / "reviews"), "reviews")
+    synced = remote.pull(there)
+    assert (synced.pulled_cases, synced.pulled_reviews) == (0, 0) and len(there.cases()) == 1 and not there.reviews()
 
 
 def test_a_pull_keeps_to_the_bound_and_brings_back_only_reviewed_cases(remote, tmp_path):
@@ -138,6 +142,7 @@ def test_a_server_that_does_not_answer_fails_the_sync_naming_it_and_the_backgrou
     while push.failures < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert push.failures >= 2, "the background push did not retry"
+    push.retry_seconds = 3600  # its thread lives on with the test session: no more tries
     result = leukolab(tmp_path, "review", "--review-dir", str(tmp_path / "A"), "sync", timeout=300,
                       env={"MLFLOW_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
     assert result.returncode == 1 and url in result.stderr, result.stderr[-2000:]

@@ -111,31 +111,45 @@ class RemoteReviews:
         return Synced(pushed_cases=len(cases), pushed_reviews=len(reviews))
 
     def pull(self, store: ReviewStore) -> Synced:
-        """Add the run's cases and reviews that the store lacks."""
+        """Add the run's cases and reviews that the store lacks (a file that cannot be read as one is skipped)."""
         remote = self._listing(self._runs())
         known = {review_id(review) for review in store.reviews()}
         with tempfile.TemporaryDirectory(prefix="leukolab-review-") as scratch:
-            reviews = [json.loads(self._read(where, scratch)) for key, where in remote["reviews"].items() if key not in known]
-            reviewed = {review["hash"] for review in reviews}
-            have = {case.hash for case in store.cases()}
-            dropped = {row["hash"] for row in store.dropped()} - reviewed
-            pulled = not_kept = 0
-            for digest in sorted(set(remote["cases"]) & set(remote["images"]) - have - dropped):
-                case = json.loads(self._read(remote["cases"][digest], scratch))
-                image = self._read(remote["images"][digest], scratch)
-                if hashlib.sha256(image).hexdigest() != digest:
-                    log.warning("review store copy %s: an image does not match its name; not pulled", self.uri)
-                    continue
-                kept = store.keep(image, Answer(**case["answer"]), case["source"], kept_at=case["kept_at"])
-                pulled, not_kept = pulled + (kept.outcome == "kept"), not_kept + (kept.outcome == "not_kept")
-            have = {case.hash for case in store.cases()}
-            added = 0
+            reviews = [self._review(where, scratch) for key, where in remote["reviews"].items() if key not in known]
+            reviews = [review for review in reviews if review]
+            dropped = {row["hash"] for row in store.dropped()} - {review["hash"] for review in reviews}
+            wanted = set(remote["cases"]) & set(remote["images"]) - {case.hash for case in store.cases()} - dropped
+            outcomes = [self._pull_case(store, remote, digest, scratch) for digest in sorted(wanted)]
+            have, added = {case.hash for case in store.cases()}, 0
             for review in sorted(reviews, key=lambda r: r["reviewed_at"]):
                 if review["hash"] in have:
                     store.record_review(review["hash"], review["label"], review["reviewer"], review["note"],
                                         review["origin"], review["reviewed_at"])
                     added += 1
-        return Synced(pulled_cases=pulled, pulled_reviews=added, not_kept=not_kept)
+        return Synced(pulled_cases=outcomes.count("kept"), pulled_reviews=added, not_kept=outcomes.count("not_kept"))
+
+    def _pull_case(self, store: ReviewStore, remote: dict, digest: str, scratch: str) -> str:
+        """Keep case ``digest`` of the run in ``store``: the store's outcome, or ``unreadable``."""
+        image = self._read(remote["images"][digest], scratch)
+        try:
+            case = json.loads(self._read(remote["cases"][digest], scratch))
+            answer = Answer(**case["answer"])
+            if hashlib.sha256(image).hexdigest() != digest:
+                raise ValueError("the image is not what its name says")
+            return store.keep(image, answer, case["source"], kept_at=case["kept_at"]).outcome
+        except (ValueError, KeyError, TypeError):
+            log.warning("review store copy on %s: a case file or image cannot be used; not pulled", self.uri)
+            return "unreadable"
+
+    def _review(self, where: tuple[str, str], scratch: str) -> dict | None:
+        """A review file of the run, None when it is not one."""
+        try:
+            review = json.loads(self._read(where, scratch))
+            usable = isinstance(review, dict) and set(REVIEW_FIELDS) <= set(review) and review["label"] and review["reviewer"]
+            return review if usable else None
+        except (ValueError, TypeError):
+            log.warning("review store copy on %s: a review file cannot be used; not pulled", self.uri)
+            return None
 
     def sync(self, store: ReviewStore) -> Synced:
         """:meth:`push`, then :meth:`pull`."""
