@@ -131,7 +131,7 @@ def test_a_pull_keeps_to_the_bound_and_brings_back_only_reviewed_cases(remote, t
 
 
 def test_a_server_that_does_not_answer_fails_the_sync_naming_it_and_the_background_push_retries(tmp_path, monkeypatch):
-    from leukolab.serving.launch import free_port
+    from leukolab.processes.background import free_port
 
     url = f"http://127.0.0.1:{free_port('127.0.0.1')}"
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -159,7 +159,7 @@ def test_kept_on_a_reviewed_on_b_read_by_retrain_on_c(server, tmp_path, monkeypa
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from leukolab.publishing.referral import THRESHOLD_TAG
+    from leukolab.predictor.decision import THRESHOLD_TAG
     from leukolab.review.snapshot import write_snapshot
     from leukolab.review_page import build_review
     from leukolab.serving.app import create_app
