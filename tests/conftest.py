@@ -174,6 +174,36 @@ def smoke_run(tmp_path_factory):
     return workspace, result
 
 
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A function ``(size) -> Path``: a tmpfs of ``size`` (as ``mount`` takes it: ``16m``) under ``tmp_path``, unmounted
+    after the test; skips the test where this process may not mount one (it takes root, or CAP_SYS_ADMIN)."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        disk = tmp_path / f"disk-{len(mounted)}"
+        disk.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "leukolab-test", str(disk)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"a size-limited tmpfs cannot be mounted here (it takes root): {result.stderr.strip()}")
+        mounted.append(disk)
+        return disk
+
+    yield mount
+    for disk in mounted:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """A file that takes all of ``disk``'s free space but ``leave`` bytes."""
+    stats = os.statvfs(disk)
+    filler = disk / "filler"
+    with open(filler, "wb") as file:
+        os.posix_fallocate(file.fileno(), 0, stats.f_bavail * stats.f_frsize - leave)
+    return filler
+
+
 @contextmanager
 def background_server(command: list[str], env: dict, ready_url: str, log_path: Path, start_timeout: float = 60):
     """``command`` started in a session of its own (output in ``log_path``), yielded as its ``Popen`` once

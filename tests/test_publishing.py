@@ -185,3 +185,20 @@ def test_models_published_before_the_packages_still_load_their_class(module):
 
     old = pickle.dumps(SmearModel(), protocol=0).replace(b"leukolab.predictor.smear_model", module.encode())
     assert module.encode() in old and isinstance(pickle.loads(old), SmearModel)
+
+
+def test_a_tracking_server_gets_bounded_retries_unless_the_environment_sets_its_own(monkeypatch):
+    import os
+
+    from leukolab.tracking import HTTP_RETRIES, configure
+
+    for name in HTTP_RETRIES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    with pytest.raises(ConnectionError):
+        configure()
+    assert {name: os.environ[name] for name in HTTP_RETRIES} == {**HTTP_RETRIES, "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 PARAMETERS = {
     "prepare": 'run_dir = "runs/interactive"\nparent_run_id = None\nsize = 3',
     "train": 'run_dir = "runs/interactive"\nparent_run_id = None\nexperiment = "a"\nepochs = 1\nsleep_s = 0\n'
-             'fail = False\ndie = False\nlog_to_mlflow = False\nimport_torch = False',
+             'fail = False\ndie = False\nlog_to_mlflow = False\nimport_torch = False\nwrite_mb = 0',
     "report": 'run_dir = "runs/interactive"\nparent_run_id = None',
 }
 BODIES = {
@@ -37,7 +37,9 @@ BODIES = {
               '    tracking.open_stage_run("train", run_name=experiment, parent_run_id=parent_run_id)\n'
               'threads = None\nif import_torch:\n    import torch\n    threads = torch.get_num_threads()',
               'stages.write_output(run_dir, f"pid-{experiment}", {"pid": os.getpid()})\n'
-              'if die:\n    os.kill(os.getpid(), signal.SIGKILL)\ntime.sleep(sleep_s)',
+              'if die:\n    os.kill(os.getpid(), signal.SIGKILL)\ntime.sleep(sleep_s)\n'
+              'if write_mb:  # a plain write, as a library makes it: on a full disk, half of it stays\n'
+              '    with open(os.path.join(run_dir, "big.bin"), "wb") as big:\n        big.write(bytes(write_mb * 2**20))',
               'if fail:\n    tracking.open_stage_run("train", run_name=experiment, parent_run_id=parent_run_id)\n'
               '    raise ValueError("failing on purpose")',
               'stages.write_output(run_dir, f"timing-{experiment}", {"started": started, "finished": time.time()})\n'
@@ -284,3 +286,60 @@ def test_lineage_records_every_task(tiny):
     shown = cli(workspace, "runs", "show", "traced")
     assert shown.returncode == 0 and on_disk["tasks"]["train-b"]["key"][:12] in shown.stdout
     assert cli(workspace, "runs", "show", "nope").returncode == 2
+
+
+def test_a_full_disk_is_named_and_resume_after_freeing_it_finishes_the_run(tiny, tmpfs, monkeypatch):
+    """The worst case: a stage's plain write fills the disk to the last byte, so neither its notebook, nor its
+    result, nor the lineage, nor the SQLite store can be written; the run still stops with a message naming the full
+    filesystem, and resumes once the half-written file is gone."""
+    project, _ = tiny
+    workspace = tmpfs("24m") / "workspace"
+    monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(workspace))
+    failing = cli(workspace, "run", "--profile", str(project / "profile.yaml"), "--pipeline", str(project / "pipeline.yaml"),
+                  "--run-id", "full", "--param", "train.write_mb=64")
+    said = failing.stderr.split("PIPELINE FAILED: ")[-1]
+    assert failing.returncode == 1 and said.startswith("stage 'train-a' failed"), failing.stderr[-3000:]
+    assert f"the filesystem of {workspace} is full" in said, failing.stderr[-3000:]
+    (workspace / "runs" / "full" / "big.bin").unlink()
+    nb = nbformat.read(project / "train.ipynb", 4)
+    nb.cells[3].source = nb.cells[3].source.replace("if write_mb:", "if False:")
+    nbformat.write(nb, project / "train.ipynb")
+    resumed = cli(workspace, "run", "--resume", "full")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    from leukolab.pipeline.lineage import read_lineage
+
+    assert set(statuses(read_lineage("full")).values()) == {"done"}
+
+
+def test_resume_marks_the_mlflow_runs_a_killed_runner_left_open(tiny):
+    from mlflow.tracking import MlflowClient
+
+    from leukolab.pipeline.lineage import read_lineage
+    from leukolab.tracking import configure
+
+    project, workspace = tiny
+    command = [sys.executable, "-m", "leukolab.cli", "run", "--profile", str(project / "profile.yaml"), "--pipeline",
+               str(project / "pipeline.yaml"), "--run-id", "orphaned", "--param", "train.sleep_s=600",
+               "--param", "train.log_to_mlflow=true"]
+    runner = subprocess.Popen(command, env={**os.environ, "LEUKOLAB_WORKSPACE": str(workspace)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid_file = workspace / "runs" / "orphaned" / "pid-a.json"
+    deadline = time.monotonic() + 120
+    while not pid_file.is_file() and time.monotonic() < deadline and runner.poll() is None:
+        time.sleep(0.5)
+    assert pid_file.is_file(), "train-a never started"
+    runner.kill()
+    runner.wait()
+    configure()
+    client = MlflowClient()
+    parent = read_lineage("orphaned")["mlflow_parent_run_id"]
+    experiment = client.get_run(parent).info.experiment_id
+    left = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert [run.info.status for run in left] == ["RUNNING"]
+    nb = nbformat.read(project / "train.ipynb", 4)
+    nb.cells[3].source = nb.cells[3].source.replace("time.sleep(sleep_s)", "pass")
+    nbformat.write(nb, project / "train.ipynb")
+    resumed = cli(workspace, "run", "--resume", "orphaned")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    orphan = client.get_run(left[0].info.run_id)
+    assert orphan.info.status == "FAILED" and orphan.data.tags["leukolab.error"] == "left unfinished: its runner stopped"

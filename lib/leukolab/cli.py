@@ -69,6 +69,9 @@ def _run(args) -> int:
     except StageFailed as failure:
         print(f"\nPIPELINE FAILED: {failure}", file=sys.stderr)
         return 1
+    except ConnectionError as error:  # the tracking store, before any stage
+        print(f"leukolab run: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as stop:
         terminated = isinstance(stop, Terminated)
         print(f"\npipeline {'stopped by SIGTERM' if terminated else 'interrupted'}: running stages were stopped; "

@@ -103,7 +103,8 @@ def build_parser(stage_help: str | None = None) -> CommandParser:
 
     add_serve_arguments(command("serve", "serve a registered model over HTTP (foreground)"))
     add_predict_arguments(command("predict", "score image files and folders with a registered model: a CSV row per file"))
-    add_review_arguments(command("review", "the review store of referred cases: status, Label Studio export and import"))
+    add_review_arguments(command("review", "the review store of referred cases: status, sync with a tracking server, "
+                                           "Label Studio export and import"))
     retrain = command("retrain", "retrain on the reviews and re-gate the champion, when enough new reviews exist")
     _plan_arguments(retrain)
     add_retrain_arguments(retrain)

@@ -6,7 +6,9 @@ written as a ``labels_csv`` folder (:mod:`leukolab.review.snapshot`) and the pro
 the ETL's extra source (``etl.extra_sources``: reviewed images go to train only), up to ``publish``: the champion
 gate decides on val as for any run, and a running API that follows ``@champion`` swaps to a new champion by itself
 (``LEUKOLAB_MODEL_POLL_SECONDS``). With fewer, it says so and exits 0, so a schedule (cron, a systemd timer, an
-Airflow task) can call it as often as it likes; a second retrain started while one runs exits 0 too.
+Airflow task) can call it as often as it likes; a second retrain started while one runs exits 0 too. With a
+tracking server, the store is synced with its copy there first (:mod:`leukolab.review.remote`), so reviews made on
+other machines count; a server that fails the sync fails the retrain (exit 1).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def _only_one(folder: Path):
 def retrain_command(args: argparse.Namespace, overrides: dict) -> int:
     from leukolab.pipeline.interrupts import Terminated
     from leukolab.pipeline.runner import StageFailed, run_pipeline
+    from leukolab.review.remote import SyncFailed, sync_with_server
     from leukolab.review.snapshot import usable_reviews, write_snapshot
     from leukolab.review.store import ReviewStore
     from leukolab.stages.records import EvaluationRecord, PublishRecord
@@ -57,6 +60,13 @@ def retrain_command(args: argparse.Namespace, overrides: dict) -> int:
         if not alone:
             print(f"another retrain holds {store.folder / 'retrain.lock'}: nothing to do")
             return 0
+        try:
+            said = sync_with_server(store)
+        except SyncFailed as error:
+            print(f"leukolab retrain: {error}", file=sys.stderr)
+            return 1
+        if said:
+            print(said)
         taken = store.last_retrain_reviews()
         reviews = usable_reviews(store)
         new = [review for review in reviews if review["id"] not in taken]

@@ -4,7 +4,8 @@ saved to the store as it is made, so a crash loses at most the case on screen.
 
 :class:`ReviewSession` holds the logic (the queue, progress, saving) and :func:`case_result` the answer to draw
 (with the Grad-CAM heatmap of the model version that answered, when it can still be loaded); :func:`build_review`
-only wires widgets to them.
+only wires widgets to them. With a tracking server, the page syncs the store with its copy there when it opens and
+pushes each review in the background as it is saved (:mod:`leukolab.review.remote`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import ipywidgets as widgets
 from leukolab.images import decode_image
 from leukolab.predictor.smear_model import SmearModel
 from leukolab.predictor.uri import load_model
+from leukolab.review.remote import BackgroundPush, SyncFailed, remote_reviews, sync_with_server
 from leukolab.review.store import UNUSABLE, Case, ReviewStore
 from leukolab.widgets import _png, render_result
 
@@ -26,10 +28,11 @@ log = logging.getLogger(__name__)
 
 
 class ReviewSession:
-    """The cases waiting for a review (oldest first) and the reviews saved in this session."""
+    """The cases waiting for a review (oldest first) and the reviews saved in this session; ``push`` (to the store's
+    copy on a tracking server) is woken after each save."""
 
-    def __init__(self, store: ReviewStore):
-        self.store = store
+    def __init__(self, store: ReviewStore, push: BackgroundPush | None = None):
+        self.store, self.push = store, push
         self.queue = [case.hash for case in store.cases(pending_only=True)]
         self.total = len(self.queue)
         self.saved = 0
@@ -47,6 +50,8 @@ class ReviewSession:
         review_id = self.store.record_review(self.queue[0], label, reviewer, note)
         self.queue.pop(0)
         self.saved += 1
+        if self.push:
+            self.push.wake()
         return review_id
 
     def skip(self) -> None:
@@ -105,8 +110,15 @@ class ReviewPage:
 
 
 def build_review(store: ReviewStore | None = None, reviewer: str = "", load: ModelLoader | None = load_model) -> ReviewPage:
-    """The review page on ``store`` (default: the workspace's); ``load`` gives a model version for the heatmaps."""
-    session = ReviewSession(store or ReviewStore())
+    """The review page on ``store`` (default: the workspace's), synced first with its copy on the tracking server if
+    there is one; ``load`` gives a model version for the heatmaps."""
+    store = store or ReviewStore()
+    try:
+        synced = sync_with_server(store) or ""
+    except SyncFailed as error:
+        synced = f"Not synced ({error}): reviews are saved here, and pushed when the server answers."
+    remote = remote_reviews()
+    session = ReviewSession(store, BackgroundPush(store, remote) if remote else None)
     loaded: dict[str, SmearModel] = {}
 
     def load_once(uri: str) -> SmearModel:  # one load per version, however many of its cases are shown
@@ -123,7 +135,7 @@ def build_review(store: ReviewStore | None = None, reviewer: str = "", load: Mod
                             continuous_update=False)
     save = widgets.Button(description="Save and next", button_style="primary", icon="check")
     skip = widgets.Button(description="Skip", icon="forward")
-    message, progress = widgets.HTML(), widgets.HTML()
+    message, progress = widgets.HTML(html.escape(synced)), widgets.HTML()
 
     def show() -> None:
         progress.value = f"<i>{session.progress()}</i>"

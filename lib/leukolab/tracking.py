@@ -30,14 +30,44 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace() / 'mlflow.db'}"
 
 
+HTTP_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
+"""How MLflow's client retries a request to a tracking server that does not answer (a restart, a network blip):
+6 retries, 0, 4, 8, 16, 32 and 64 s (+ up to 1 s) apart, so a server back within about two minutes (a restart on a
+busy machine) is not noticed, and one away longer fails the request, naming the server; each attempt waits at most
+60 s for an answer. Set for this process and the stages it starts unless the environment sets them (MLflow's own
+defaults retry for about 4 minutes)."""
+_probed: set[str] = set()
+
+
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server (``http://``, ``https://``), not a local store."""
+    return uri.startswith(("http://", "https://"))
+
+
+def bound_retries() -> None:
+    """Set :data:`HTTP_RETRIES` where the environment does not."""
+    for name, value in HTTP_RETRIES.items():
+        os.environ.setdefault(name, value)
+
+
 def configure(experiment_name: str = EXPERIMENT_NAME) -> str:
     """Point MLflow at the tracking store and experiment; return the experiment id.
 
-    Raises ``ConnectionError`` naming the URI when the store cannot be reached.
+    With a tracking server, MLflow's retries are bounded (:data:`HTTP_RETRIES`) and the server is probed once per
+    process (not in a stage under the pipeline runner, which probed it at the run's start), so a server that is not
+    there fails at once. Raises ``ConnectionError`` naming the URI when the store cannot be reached.
     """
     uri = tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        _probe_server(uri)
+    if is_remote(uri):
+        bound_retries()
+        if uri not in _probed and not os.environ.get("LEUKOLAB_TASK"):
+            probe_server(uri)
+            _probed.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient()
@@ -54,7 +84,7 @@ def configure(experiment_name: str = EXPERIMENT_NAME) -> str:
     return experiment_id
 
 
-def _probe_server(uri: str, timeout: float = 5.0) -> None:
+def probe_server(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, naming the URI, when a tracking server does not answer (MLflow's own retries take minutes)."""
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):

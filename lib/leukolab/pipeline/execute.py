@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from leukolab.disk import write_whole
 from leukolab.processes.background import Background
 from leukolab.processes.groups import descendants, kill_all
 from leukolab.processes.lifeline import follow_parent
@@ -126,7 +127,7 @@ def _execute(request_file: str, result_file: str) -> int:
         result = {"status": "killed", "error": f"failed: the kernel died ({error})"}
     except Exception as error:  # a notebook that cannot start: missing file, bad parameters, no kernel
         result = {"status": "failed", "error": f"could not run ({type(error).__name__}: {error})"}
-    Path(result_file).write_text(json.dumps(result))
+    write_whole(result_file, json.dumps(result))  # whole or absent: on a full disk, absent
     return 0 if result["status"] == "done" else 1
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 
 from leukolab.config import workspace
+from leukolab.disk import write_whole
 
 LINEAGE_FILE = "lineage.json"
 FINISHED = ("done", "cached")
@@ -44,10 +44,7 @@ def read_lineage(run_id: str) -> dict:
 
 def write_lineage(lineage: dict) -> None:
     """Write a run's lineage whole (a temporary file, then a rename), so readers never see half of it."""
-    path = Path(lineage["run_dir"]) / LINEAGE_FILE
-    scratch = path.with_suffix(".json.tmp")
-    scratch.write_text(json.dumps(lineage, indent=2, default=str) + "\n")
-    os.replace(scratch, path)
+    write_whole(Path(lineage["run_dir"]) / LINEAGE_FILE, json.dumps(lineage, indent=2, default=str) + "\n")
 
 
 def all_runs() -> list[dict]:

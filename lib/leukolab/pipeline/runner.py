@@ -22,11 +22,13 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from mlflow.entities import RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from leukolab import __version__
 from leukolab.pipeline.execute import Executor
+from leukolab.pipeline.failures import outside_causes, runner_failure, server_down
 from leukolab.pipeline.graph import Plan, Selection, Task, plan, select
 from leukolab.pipeline.interrupts import describe, sigterm_as_interrupt
 from leukolab.pipeline.keys import library_digest, task_key
@@ -104,6 +106,8 @@ class PipelineRun:
         tasks = self.lineage["tasks"]
         for name in selection.names:
             if tasks.get(name, {}).get("status") not in FINISHED:
+                if tasks.get(name, {}).get("started"):  # a stopped runner, or a server away, left its MLflow runs open
+                    self._fail_child_runs(name, tasks[name].get("error") or "left unfinished: its runner stopped")
                 task = the_plan[name]
                 tasks[name] = {"stage": task.stage, "notebook": str(task.notebook), "after": task.after, "status": "queued"}
         log.info("pipeline run %s (profile %s, %d tasks%s): %s", run_id, the_plan.profile, len(selection.names),
@@ -125,13 +129,23 @@ class PipelineRun:
             except KeyboardInterrupt:
                 status = "killed"
                 raise
+            except (OSError, MlflowException) as error:  # the runner's own write or MLflow call: a full disk, a server away
+                raise StageFailed(runner_failure(error, self.lineage)) from error
             finally:
                 if self.progress:
                     self.progress.close()
                 self.lineage.update({"status": status, "finished": now()})
-                self._write()
-                self._close_parent_run(status)
+                self._record_end(status)
             return self.lineage
+
+    def _record_end(self, status: str) -> None:
+        """Write the lineage and close the MLflow parent run, or say why not (a full disk, a server away)."""
+        try:
+            self._write()
+            if server_down() is None:
+                self._close_parent_run(status)
+        except (OSError, MlflowException) as error:
+            log.warning("the end of run %s is not recorded (%s)", self.lineage["run_id"], str(error)[:300])
 
     def _schedule(self) -> None:
         """Start every task whose upstream tasks finished (up to ``jobs`` at once) until none is left or one failed."""
@@ -214,8 +228,9 @@ class PipelineRun:
                 log_file_to_run(record["mlflow_run_id"], notebook, "notebook")
             self._finish(task.name, "done")
             return
-        message = f"stage {task.name!r} {outcome.error}; executed notebook: {notebook}"
-        record["mlflow_run_id"] = self._fail_child_runs(task.name, message)
+        down = server_down()
+        message = f"stage {task.name!r} {outcome.error}{outside_causes(self.run_dir, down)}; executed notebook: {notebook}"
+        record["mlflow_run_id"] = None if down else self._fail_child_runs(task.name, message)  # else the resume does
         self._finish(task.name, outcome.status, message)
 
     def _finish(self, name: str, status: str, message: str = "") -> None:
@@ -260,12 +275,17 @@ class PipelineRun:
 
     def _fail_child_runs(self, name: str, message: str) -> str | None:
         """Give the task's runs the failure message (tag ``leukolab.error``) and mark them FAILED: left RUNNING, or
-        ended FINISHED by MLflow's exit hook when the kernel stopped, they belong to a task that failed."""
-        runs = self._child_runs(name)
-        for child in runs:
-            self.client.set_tag(child.info.run_id, "leukolab.error", message[:5000])
-            if child.info.status != "FAILED":
-                self.client.set_terminated(child.info.run_id, "FAILED")
+        ended FINISHED by MLflow's exit hook when the kernel stopped, they belong to a task that failed. Where the store
+        cannot be written (a full disk) they stay as they are, and the resume marks them."""
+        try:
+            runs = self._child_runs(name)
+            for child in runs:
+                self.client.set_tag(child.info.run_id, "leukolab.error", message[:5000])
+                if child.info.status != "FAILED":
+                    self.client.set_terminated(child.info.run_id, "FAILED")
+        except (OSError, MlflowException) as error:
+            log.warning("the MLflow runs of task %s are not marked failed (%s)", name, str(error)[:300])
+            return None
         return runs[0].info.run_id if runs else None
 
     def _close_parent_run(self, status: str) -> None:

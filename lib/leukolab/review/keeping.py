@@ -3,6 +3,8 @@ when ``LEUKOLAB_KEEP_REFERRED=1`` (the API) or ``leukolab predict --keep-referre
 
 :class:`ReferredKeeper` is the API's: it keeps in a worker thread, counts what it kept and dropped, and exposes the
 review backlog to Prometheus. A failure to keep is logged (without the case) and counted, never a failed answer.
+With a tracking server, kept cases also go to the store's copy there (:mod:`leukolab.review.remote`): pushed in
+the background by the API, at the end by ``leukolab predict``.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import logging
 import os
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from leukolab.predictor.decision import REFER
+from leukolab.review.remote import BackgroundPush, remote_reviews
 from leukolab.review.store import Answer, Kept, ReviewStore
 
 log = logging.getLogger(__name__)
@@ -73,8 +77,8 @@ class ReviewMetrics:
 class ReferredKeeper:
     """The API's keeper: :meth:`keep` each referred answer's upload in ``store``, counted in ``metrics``."""
 
-    def __init__(self, store: ReviewStore, metrics: ReviewMetrics):
-        self.store, self.metrics = store, metrics
+    def __init__(self, store: ReviewStore, metrics: ReviewMetrics, push: BackgroundPush | None = None):
+        self.store, self.metrics, self.push = store, metrics, push
         metrics.store = store
 
     def keep(self, uploads: list[tuple[str, bytes]], answers: list[dict], model_name: str | None,
@@ -94,25 +98,38 @@ class ReferredKeeper:
             self.metrics.kept.labels(outcome=kept.outcome).inc()
             self.metrics.dropped.inc(len(kept.dropped))
             done.append(kept)
+        if self.push and any(kept.outcome == "kept" for kept in done):
+            self.push.wake()
         return done
 
 
 def keeper_from_env(registry: CollectorRegistry) -> ReferredKeeper | None:
     """The review metrics on ``registry`` (always, zero while keeping is off), and a :class:`ReferredKeeper` on the
-    default store when ``LEUKOLAB_KEEP_REFERRED`` asks for one, else None."""
+    default store (pushing to its copy on the tracking server, if there is one) when ``LEUKOLAB_KEEP_REFERRED`` asks
+    for one, else None."""
     metrics = ReviewMetrics(registry)
     if not keeping_enabled():
         return None
-    return ReferredKeeper(ReviewStore(), metrics)
+    store, remote = ReviewStore(), remote_reviews()
+    return ReferredKeeper(store, metrics, BackgroundPush(store, remote) if remote else None)
 
 
 def keep_scored_rows(rows: list[dict], model_name: str | None, model_version: str | None,
                      store: ReviewStore | None = None) -> list[Kept]:
-    """Keep the file of every referred row of ``leukolab predict`` (its ``path`` column) in ``store``."""
+    """Keep the file of every referred row of ``leukolab predict`` (its ``path`` column) in ``store``; with a tracking
+    server, push the store to its copy there (when that fails, the cases are kept here and the next push, or
+    ``leukolab review sync``, takes them)."""
     store = store or ReviewStore()
     done = []
     for row in rows:
         referred = referral(row, model_name, model_version)
         if referred is not None:
             done.append(store.keep(Path(row["path"]).read_bytes(), referred, source="predict"))
+    remote = remote_reviews()
+    if remote and done:
+        try:
+            remote.push(store)
+        except (MlflowException, OSError) as error:
+            log.warning("kept cases stay in %s: the push to %s failed (%s); `leukolab review sync` pushes them",
+                        store.folder, remote.uri, type(error).__name__)
     return done

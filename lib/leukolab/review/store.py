@@ -12,7 +12,8 @@ made. (A power loss may roll back the last kept cases' rows, never a review.)
 The size bound (``max_bytes`` of images, ``$LEUKOLAB_REVIEW_MAX_BYTES``, default 2 GiB) drops the oldest cases
 that have no review to make room (reviewed cases are labelled data and stay); each drop is recorded in ``dropped``
 and returned to the caller. A case that cannot fit even then is not kept, and is recorded there too. The store
-logs counts only, never hashes, paths or answers.
+logs counts only, never hashes, paths or answers. With a tracking server, :mod:`leukolab.review.remote` keeps a copy
+of the store there, shared by several machines.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ import json
 import logging
 import os
 import sqlite3
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from leukolab.config import workspace_path
+from leukolab.disk import write_whole
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,9 @@ class ReviewStore:
 
     # ------------------------------------------------------------------ keeping
 
-    def keep(self, image: bytes, answer: Answer, source: str) -> Kept:
-        """Keep ``image`` with ``answer`` (``source``: ``api``, ``predict``, ...), once per distinct image."""
+    def keep(self, image: bytes, answer: Answer, source: str, kept_at: str | None = None) -> Kept:
+        """Keep ``image`` with ``answer`` (``source``: ``api``, ``predict``, ...), once per distinct image; ``kept_at``:
+        when it was first kept (a case pulled from another store), default now."""
         digest = hashlib.sha256(image).hexdigest()
         stamp = now()
         with self._connect() as db:
@@ -146,10 +148,10 @@ class ReviewStore:
             log.warning("review store %s is full of reviewed or pending cases: a referred image was not kept", self.folder)
             return Kept("not_kept", digest, [])
         relative = f"images/{digest[:2]}/{digest}{_suffix(image)}"
-        _write_whole(self.folder / relative, image)
+        write_whole(self.folder / relative, image)
         with self._connect() as db:
             db.execute("INSERT OR IGNORE INTO cases VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (
-                digest, relative, len(image), stamp, stamp, 1, source, answer.decision, answer.reason,
+                digest, relative, len(image), kept_at or stamp, stamp, 1, source, answer.decision, answer.reason,
                 answer.predicted_class, answer.confidence, json.dumps(answer.probabilities), answer.model_name,
                 answer.model_version))
         if dropped:
@@ -200,14 +202,15 @@ class ReviewStore:
         """Every kept case (oldest first) with its latest review; ``pending_only``: those without a review."""
         with self._connect() as db:
             rows = db.execute("SELECT * FROM cases ORDER BY kept_at, rowid").fetchall()
-            latest = {row["hash"]: dict(row) for row in db.execute("SELECT * FROM reviews ORDER BY id")}
+            latest = {row["hash"]: dict(row) for row in db.execute("SELECT * FROM reviews ORDER BY reviewed_at, id")}
         found = [self._case(row, latest.get(row["hash"])) for row in rows]
         return [case for case in found if case.review is None] if pending_only else found
 
     def case(self, digest: str) -> Case:
         with self._connect() as db:
             row = db.execute("SELECT * FROM cases WHERE hash = ?", (digest,)).fetchone()
-            review = db.execute("SELECT * FROM reviews WHERE hash = ? ORDER BY id DESC LIMIT 1", (digest,)).fetchone()
+            review = db.execute("SELECT * FROM reviews WHERE hash = ? ORDER BY reviewed_at DESC, id DESC LIMIT 1",
+                                (digest,)).fetchone()
         if row is None:
             raise KeyError(f"no kept case {digest[:12]}")
         return self._case(row, dict(review) if review else None)
@@ -243,10 +246,17 @@ class ReviewStore:
             return cursor.lastrowid
 
     def latest_reviews(self) -> list[dict]:
-        """The latest review of every reviewed case (id, hash, label, reviewer, note, reviewed_at, origin), by id."""
+        """The latest review (by ``reviewed_at``, reviews pulled from another store included) of every reviewed case
+        (id, hash, label, reviewer, note, reviewed_at, origin), by id."""
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM reviews WHERE id IN (SELECT MAX(id) FROM reviews GROUP BY hash) ORDER BY id")
+            rows = db.execute("SELECT * FROM reviews AS r WHERE id = (SELECT id FROM reviews WHERE hash = r.hash "
+                              "ORDER BY reviewed_at DESC, id DESC LIMIT 1) ORDER BY id")
             return [dict(row) for row in rows]
+
+    def reviews(self) -> list[dict]:
+        """Every review made, the replaced ones included, by id."""
+        with self._connect() as db:
+            return [dict(row) for row in db.execute("SELECT * FROM reviews ORDER BY id")]
 
     # ------------------------------------------------------------------ retrains
 
@@ -274,17 +284,3 @@ def _suffix(image: bytes) -> str:
         return ".img"
     return {"jpeg": ".jpg", "tiff": ".tif"}.get(kind, f".{kind}" if kind else ".img")
 
-
-def _write_whole(path: Path, data: bytes) -> None:
-    """``data`` at ``path`` or nothing: a temporary file in the same folder, flushed to disk, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, scratch = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise

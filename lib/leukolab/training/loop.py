@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import logging
 import random
 import time
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from leukolab.config.experiment import Experiment
 from leukolab.data.reading.dataset import SmearDataset
 from leukolab.data.reading.streaming import SmearStream
+from leukolab.disk import write_whole
 from leukolab.metrics.scores import classification_metrics, segmentation_scores
 from leukolab.models.factory import without_tta
 from leukolab.models.inputs import normalize
@@ -202,11 +204,12 @@ def fit(
             train_seconds = time.perf_counter() - epoch_started
             best_state = _end_epoch(result, epoch, epochs, losses, train_seconds, optimizer, kept, val_set, mean, std,
                                     class_names, task, device, on_epoch_end, best_state)
-        if checkpoint and rank == 0:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        if checkpoint and rank == 0:  # whole or not at all: a half-written checkpoint is neither resumed nor left
+            state = io.BytesIO()
             torch.save({"config_hash": _config_hash(experiment), "model": model.state_dict(), "ema": ema.state_dict() if ema else None, "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "result": result,
-                        "best_state": best_state, "epoch": epoch}, checkpoint)
+                        "best_state": best_state, "epoch": epoch}, state)
+            write_whole(checkpoint, state.getvalue())
         stop = torch.tensor([val_set is not None and epoch + 1 - result.best_epoch >= patience])
         if distributed:
             dist.broadcast(stop, src=0)
