@@ -9,9 +9,12 @@ else is a typo: the run stops before any stage starts, with the key and its clos
 from __future__ import annotations
 
 import ast
+import datetime as dt
 import io
 import json
+import os
 import tokenize
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,3 +117,13 @@ def schema_rows(schema, prefix: str = "") -> list[tuple[str, str, str, str]]:
 def _type_name(annotation) -> str:
     text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
     return text.replace("typing.", "").replace("leukolab.config.experiment.", "")
+
+
+def new_run_id() -> str:
+    """A run id that sorts by its UTC start time: ``YYYYMMDD-HHMMSS-`` and six random hex digits."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def threads_per_job(jobs: int) -> int:
+    """The CPU cores this process may use, shared out among ``jobs`` notebooks running at once."""
+    return max(1, len(os.sched_getaffinity(0)) // jobs)

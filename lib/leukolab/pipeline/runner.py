@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import threading
-import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from leukolab.pipeline.graph import Plan, Selection, Task, plan, select
 from leukolab.pipeline.interrupts import describe, sigterm_as_interrupt
 from leukolab.pipeline.keys import library_digest, task_key
 from leukolab.pipeline.lineage import FINISHED, all_runs, find_cached, finished_in_store, now, read_lineage, runs_dir, seconds_between, write_lineage
-from leukolab.pipeline.parameters import RUNNER_PARAMETERS, notebook_parameters
+from leukolab.pipeline.parameters import RUNNER_PARAMETERS, new_run_id, notebook_parameters, threads_per_job
 from leukolab.pipeline.progress import Progress
 from leukolab.stages.records import StageRecord, record_type
 from leukolab.tracking import EXPERIMENT_NAME, configure, git_tags, log_file_to_run, tracking_uri
@@ -62,15 +61,6 @@ def run_pipeline(profile: str = "default", overrides: dict | None = None, run_id
     selection = select(the_plan, list(force), from_stage, until, only)
     run = PipelineRun(the_plan, selection, run_id or new_run_id(), previous, max(1, jobs), progress)
     return run.execute()
-
-
-def new_run_id() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-
-
-def threads_per_job(jobs: int) -> int:
-    """The CPU cores this process may use, shared out among ``jobs`` notebooks running at once."""
-    return max(1, len(os.sched_getaffinity(0)) // jobs)
 
 
 class PipelineRun:

@@ -31,7 +31,8 @@ from leukolab.config.experiment import SHORTCUTS, Experiment, load_experiment, s
 from leukolab.pipeline.execute import Executor
 from leukolab.pipeline.graph import Plan, Task, plan
 from leukolab.pipeline.parameters import EXPERIMENT_OVERRIDES, notebook_parameters
-from leukolab.pipeline.runner import run_pipeline, threads_per_job
+from leukolab.pipeline.parameters import threads_per_job
+from leukolab.pipeline.runner import run_pipeline
 from leukolab.stages.records import ExperimentRecord, resolve_dataset
 from leukolab.sweep.space import Dimension, as_overrides, check_values, default_space, read_space
 from leukolab.sweep.study import finished_count, open_study, recover, storage_url, study_lock, summary_table, sweeps_dir, write_best
