@@ -12,7 +12,7 @@ from leukolab.serving.launch import start_server
 @pytest.mark.integration
 def test_the_check_sends_each_image_then_one_batch_and_gives_the_stage_record(model_env, tmp_path):
     smears = smear_table(1, 64, seed=3)
-    with start_server(model_env["uri"], log_path=tmp_path / "server.log", timeout=90) as server:
+    with start_server(model_env["uri"], log_path=tmp_path / "server.log", timeout=180) as server:
         check = check_server(server.url, smears)
         body, headers = image_upload(model_env["example_image"])
         uploaded = httpx.post(f"{server.url}/predict", content=body, headers=headers, timeout=60, trust_env=False)
