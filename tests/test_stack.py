@@ -368,6 +368,7 @@ class OnlyTheImage(importlib.machinery.PathFinder):
 
 sys.meta_path[sys.meta_path.index(importlib.machinery.PathFinder)] = OnlyTheImage
 
+import leukolab.serving.__main__  # the image's entrypoint: `python -m leukolab.serving`
 from fastapi.testclient import TestClient
 from leukolab.serving.app import create_app
 

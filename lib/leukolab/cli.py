@@ -232,7 +232,7 @@ def _sweep(args) -> int:
 
 
 def _serve(args) -> int:
-    from leukolab.serving.launch import serve_forever
+    from leukolab.serving.foreground import serve_forever
 
     serve_forever(model_uri=args.model_uri, host=args.host, port=args.port, model_poll_seconds=args.model_poll_seconds,
                   insecure=args.insecure)

@@ -2,7 +2,7 @@
 
 import argparse
 
-from leukolab.serving.launch import serve_forever
+from leukolab.serving.foreground import serve_forever
 from leukolab.serving.options import add_serve_arguments
 
 

@@ -1,4 +1,4 @@
-"""Run the API: in the foreground for the command line, or as a background process for notebooks and tests.
+"""Run the API as a background process for notebooks and tests (:mod:`.foreground` serves it as a command).
 
 A background server ends with the process that started it, however that one ends (SIGKILL included): the server
 follows its launcher with :func:`leukolab.processes.lifeline.follow_parent` (a watchdog thread on its parent pid,
@@ -12,14 +12,11 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
 
-from leukolab.logs import configure_logging
 from leukolab.processes.background import Background, free_port, wait_until_ready
-from leukolab.processes.lifeline import follow_parent, terminate_self
 from leukolab.serving.options import DEFAULT_HOST, DEFAULT_PORT
 
 
@@ -48,40 +45,6 @@ def start_server(model_uri: str | None = None, port: int = 0, host: str = DEFAUL
     model = model_uri or "(its default)"
     wait_until_ready(lambda: _readiness(server.url, model), [server], timeout)
     return server
-
-
-def serve_forever(model_uri: str | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                  model_poll_seconds: float | None = None, insecure: bool = False) -> None:
-    """Serve the API in the foreground until interrupted (``leukolab serve``), or until the process that launched it
-    with :func:`start_server` is gone; on SIGTERM it drains first (:mod:`leukolab.serving.drain`) and exits 0.
-
-    Bound to an address other than loopback it needs ``LEUKOLAB_API_TOKEN`` or ``insecure``
-    (:func:`~leukolab.serving.auth.check_exposure`).
-
-    Unless ``LEUKOLAB_TORCH_THREADS`` says otherwise, each inference worker gets an equal share of the cores for
-    its forward passes: on a small machine, two one-thread passes side by side beat one two-thread pass, whose
-    threads spin while the event loop and the decoders hold the cores.
-    """
-    from leukolab.serving.auth import TOKEN_VARIABLE, check_exposure
-
-    check_exposure(host, os.environ.get(TOKEN_VARIABLE, ""), insecure)  # before the slow imports: fail fast
-    configure_logging()
-    follow_parent(terminate_self)
-    import uvicorn
-
-    from leukolab.serving.app import create_app
-    from leukolab.serving.drain import DrainingServer
-    from leukolab.serving.settings import ServingSettings
-
-    settings = ServingSettings.from_env()
-    if model_poll_seconds is not None:
-        settings = replace(settings, model_poll_seconds=model_poll_seconds)
-    if not settings.torch_threads:
-        settings = replace(settings, torch_threads=max(1, (os.cpu_count() or 1) // settings.inference_workers))
-    app = create_app(model_uri, settings)
-    # What is left after the drain: answers being written, idle keep-alive connections closing.
-    config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=2)
-    DrainingServer(config, app.state.admission, settings.drain_seconds).run()
 
 
 def _url(host: str, port: int) -> str:

@@ -30,7 +30,7 @@ class ServingSettings:
     """Forward passes that may run at the same time, each in its own thread."""
     torch_threads: int = 0
     """Threads of each forward pass (``torch.set_num_threads``); 0: the server gives each worker its share of the
-    cores (see :func:`leukolab.serving.launch.serve_forever`), an app made in another process leaves torch as it is."""
+    cores (see :func:`leukolab.serving.foreground.serve_forever`), an app made in another process leaves torch as it is."""
     max_pending: int = 64
     """Most prediction requests held at once (queued or in a forward pass); past it a request is refused at once with
     503 and ``Retry-After`` (:mod:`leukolab.serving.admission`); 0: no limit."""
