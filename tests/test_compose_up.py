@@ -26,7 +26,9 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import PAGE_TIMEOUT, ROOT, wait_until
-from test_stack import env_file, free_port
+from stack_files import env_file
+
+from leukolab.processes.background import free_port
 
 pytestmark = [pytest.mark.stack, pytest.mark.integration, pytest.mark.timeout(1500)]
 

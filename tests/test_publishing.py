@@ -1,7 +1,5 @@
 """Evaluation of logged models, the champion gate, publishing with a model card, and clear errors (real MLflow)."""
 
-import socket
-
 import mlflow
 import pandas as pd
 import pytest
@@ -17,6 +15,7 @@ from leukolab.evaluation.gate import gate
 from leukolab.models.factory import build_model
 from leukolab.predictor.smear_model import log_smear_model
 from leukolab.predictor.uri import load_smear_model
+from leukolab.processes.background import free_port
 from leukolab.publishing.provenance import PromotionRefused
 from leukolab.publishing.registry import publish
 
@@ -166,9 +165,7 @@ def test_an_unloadable_model_names_the_run(model_env, tmp_path):
 
 
 def test_an_unreachable_registry_names_the_tracking_uri(monkeypatch):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with pytest.raises(ConnectionError, match=f"MLflow tracking server {uri} is not reachable"):
@@ -195,9 +192,7 @@ def test_a_tracking_server_gets_bounded_retries_unless_the_environment_sets_its_
     for name in HTTP_RETRIES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     with pytest.raises(ConnectionError):
         configure()

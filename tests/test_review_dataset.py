@@ -7,7 +7,6 @@ import shutil
 
 import pandas as pd
 import pytest
-from test_etl import spark  # noqa: F401  (the ETL tests' Spark session fixture: local[2], one per module)
 
 from leukolab.data.etl.job import run_etl
 from leukolab.data.etl.params import EtlParams

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from datetime import datetime, timezone
 
 import ipywidgets as widgets
@@ -11,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from leukolab import widgets as demo
 from leukolab.predictor.uri import load_model
+from leukolab.processes.background import free_port
 from leukolab.serving.app import ServingSettings, create_app
 from leukolab.serving.schemas import Prediction
 
@@ -34,9 +34,7 @@ def api_url(api, monkeypatch):
 
 
 def closed_port_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def parts(widget: widgets.Widget, kind: type) -> list:
