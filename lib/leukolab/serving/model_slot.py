@@ -12,13 +12,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
+from leukolab.images import ImageRules, decode_image
 from leukolab.predictor.meta import ModelInfo
 from leukolab.predictor.smear_model import SmearModel
 from leukolab.predictor.uri import is_alias, load_model, resolve_model
@@ -136,8 +137,10 @@ class ModelSlot:
 
     async def _load_and_start(self, resolved: tuple[str, ModelInfo] | None) -> LoadedModel:
         model, info = await run_in_threadpool(self._load, resolved)
-        batcher = MicroBatcher(lambda arrays: predict_arrays(model, self.metrics, arrays), self.settings.max_batch_size,
-                               self.settings.max_wait_ms / 1000, self.settings.inference_workers)
+        rules = replace(model.image_rules, max_pixels=self.settings.max_pixels)
+        batcher = MicroBatcher(lambda files: predict_files(model, self.metrics, files, rules),
+                               self.settings.max_batch_size, self.settings.max_wait_ms / 1000,
+                               self.settings.inference_workers)
         batcher.start()
         return LoadedModel(model, info, batcher)
 
@@ -182,6 +185,22 @@ class ModelSlot:
             served.users -= 1
             if not served.users:
                 served.unused.set()
+
+
+def predict_files(model: SmearModel, metrics: ServingMetrics, files: list[bytes],
+                  rules: ImageRules) -> list[tuple[dict, float] | Exception]:
+    """Decode and prepare each file (in a worker thread), then one forward pass over those that are images
+    (:func:`predict_arrays`); a file that could not be used answers with its error alone (an
+    :class:`~leukolab.images.ImageRejected` when it is not a usable image)."""
+    prepared: list[np.ndarray | Exception] = []
+    for data in files:
+        try:
+            prepared.append(model.prepare(decode_image(data, rules)))
+        except Exception as error:
+            prepared.append(error)
+    arrays = [array for array in prepared if not isinstance(array, Exception)]
+    answers = iter(predict_arrays(model, metrics, arrays) if arrays else [])
+    return [array if isinstance(array, Exception) else next(answers) for array in prepared]
 
 
 def predict_arrays(model: SmearModel, metrics: ServingMetrics, arrays: list[np.ndarray],
