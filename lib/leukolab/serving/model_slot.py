@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from leukolab.images import ImageRules, decode_image
+from leukolab.models.folding import fold_batch_norms
 from leukolab.predictor.meta import ModelInfo
 from leukolab.predictor.smear_model import SmearModel
 from leukolab.predictor.uri import is_alias, load_model, resolve_model
@@ -47,9 +48,9 @@ class ModelSlot:
     """The model that answers: loaded in a worker thread when the app starts, then, for an alias URI, swapped for
     the alias's new version every time it moves.
 
-    Every ``settings.model_poll_seconds`` (0: never) the alias is resolved again; a new version is loaded and warmed
-    (one forward pass on a blank image) in a worker thread while the old one answers, gets its batcher, and takes the
-    old one's place at once: requests that started on the old version finish on it (each holds its
+    Every ``settings.model_poll_seconds`` (0: never) the alias is resolved again; a new version is loaded, prepared
+    for inference and warmed (:meth:`_load`) in a worker thread while the old one answers, gets its batcher, and
+    takes the old one's place at once: requests that started on the old version finish on it (each holds its
     :class:`LoadedModel`), and its batcher stops when the last one is done. Each swap is logged and counted
     (``leukolab_model_swaps_total{outcome}``). A version that fails to load is logged and counted ``failed``, the
     old one keeps answering, and that version is not tried again until the alias moves (or the server restarts).
@@ -145,18 +146,21 @@ class ModelSlot:
         return LoadedModel(model, info, batcher)
 
     def _load(self, resolved: tuple[str, ModelInfo] | None) -> tuple[SmearModel, ModelInfo]:
-        """Load (and warm: one forward pass on a blank image) the model, ``resolved`` or as the URI resolves now."""
+        """Load the model, ``resolved`` or as the URI resolves now, fold its batch norms into its convolutions
+        (:mod:`leukolab.models.folding`), and warm it: one forward pass on a blank image."""
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         started = time.perf_counter()
         try:
             model, info = load_model(self.uri, resolved)
+            folded = fold_batch_norms(model.network)
             size = model.meta.image_size
             model.predict_prepared([np.zeros((size, size, 3), np.uint8)])
         except Exception:
             log.exception("could not load the model %s", self.uri if resolved is None else resolved[0])
             raise
-        log.info("loaded %s (%s) in %.1f s", self.uri, info.label, time.perf_counter() - started)
+        log.info("loaded %s (%s) in %.1f s, %d batch norms folded", self.uri, info.label, time.perf_counter() - started,
+                 folded)
         return model, info
 
     @property
