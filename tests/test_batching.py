@@ -125,3 +125,58 @@ def test_workers_run_batches_at_the_same_time():
 
     answers = run(submit_all(MicroBatcher(predict_batch, max_batch_size=2, max_wait_s=0, workers=2), [1, 2, 3, 4]))
     assert answers == [1, 2, 3, 4]
+
+
+def test_an_answer_that_is_an_exception_fails_its_item_alone():
+    def predict_batch(items):
+        return [ValueError(f"no {item}") if item == 2 else item * 10 for item in items]
+
+    async def scenario():
+        batcher = MicroBatcher(predict_batch, max_batch_size=4, max_wait_s=0)
+        batcher.start()
+        one, two, three = (asyncio.ensure_future(batcher.submit(item)) for item in (1, 2, 3))
+        with pytest.raises(ValueError, match="no 2"):  # raised, not answered
+            await two
+        answers = await asyncio.gather(one, three)
+        await batcher.stop()
+        return answers
+
+    assert run(scenario()) == [10, 30]
+
+
+def test_waiting_items_are_shared_evenly_among_idle_workers_oldest_first():
+    both_running = threading.Barrier(2, timeout=5)
+    batches = []
+
+    def predict_batch(items):
+        batches.append(items)
+        both_running.wait()
+        return items
+
+    answers = run(submit_all(MicroBatcher(predict_batch, max_batch_size=8, max_wait_s=0, workers=2), list(range(6))))
+    assert answers == list(range(6))
+    assert sorted(batches) == [[0, 1, 2], [3, 4, 5]]  # not one batch of six and an idle worker
+
+
+def test_items_that_arrive_during_a_pass_make_up_the_next_batches_in_arrival_order():
+    release = threading.Event()
+    recorder = Recorder()
+
+    def predict_batch(items):
+        release.wait(5)
+        return recorder(items)
+
+    async def scenario():
+        batcher = MicroBatcher(predict_batch, max_batch_size=4, max_wait_s=0)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.05)  # the lone item is in its pass, which waits for release
+        later = [asyncio.ensure_future(batcher.submit(item)) for item in range(1, 7)]
+        await asyncio.sleep(0.05)
+        release.set()
+        answers = await asyncio.gather(first, *later)
+        await batcher.stop()
+        return answers
+
+    assert run(scenario()) == [i * i for i in range(7)]
+    assert recorder.batches == [[0], [1, 2, 3, 4], [5, 6]]

@@ -19,7 +19,7 @@ from sample_images import IMAGE_MODES, NOISE_JPEG, SMEAR, encode, png_header_onl
 from serving_helpers import LIMITS, metric, predict, predict_batch, ready_client
 
 from leukolab.predictor.smear_model import SmearModel
-from leukolab.serving import uploads as uploads_module
+from leukolab.serving import model_slot as model_slot_module
 from leukolab.serving.app import ServingSettings, create_app
 from leukolab.serving.dependencies import get_settings
 
@@ -113,8 +113,8 @@ def test_image_modes_are_converted(client, mode):
     assert response.json()["predicted_class"] is not None
 
 
-def test_decoding_and_inference_run_off_the_event_loop(client, monkeypatch):
-    decode, forward = uploads_module.decode_image, SmearModel.predict_prepared
+def test_decoding_and_inference_run_off_the_event_loop_in_an_inference_worker(client, monkeypatch):
+    decode, forward = model_slot_module.decode_image, SmearModel.predict_prepared
     threads = {}
 
     def outside_the_loop(step, function):
@@ -125,10 +125,10 @@ def test_decoding_and_inference_run_off_the_event_loop(client, monkeypatch):
             return function(*args, **kwargs)
         return checked
 
-    monkeypatch.setattr(uploads_module, "decode_image", outside_the_loop("decode", decode))
+    monkeypatch.setattr(model_slot_module, "decode_image", outside_the_loop("decode", decode))
     monkeypatch.setattr(SmearModel, "predict_prepared", outside_the_loop("forward", forward))
     assert predict(client, SMEAR).status_code == 200
-    assert threads["forward"].startswith("leukolab-inference") and threads["decode"] != threads["forward"]
+    assert threads["forward"].startswith("leukolab-inference") and threads["decode"] == threads["forward"]
 
 
 def test_a_bug_in_inference_is_a_json_500_and_counted(fresh_client, monkeypatch):

@@ -1,16 +1,16 @@
-"""Micro-batching: concurrent requests' images grouped into forward passes that run in worker threads.
+"""Micro-batching: concurrent requests' items grouped into forward passes that run in worker threads.
 
-Requests :meth:`MicroBatcher.submit` one prepared image each and await its
-answer. A single loop waits for a free worker, takes the first waiting image,
-then whatever else is waiting, up to ``max_batch_size``, and hands the list to
-``predict_batch`` in that worker's thread, so the event loop keeps reading
-requests (and decoding them in other threads) while the network runs.
+Requests :meth:`MicroBatcher.submit` one item each (an uploaded file) and await its answer. A single loop waits for
+a free worker, takes the oldest waiting item and those behind it, and hands the list to ``predict_batch`` in that
+worker's thread, which decodes the files and runs the forward pass, so the event loop only reads requests and
+writes answers. The queue is first in, first out: a batch always starts with the oldest item, so an item waits for
+no more passes than there are batches ahead of it.
 
-The dispatch rule: an image that finds nothing else waiting goes at once, so
-a lone request costs what it would on an unbatched server; when others were
-waiting too (a burst), the batch waits at most ``max_wait_s`` for the rest of
-the burst. Under load, the images that arrive during a pass make up the next
-batch: throughput grows with concurrency, and no request waits for a batch
+The dispatch rule: an item that finds nothing else waiting goes at once, so a lone request costs what it would on an
+unbatched server. Items waiting together are shared evenly among the idle workers (each takes its share, at most
+``max_batch_size``), so a burst keeps every worker busy instead of queueing behind one full batch; when the last
+idle worker takes a burst, it waits at most ``max_wait_s`` for its stragglers. Under load the items that arrive
+during the passes make up the next batches: throughput grows with concurrency, and no request waits for a batch
 that is not coming.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -26,8 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class MicroBatcher:
-    """Groups :meth:`submit` calls into calls of ``predict_batch(items) -> answers`` (one answer per item, in order),
-    at most ``workers`` at a time."""
+    """Groups :meth:`submit` calls into calls of ``predict_batch(items) -> answers`` (one answer per item, in order;
+    an answer that is an exception fails its own item alone), at most ``workers`` at a time."""
 
     def __init__(self, predict_batch: Callable[[list], list], max_batch_size: int = 32, max_wait_s: float = 0.002,
                  workers: int = 1):
@@ -36,6 +37,7 @@ class MicroBatcher:
         self.predict_batch, self.max_batch_size, self.max_wait_s = predict_batch, max_batch_size, max_wait_s
         self._queue: asyncio.Queue[tuple[Any, asyncio.Future]] = asyncio.Queue()
         self._free_workers = asyncio.Semaphore(workers)
+        self._idle_workers = workers
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="leukolab-inference")
         self._task: asyncio.Task | None = None
         self._passes: set[asyncio.Task] = set()
@@ -65,12 +67,13 @@ class MicroBatcher:
 
     async def _run(self) -> None:
         while True:
-            await self._free_workers.acquire()  # while all workers are busy, waiting items make up a bigger batch
+            await self._free_workers.acquire()  # while all workers are busy, waiting items make up bigger batches
             batch = await self._next_batch()
             batch = [(item, future) for item, future in batch if not future.done()]  # drop cancelled requests
             if not batch:
                 self._free_workers.release()
                 continue
+            self._idle_workers -= 1
             task = asyncio.create_task(self._answer(batch))
             self._passes.add(task)
             task.add_done_callback(self._passes.discard)
@@ -84,29 +87,31 @@ class MicroBatcher:
                 raise RuntimeError(f"predict_batch gave {len(answers)} answers for {len(batch)} items")
         except Exception as error:  # every request of the batch gets the error (a bug: they answer 500)
             log.exception("a batch of %d failed", len(batch))
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            return
+            answers = [error] * len(batch)
         finally:
+            self._idle_workers += 1
             self._free_workers.release()
         for (_, future), answer in zip(batch, answers):
-            if not future.done():
+            if future.done():
+                continue
+            if isinstance(answer, Exception):
+                future.set_exception(answer)
+            else:
                 future.set_result(answer)
 
     async def _next_batch(self) -> list[tuple[Any, asyncio.Future]]:
-        """The first waiting item and those waiting behind it, up to ``max_batch_size``; when there were any, also
-        those that follow within ``max_wait_s``. A lone item goes at once."""
+        """The oldest waiting item and those behind it: this worker's even share of them among the idle workers, at
+        most ``max_batch_size``. A lone item goes at once; the last idle worker waits up to ``max_wait_s`` for a
+        burst's stragglers."""
         loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
+        share = min(self.max_batch_size, math.ceil((1 + self._queue.qsize()) / self._idle_workers))
+        while len(batch) < share:
+            batch.append(self._queue.get_nowait())
+        if len(batch) == 1 or self._idle_workers > 1:  # nothing else was waiting, or other workers take the rest
+            return batch
         deadline = loop.time() + self.max_wait_s
-        while len(batch) < self.max_batch_size:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            if len(batch) == 1 or remaining <= 0:  # nothing else was waiting: no burst to wait for
-                break
+        while len(batch) < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
             except TimeoutError:

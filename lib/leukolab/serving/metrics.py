@@ -126,7 +126,7 @@ class ServingMetrics:
         self.batch_size.observe(len(images))
         if self._training_colour is None:
             return
-        colours = [image.reshape(-1, 3).mean(axis=0) / 255.0 for image in images]
+        colours = [mean_colour(image) for image in images]
         with self._colour_lock:
             self._recent_colours.extend(colours)
             distance = float(np.linalg.norm(np.mean(self._recent_colours, axis=0) - self._training_colour))
@@ -146,6 +146,13 @@ class ServingMetrics:
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format (:attr:`content_type`)."""
         return generate_latest(self.registry)
+
+
+def mean_colour(image: np.ndarray) -> np.ndarray:
+    """The mean RGB of an H x W x 3 uint8 image, in [0, 1] (a sum by matrix product: numpy reduces the pixel axis of
+    an N x 3 array ten times slower)."""
+    pixels = image.reshape(-1, 3)
+    return np.ones(len(pixels)) @ pixels / (255.0 * len(pixels))
 
 
 class RequestMetricsMiddleware:

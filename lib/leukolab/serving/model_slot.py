@@ -12,13 +12,15 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
+from leukolab.images import ImageRules, decode_image
+from leukolab.models.folding import fold_batch_norms
 from leukolab.predictor.meta import ModelInfo
 from leukolab.predictor.smear_model import SmearModel
 from leukolab.predictor.uri import is_alias, load_model, resolve_model
@@ -46,9 +48,9 @@ class ModelSlot:
     """The model that answers: loaded in a worker thread when the app starts, then, for an alias URI, swapped for
     the alias's new version every time it moves.
 
-    Every ``settings.model_poll_seconds`` (0: never) the alias is resolved again; a new version is loaded and warmed
-    (one forward pass on a blank image) in a worker thread while the old one answers, gets its batcher, and takes the
-    old one's place at once: requests that started on the old version finish on it (each holds its
+    Every ``settings.model_poll_seconds`` (0: never) the alias is resolved again; a new version is loaded, prepared
+    for inference and warmed (:meth:`_load`) in a worker thread while the old one answers, gets its batcher, and
+    takes the old one's place at once: requests that started on the old version finish on it (each holds its
     :class:`LoadedModel`), and its batcher stops when the last one is done. Each swap is logged and counted
     (``leukolab_model_swaps_total{outcome}``). A version that fails to load is logged and counted ``failed``, the
     old one keeps answering, and that version is not tried again until the alias moves (or the server restarts).
@@ -136,24 +138,29 @@ class ModelSlot:
 
     async def _load_and_start(self, resolved: tuple[str, ModelInfo] | None) -> LoadedModel:
         model, info = await run_in_threadpool(self._load, resolved)
-        batcher = MicroBatcher(lambda arrays: predict_arrays(model, self.metrics, arrays), self.settings.max_batch_size,
-                               self.settings.max_wait_ms / 1000, self.settings.inference_workers)
+        rules = replace(model.image_rules, max_pixels=self.settings.max_pixels)
+        batcher = MicroBatcher(lambda files: predict_files(model, self.metrics, files, rules),
+                               self.settings.max_batch_size, self.settings.max_wait_ms / 1000,
+                               self.settings.inference_workers)
         batcher.start()
         return LoadedModel(model, info, batcher)
 
     def _load(self, resolved: tuple[str, ModelInfo] | None) -> tuple[SmearModel, ModelInfo]:
-        """Load (and warm: one forward pass on a blank image) the model, ``resolved`` or as the URI resolves now."""
+        """Load the model, ``resolved`` or as the URI resolves now, fold its batch norms into its convolutions
+        (:mod:`leukolab.models.folding`), and warm it: one forward pass on a blank image."""
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         started = time.perf_counter()
         try:
             model, info = load_model(self.uri, resolved)
+            folded = fold_batch_norms(model.network)
             size = model.meta.image_size
             model.predict_prepared([np.zeros((size, size, 3), np.uint8)])
         except Exception:
             log.exception("could not load the model %s", self.uri if resolved is None else resolved[0])
             raise
-        log.info("loaded %s (%s) in %.1f s", self.uri, info.label, time.perf_counter() - started)
+        log.info("loaded %s (%s) in %.1f s, %d batch norms folded", self.uri, info.label, time.perf_counter() - started,
+                 folded)
         return model, info
 
     @property
@@ -182,6 +189,22 @@ class ModelSlot:
             served.users -= 1
             if not served.users:
                 served.unused.set()
+
+
+def predict_files(model: SmearModel, metrics: ServingMetrics, files: list[bytes],
+                  rules: ImageRules) -> list[tuple[dict, float] | Exception]:
+    """Decode and prepare each file (in a worker thread), then one forward pass over those that are images
+    (:func:`predict_arrays`); a file that could not be used answers with its error alone (an
+    :class:`~leukolab.images.ImageRejected` when it is not a usable image)."""
+    prepared: list[np.ndarray | Exception] = []
+    for data in files:
+        try:
+            prepared.append(model.prepare(decode_image(data, rules)))
+        except Exception as error:
+            prepared.append(error)
+    arrays = [array for array in prepared if not isinstance(array, Exception)]
+    answers = iter(predict_arrays(model, metrics, arrays) if arrays else [])
+    return [array if isinstance(array, Exception) else next(answers) for array in prepared]
 
 
 def predict_arrays(model: SmearModel, metrics: ServingMetrics, arrays: list[np.ndarray],

@@ -1,11 +1,11 @@
 """The API's routes: liveness, readiness, the served model's version, predictions and Prometheus metrics.
 
 Each route takes what it needs as dependencies (:mod:`leukolab.serving.dependencies`): a prediction waits for the
-model, reads its uploads within the limits (:mod:`leukolab.serving.uploads`), decodes them one by one in the thread
-pool (so a bad image is refused on its own), and has the :class:`~leukolab.serving.batching.MicroBatcher` answer
-them, which groups the images of concurrent requests into one forward pass. With ``explain=true`` a request's images
-skip the batcher: they are predicted and explained (Grad-CAM, with gradients) together in a thread of the pool. Kept free of
-``from __future__ import annotations``: FastAPI reads the routes' annotations at run time.
+model, reads its uploads within the limits (:mod:`leukolab.serving.uploads`) and has the
+:class:`~leukolab.serving.batching.MicroBatcher` answer them: its workers decode the files of concurrent requests
+(a bad image is refused on its own) and predict them in one forward pass. With ``explain=true`` a request's images
+skip the batcher: they are decoded, predicted and explained (Grad-CAM, with gradients) together in a thread of the
+pool. Kept free of ``from __future__ import annotations``: FastAPI reads the routes' annotations at run time.
 """
 
 import asyncio
@@ -25,7 +25,7 @@ from leukolab.serving.errors import ApiError
 from leukolab.serving.metrics import ServingMetrics
 from leukolab.serving.model_slot import LoadedModel, predict_arrays
 from leukolab.serving.schemas import BatchPrediction, ErrorBody, Health, Prediction, Readiness, VersionInfo
-from leukolab.serving.uploads import Upload, prepare_all, uploads_in
+from leukolab.serving.uploads import Upload, answers_in_order, prepare_all, uploads_in
 
 router = APIRouter()
 NOT_READY = {503: {"model": ErrorBody, "description": "The model is loading or failed to load, or the server is "
@@ -129,15 +129,16 @@ async def prometheus_metrics(metrics: Metrics) -> Response:
 
 async def predict_uploads(served: LoadedModel, uploads: list[Upload], max_pixels: int, metrics: ServingMetrics,
                           explain: bool = False) -> list[tuple[dict, float]]:
-    """Decode the uploads in a worker thread (refusing the request at the first bad one), then predict them in batches
-    (with ``explain``, predict and explain them in a worker thread)."""
+    """Have the batcher decode and predict the uploads (refusing the request at the first bad one, in upload order);
+    with ``explain``, decode, predict and explain them in a worker thread."""
     if explain and served.model.task == "segmentation":
         raise ApiError(400, "explain=true needs a model that classifies; this one only segments", "cannot_explain")
-    arrays = await run_in_threadpool(prepare_all, served.model, uploads, max_pixels)
     if explain:
+        arrays = await run_in_threadpool(prepare_all, served.model, uploads, max_pixels)
         answers = await run_in_threadpool(predict_arrays, served.model, metrics, arrays, True)
     else:
-        answers = await asyncio.gather(*(served.batcher.submit(array) for array in arrays))
+        results = await asyncio.gather(*(served.batcher.submit(data) for _, data in uploads), return_exceptions=True)
+        answers = answers_in_order(uploads, results)
     for answer, seconds in answers:
         metrics.observe_prediction(answer.get("predicted_class"), answer.get("confidence"), seconds)
     return answers

@@ -82,14 +82,30 @@ async def read_uploads(request: Request, field: str, max_files: int, max_bytes: 
 
 
 def prepare_all(model: SmearModel, uploads: list[Upload], max_pixels: int) -> list[np.ndarray]:
-    """Each upload decoded and resized for the network; an :class:`ImageRejected` naming the first that is not a
-    usable image (by its number and name when there are several)."""
+    """Each upload decoded and resized for the network; the :func:`refusal` of the first that is not a usable image."""
     arrays = []
-    for index, (name, data) in enumerate(uploads):
+    for index, (_, data) in enumerate(uploads):
         try:
             arrays.append(model.prepare(decode_image(data, replace(model.image_rules, max_pixels=max_pixels))))
         except ImageRejected as error:
-            if len(uploads) == 1:
-                raise
-            raise ImageRejected(error.reason, f"file {index + 1} ({name!r}): {error}") from None
+            raise refusal(uploads, index, error) from None
     return arrays
+
+
+def answers_in_order(uploads: list[Upload], results: list) -> list:
+    """The batcher's answers for ``uploads``; the first that is an error raised instead (an :class:`ImageRejected` as
+    its :func:`refusal`)."""
+    for index, result in enumerate(results):
+        if isinstance(result, ImageRejected):
+            raise refusal(uploads, index, result) from None
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+def refusal(uploads: list[Upload], index: int, error: ImageRejected) -> ImageRejected:
+    """The request's refusal for upload ``index``: ``error``, naming the file by its number and name when there are
+    several."""
+    if len(uploads) == 1:
+        return error
+    return ImageRejected(error.reason, f"file {index + 1} ({uploads[index][0]!r}): {error}")
