@@ -65,6 +65,8 @@ def main() -> None:
                         "resnet10t-classifier, the real profile's champion)")
     parser.add_argument("--tta-gate", type=float, help="tag the scratch model's version with this tta_gate: only "
                         "images whose plain confidence is under it take the 8 views (leukolab.predictor.gated_tta)")
+    parser.add_argument("--tta-share", type=float, help="instead of --tta-gate: the gate under which this share of "
+                        "the benchmark's images falls (their plain confidence by the scratch model), e.g. 0.1")
     parser.add_argument("--images", type=int, default=64, help="distinct synthetic smears sent in turn")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per concurrency level")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each level")
@@ -89,7 +91,8 @@ def main() -> None:
         else:
             os.environ["LEUKOLAB_WORKSPACE"] = scratch
             os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch}/mlflow.db"
-            model_uri = register_scratch_model(args.image_size, args.tta, images[:2], args.experiment, args.tta_gate)
+            model_uri = register_scratch_model(args.image_size, args.tta, images, args.experiment, args.tta_gate,
+                                               args.tta_share)
         print(f"{model_uri}, {len(images)} JPEGs of 224 px; {os.cpu_count()} CPUs, {platform.machine()}, "
               f"load average {os.getloadavg()[0]:.2f}; Python {platform.python_version()}")
         if args.soak is not None:
@@ -126,16 +129,16 @@ def synthetic_jpegs(count: int) -> list[bytes]:
     return jpegs
 
 
-def register_scratch_model(image_size: int, tta: bool, examples: list[bytes], experiment_name: str = "simple-cnn",
-                           tta_gate: float | None = None) -> str:
-    """Log ``experiment_name`` (random weights; test-time augmentation only with ``tta``, gated by ``tta_gate``) as
-    ``leukolab@champion``."""
+def register_scratch_model(image_size: int, tta: bool, images: list[bytes], experiment_name: str = "simple-cnn",
+                           tta_gate: float | None = None, tta_share: float | None = None) -> str:
+    """Log ``experiment_name`` (random weights; test-time augmentation only with ``tta``, gated by ``tta_gate``, or by
+    the gate that sends ``tta_share`` of ``images`` through the eight views) as ``leukolab@champion``."""
     import mlflow
 
     from leukolab.config.experiment import load_experiment
     from leukolab.data.synthetic.smears import CLASS_NAMES
     from leukolab.models.factory import build_model
-    from leukolab.predictor.smear_model import log_smear_model
+    from leukolab.predictor.smear_model import SmearModel, log_smear_model
     from leukolab.publishing.registry import register
     from leukolab.tracking import configure
 
@@ -143,11 +146,27 @@ def register_scratch_model(image_size: int, tta: bool, examples: list[bytes], ex
     experiment = load_experiment(experiment_name, {"inference": {"tta": tta}})
     meta = {"experiment": experiment, "class_names": list(CLASS_NAMES), "image_size": image_size,
             "mean": [0.8, 0.65, 0.7], "std": [0.15, 0.2, 0.15], "temperature": 1.0}
+    network = build_model(experiment, len(CLASS_NAMES)).eval()
+    if tta_share is not None:
+        tta_gate = gate_for_share(SmearModel(network, meta), images, tta_share)
     with mlflow.start_run(run_name="serve-benchmark"):
-        logged = log_smear_model(build_model(experiment, len(CLASS_NAMES)), meta, examples)
+        logged = log_smear_model(network, meta, images[:2])
     tags = {} if tta_gate is None else {"tta_gate": repr(tta_gate)}
     version = register(logged.model_uri, "leukolab", "champion", tags)
     return f"models:/{version.name}@champion"
+
+
+def gate_for_share(model, images: list[bytes], share: float) -> float:
+    """The ``tta_gate`` under which ``share`` of ``images`` falls: the quantile of their plain confidences."""
+    from PIL import Image
+
+    model.tta_gate = 0.0  # no image under the gate: plain answers
+    answers = model.predict_images([Image.open(io.BytesIO(data)) for data in images])
+    confidences = np.sort([answer["confidence"] for answer in answers])
+    below = int(round(share * len(confidences)))
+    gate = float(confidences[below]) if below < len(confidences) else float(confidences[-1]) + 1e-6
+    print(f"tta_gate {gate:.6f}: {below} of {len(confidences)} images under it (share {below / len(confidences):.2f})")
+    return gate
 
 
 # --- servers -------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ model applies it, and only the images under it pay for the eight views."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +89,22 @@ def test_only_the_images_under_the_gate_go_through_the_eight_views(model_and_ima
     finally:
         hook.remove()
         model.tta_gate = None
+
+
+def test_threads_sharing_a_gated_model_each_get_their_own_answers_and_features(model_and_images):
+    """The API's inference workers share one model: each pass is gated, augmented and featured on its own."""
+    model, images = model_and_images
+    model.tta_gate = float(np.median(gated(model, images, 0.0).max(1)))  # half the images take the eight views
+    try:
+        batches = [images[first:first + size] for first, size in ((0, 5), (5, 11), (16, 1), (17, 31))]
+        expected = [model.forward(batch) for batch in batches]
+        assert "features" in expected[0]
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(10):
+                for got, want in zip(pool.map(model.forward, batches), expected):
+                    assert got.keys() == want.keys()
+                    for key in want:
+                        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    finally:
+        model.tta_gate = None
+    assert model.network.tta  # as it was

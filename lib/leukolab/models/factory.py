@@ -24,15 +24,17 @@ class SmearNet(nn.Module):
     over the eight symmetries of the square (four 90-degree rotations, each also
     mirrored; masks mapped back), one forward pass over all of them. Smears have
     no orientation, so this averages out what the network's filters get wrong
-    about one. Training-mode passes see the image as given.
+    about one. Training-mode passes see the image as given. A call's ``tta``
+    overrides the setting for that pass alone: threads sharing one network each
+    choose their own.
     """
 
     def __init__(self, network: nn.Module, task: str, tta: bool = False):
         super().__init__()
         self.network, self.task, self.tta = network, task, tta
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.training or not self.tta or x.shape[-1] != x.shape[-2]:
+    def forward(self, x: torch.Tensor, tta: bool | None = None) -> dict[str, torch.Tensor]:
+        if self.training or not (self.tta if tta is None else tta) or x.shape[-1] != x.shape[-2]:
             return self._outputs(x)
         views = [torch.rot90(x, k, (-2, -1)) for k in range(4)]
         views += [view.flip(-1) for view in views]
@@ -57,7 +59,8 @@ class SmearNet(nn.Module):
 
 @contextlib.contextmanager
 def without_tta(model: nn.Module):
-    """Switch a :class:`SmearNet`'s test-time augmentation off for a while (other modules pass through as they are)."""
+    """Switch a :class:`SmearNet`'s test-time augmentation off for a while (other modules pass through as they are);
+    for a network no other thread uses meanwhile (else pass ``tta=False`` to the call)."""
     tta = getattr(model, "tta", None)
     if tta is not None:
         model.tta = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -16,18 +17,39 @@ def last_linear(network: nn.Module) -> nn.Linear | None:
 
 @contextmanager
 def captured_features(network: nn.Module):
-    """Within the block, forward passes append their penultimate features (N x D) to the yielded list; with
-    test-time augmentation (8 views per image, one pass), the mean over the views."""
+    """Within the block, this thread's forward passes append their penultimate features (N x D) to the yielded
+    list; with test-time augmentation (8 views per image, one pass), the mean over the views.
+
+    Threads may share the network (the API's inference workers do): the last linear layer gets one hook for good,
+    which records into the list of the thread whose pass it is; so no hook is added or removed while another
+    thread's pass runs, and no thread sees another's features.
+    """
     captured: list[torch.Tensor] = []
     layer = last_linear(network)
     if layer is None:
         yield captured
         return
-    handle = layer.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
+    with _hook_lock:
+        if not getattr(layer, _HOOKED, False):
+            layer.register_forward_hook(_record_features)
+            setattr(layer, _HOOKED, True)
+    outer = getattr(_capturing, "features", None)
+    _capturing.features = captured
     try:
         yield captured
     finally:
-        handle.remove()
+        _capturing.features = outer
+
+
+_HOOKED = "_leukolab_features_hook"
+_hook_lock = threading.Lock()
+_capturing = threading.local()
+
+
+def _record_features(_module: nn.Module, inputs, _output) -> None:
+    captured = getattr(_capturing, "features", None)
+    if captured is not None:
+        captured.append(inputs[0].detach())
 
 
 def features_per_image(captured: list[torch.Tensor], images: int):

@@ -31,7 +31,7 @@ from PIL import Image
 from leukolab.config import PROJECT_ROOT
 from leukolab.config.experiment import Experiment
 from leukolab.images import ImageRules, decode_image, encode_png, resize_square
-from leukolab.models.factory import build_model, without_tta
+from leukolab.models.factory import build_model
 from leukolab.models.inputs import normalize
 from leukolab.ood import Inputs, OodDetector
 from leukolab.ood.features import captured_features, features_per_image
@@ -95,13 +95,13 @@ class SmearModel(mlflow.pyfunc.PythonModel):
         self.network.eval()
         if self.tta_gate is None or not getattr(self.network, "tta", False) or self.task != "classification":
             return self._outputs(batch)
-        with without_tta(self.network):
-            plain = self._outputs(batch)
+        plain = self._outputs(batch, tta=False)
         return gated_outputs(plain, lambda rows: self._outputs(batch[torch.from_numpy(rows)]), self.tta_gate)
 
-    def _outputs(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
+    def _outputs(self, batch: torch.Tensor, tta: bool | None = None) -> dict[str, np.ndarray]:
+        """The outputs of one pass (``tta``: as the network is set, or on/off for this pass alone)."""
         with captured_features(self.network) as captured:
-            out = self.network(normalize(batch, self.meta.mean, self.meta.std))
+            out = self.network(normalize(batch, self.meta.mean, self.meta.std), **({} if tta is None else {"tta": tta}))
         result = {}
         if "logits" in out:
             logits = out["logits"] / self.meta.temperature
