@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from leukolab.config import deep_merge, load_named, nested
 from leukolab.config.errors import ConfigError
@@ -61,6 +61,18 @@ class AugmentationSpec(Section):
     cutmix: float = Field(0.0, ge=0, description="Beta(alpha, alpha) of CutMix; with mixup, each batch takes one")
 
 
+class PreprocessingSpec(Section):
+    """Per-image transforms before the network, applied alike at training, evaluation and serving (the published
+    model carries them and the fitted stain target); both off by default. See docs/acquisition.md."""
+
+    stain_normalization: Literal["none", "reinhard"] = Field(
+        "none", description="reinhard: map each image's per-channel CIELAB mean and std (whole image) to a target "
+        "fitted on the training split (median over its images), against session tint, illumination and stain")
+    border_crop: float = Field(0.0, ge=0, le=0.25, description="share of the side cut from every edge before the "
+                               "network (the centre is resized back to the input size), against corner artefacts, "
+                               "scale bars and labels; classifiers only")
+
+
 class EarlyStoppingSpec(Section):
     monitor: str | None = Field(None, description="a validation metric, higher is better; None: the task's own")
     patience: int = Field(5, ge=1)
@@ -106,6 +118,7 @@ class Experiment(Section):
     loss: LossSpec = LossSpec()
     training: TrainingSpec = TrainingSpec()
     augmentation: AugmentationSpec = AugmentationSpec()
+    preprocessing: PreprocessingSpec = PreprocessingSpec()
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
     inference: InferenceSpec = InferenceSpec()
     ood: OodSpec = OodSpec()
@@ -119,6 +132,15 @@ class Experiment(Section):
     seeds: list[int] | None = Field(None, description="also retrain once per seed, as child runs")
     acquisition_aware: bool = Field(False, description="classifiers: also train and score on the acquisition-aware "
                                     "splits (a child run), when the dataset has them")
+
+    @model_validator(mode="after")
+    def _preprocessing_fits(self) -> Experiment:
+        if self.preprocessing.border_crop and self.task != "classification":
+            raise ValueError("preprocessing.border_crop is for classifiers only: a cropped image no longer matches its "
+                             "mask")
+        if self.preprocessing != PreprocessingSpec() and self.distributed.num_processes > 1:
+            raise ValueError("preprocessing is not available with distributed.num_processes above 1 yet")
+        return self
 
     @property
     def monitor(self) -> str:

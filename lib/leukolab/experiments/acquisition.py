@@ -2,8 +2,8 @@
 train split (whole blocks of acquisition order held out, neighbours embargoed) and scored on its val and test.
 
 It runs as a child run of the experiment's run (``<name> acquisition-aware``), with early stopping on the
-acquisition-aware val split and the colour statistics of its own train split; its model is not logged (the
-published model is the experiment's own). Intervals come from a cluster bootstrap over acquisition blocks, so
+acquisition-aware val split, and the preprocessing and colour statistics fitted on its own train split; its model
+is not logged (the published model is the experiment's own). Intervals come from a cluster bootstrap over acquisition blocks, so
 images of one session are resampled together.
 """
 
@@ -17,7 +17,8 @@ from scipy.special import softmax
 
 from leukolab.config.experiment import Experiment
 from leukolab.data.reading.dataset import SmearDataset, load_manifest, load_split
-from leukolab.experiments.resampling import _child_run, _colour_statistics, _train, clustered_metrics
+from leukolab.experiments.resampling import _child_run, _train, clustered_metrics
+from leukolab.training.inputs import colour_statistics, prepare_inputs
 from leukolab.training.loop import predict
 
 ACQUISITION_SPLITS = ("train", "val", "test")
@@ -39,7 +40,8 @@ def run_acquisition_aware(experiment: Experiment, dataset_dir: str | Path, boots
         return {"available": False, "reason": section.get("reason", "the dataset predates acquisition-aware splits")}
     frames = {name: load_split(dataset_dir, name, "acquisition") for name in ACQUISITION_SPLITS}
     data = {name: SmearDataset(frame) for name, frame in frames.items()}
-    context = {"class_names": manifest["classes"], **_colour_statistics(data["train"])}
+    inputs = prepare_inputs(experiment, data, **colour_statistics(data["train"]))
+    data, context = inputs.splits, {"class_names": manifest["classes"], "mean": inputs.mean, "std": inputs.std}
     with _child_run(experiment, "acquisition-aware", {"resample": "acquisition", "embargo": section["embargo"],
                                                       "blocks": section["blocks"]}):
         model = _train(experiment, data["train"], data["val"], context)

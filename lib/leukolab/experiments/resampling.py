@@ -10,7 +10,8 @@ Two experiment keys, either or both (absent: nothing extra runs):
   its training (:func:`leukolab.data.etl.acquisition_splits.blocked_folds`). Each fold trains on the rest and is scored once
   on itself. The held-out fold chooses nothing: folds train the full schedule without early stopping and keep the
   final weights, and their metrics are uncalibrated (temperature scaling does not change accuracy, macro-F1 or
-  ROC-AUC). Each fold normalises by its training images' own colour mean and std. Classifiers also get the
+  ROC-AUC). Each fold normalises by its training images' own colour mean and std (and fits the experiment's
+  preprocessing on them). Classifiers also get the
   pooled out-of-fold figure: every pooled image scored by the fold that held it out, with 95% intervals from a
   cluster bootstrap over duplicate/patient groups (grouped) or acquisition blocks (blocked).
 - ``seeds: [..]`` retrains on the usual train/val split once per seed (early stopping on val as always), scored
@@ -42,6 +43,7 @@ from leukolab.metrics.scores import classification_metrics
 from leukolab.models.factory import build_model
 from leukolab.stages.records import ExperimentRecord
 from leukolab.tracking import flatten
+from leukolab.training.inputs import colour_statistics, prepare_inputs
 from leukolab.training.loop import evaluate, fit, predict
 
 SUMMARIZED = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr", "dice", "iou")
@@ -119,8 +121,10 @@ def _cross_validate(experiment: Experiment, dataset_dir, folds: int, context: di
     runs = []
     for fold in range(folds):
         held = np.flatnonzero(assignment == fold)
-        train, held_out = data.subset(np.flatnonzero((assignment != fold) & ~withheld[fold])), data.subset(held)
-        fold_context = {**context, **_colour_statistics(train)}
+        train = data.subset(np.flatnonzero((assignment != fold) & ~withheld[fold]))
+        inputs = prepare_inputs(experiment, {"train": train, "held_out": data.subset(held)}, **colour_statistics(train))
+        train, held_out = inputs.splits["train"], inputs.splits["held_out"]
+        fold_context = {**context, "mean": inputs.mean, "std": inputs.std}
         with _child_run(experiment, f"fold {fold + 1}/{folds}", {"resample": "fold", "fold": fold + 1, "cv_folds": folds,
                                                                  "cv_strategy": strategy, "embargo": embargo}):
             model = _train(experiment, train, None, fold_context)
@@ -167,7 +171,9 @@ def clustered_metrics(labels: np.ndarray, probabilities: np.ndarray, clusters: n
 def _repeat_seeds(experiment: Experiment, dataset_dir, seeds: list[int], context: dict) -> dict:
     if len(set(seeds)) < 2:
         raise ValueError(f"seeds needs at least two different seeds, got {seeds}")
-    splits = load_datasets(dataset_dir, ("train", "val", "test"), experiment.task)
+    inputs = prepare_inputs(experiment, load_datasets(dataset_dir, ("train", "val", "test"), experiment.task),
+                            context["mean"], context["std"])
+    splits, context = inputs.splits, {**context, "mean": inputs.mean, "std": inputs.std}
     runs = []
     for seed in seeds:
         seeded = experiment.model_copy(update={"seed": seed})
@@ -178,12 +184,6 @@ def _repeat_seeds(experiment: Experiment, dataset_dir, seeds: list[int], context
         runs.append({"seed": seed, **scores})
     return {"seeds": seeds, "interval": "t", "level": 0.95, "runs": runs,
             "summary": {split: summarize_runs([r[split] for r in runs]) for split in ("val", "test")}}
-
-
-def _colour_statistics(dataset: SmearDataset) -> dict[str, list[float]]:
-    """Per-channel mean and std (0..1) of a fold's training images: the train split's would include held-out images."""
-    pixels = dataset.images.float().div_(255)
-    return {"mean": pixels.mean((0, 2, 3)).tolist(), "std": pixels.std((0, 2, 3)).tolist()}
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ from leukolab.predictor.smear_model import SmearModel, log_smear_model
 from leukolab.tracking import flatten
 from leukolab.training.calibration import fit_temperature
 from leukolab.training.distributed import fit_distributed
+from leukolab.training.inputs import prepare_inputs
 from leukolab.training.loop import FitResult, dataset_outputs, evaluate, fit, predict
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ def run_experiment(experiment: Experiment, dataset_dir: str | Path,
     manifest = load_manifest(dataset_dir)
     class_names = manifest["classes"]
     loading = choose_loading(experiment, dataset_dir, ("train", "val", "test"))
-    splits = load_experiment_splits(experiment, dataset_dir, ("train", "val", "test"), loading)
+    raw = load_experiment_splits(experiment, dataset_dir, ("train", "val", "test"), loading)
+    inputs = prepare_inputs(experiment, raw, manifest["train_mean"], manifest["train_std"])
+    splits, mean, std = inputs.splits, inputs.mean, inputs.std
     log.info("experiment %s: images %s, with masks %s", experiment.name, {k: len(v) for k, v in splits.items()},
              {k: v.mask_images for k, v in splits.items()})
 
@@ -78,7 +81,6 @@ def run_experiment(experiment: Experiment, dataset_dir: str | Path,
     mlflow.log_metrics({f"{what}_{name}": count for name, split in splits.items()
                         for what, count in (("images", len(split)), ("mask_images", split.mask_images))})
     model = build_model(experiment, len(class_names))
-    mean, std = manifest["train_mean"], manifest["train_std"]
     checkpoints = workspace() / "data" / "checkpoints" / mlflow.active_run().info.run_id
     processes = experiment.distributed.num_processes
     if processes > 1:
@@ -107,11 +109,14 @@ def run_experiment(experiment: Experiment, dataset_dir: str | Path,
 
     meta = ModelMeta(experiment=experiment, class_names=class_names, image_size=manifest["image_size"],
                      image_rules=ImageRules.from_mapping(manifest.get("parameters", {})), mean=mean, std=std,
-                     temperature=temperature, dataset_fingerprint=manifest["fingerprint"])
-    ood = fit_ood(SmearModel(model, meta), *(_in_memory(splits[name], experiment.seed) for name in ("train", "val")))
+                     temperature=temperature, dataset_fingerprint=manifest["fingerprint"],
+                     stain_target=inputs.preprocessing.stain_target)
+    # The published model preprocesses what it is given: its OOD check and input examples take the images unprocessed.
+    ood = fit_ood(SmearModel(model, meta), *(_in_memory(raw[name], experiment.seed) for name in ("train", "val")))
     if ood is not None:
         mlflow.log_metrics({"ood_threshold": ood.threshold, "ood_val_images": ood.val_images})
-    examples = [_jpeg(shown.images[i]) for i in range(min(2, len(shown)))]
+    unprocessed = raw["test"] if isinstance(raw["test"], SmearDataset) else raw["test"].head(2)
+    examples = [_jpeg(image) for image in unprocessed.images[:2]]
     info = log_smear_model(model, meta, examples, ood=ood)
     resampling = run_resampling(experiment, dataset_dir)
     return ExperimentResult(experiment, model, result, val_metrics, test_metrics, class_names, manifest,

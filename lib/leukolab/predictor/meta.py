@@ -9,10 +9,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from leukolab.config.experiment import Experiment, parse_experiment
 from leukolab.images import ImageRules
+from leukolab.models.preprocessing import Preprocessing, StainTarget
 
 
 class ModelMeta(BaseModel):
@@ -29,10 +30,25 @@ class ModelMeta(BaseModel):
     """What the ETL that made its training data accepted as an image (models logged before them: the defaults)."""
     mean: list[float]
     std: list[float]
-    """Per channel, of the training split: the network's input is ``(pixels / 255 - mean) / std``."""
+    """Per channel, of the training split (after :attr:`preprocessing`): the network's input is
+    ``(pixels / 255 - mean) / std``."""
+    stain_target: StainTarget | None = None
+    """The LAB target fitted on the training split when the experiment normalises stain (models without: None)."""
     temperature: float = 1.0
     """Divides the logits (fitted on val); 1.0 for models that only segment."""
     dataset_fingerprint: str | None = None
+
+    @model_validator(mode="after")
+    def _target_when_normalising(self) -> ModelMeta:
+        if (self.experiment.preprocessing.stain_normalization != "none") != (self.stain_target is not None):
+            raise ValueError("stain_target is needed exactly when the experiment's preprocessing.stain_normalization "
+                             f"is on (it is {self.experiment.preprocessing.stain_normalization!r})")
+        return self
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What is done to each resized uint8 image before standardising it (nothing for models logged before it)."""
+        return Preprocessing(self.experiment.preprocessing.border_crop, self.stain_target)
 
     @classmethod
     def read(cls, values: ModelMeta | Mapping, where: str = "the model's meta.json") -> ModelMeta:

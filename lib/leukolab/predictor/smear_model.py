@@ -9,7 +9,7 @@ for models that segment; with ``params={"explain": True}``, ``heatmap_png``
 ``out_of_distribution`` for models that carry an out-of-distribution check
 (:mod:`leukolab.ood`; models logged before it carry none and answer without).
 The model's folder holds the weights, a JSON of its metadata (:class:`~leukolab.predictor.meta.ModelMeta`:
-classes, image size, mean/std, temperature), the fitted OOD check (``ood.npz``) and this library's code, so
+classes, image size, mean/std, temperature, the preprocessing and its fitted stain target), the fitted OOD check (``ood.npz``) and this library's code, so
 ``mlflow.pyfunc.load_model`` is all a server needs.
 """
 
@@ -91,8 +91,10 @@ class SmearModel(mlflow.pyfunc.PythonModel):
     @torch.no_grad()
     def forward(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
         """Class probabilities, logits (both temperature-scaled) and penultimate features, and mask probabilities,
-        for a uint8 batch (test-time augmentation gated by :attr:`tta_gate` when it is set)."""
+        for a uint8 batch at the input size, after the model's preprocessing (border crop, stain normalisation; see
+        :mod:`leukolab.models.preprocessing`), with test-time augmentation gated by :attr:`tta_gate` when it is set."""
         self.network.eval()
+        batch = self.meta.preprocessing.apply(batch)
         if self.tta_gate is None or not getattr(self.network, "tta", False) or self.task != "classification":
             return self._outputs(batch)
         plain = self._outputs(batch, tta=False)
@@ -159,7 +161,7 @@ class SmearModel(mlflow.pyfunc.PythonModel):
         explainer, batch = self.explainer, _batch(arrays)
         if classes is None:
             classes = self.forward(batch)["probabilities"].argmax(1).tolist()
-        return list(explainer(normalize(batch, self.meta.mean, self.meta.std), classes))
+        return list(explainer(normalize(self.meta.preprocessing.apply(batch), self.meta.mean, self.meta.std), classes))
 
     def explain_image(self, image_bytes: bytes, class_name: str | None = None) -> np.ndarray:
         """The heatmap of one image's bytes for ``class_name`` (default: the predicted class), as :meth:`explain_prepared`."""

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from leukolab.images import image_array
+from leukolab.models.preprocessing import Preprocessing
 
 
 def load_manifest(dataset_dir: str | Path) -> dict:
@@ -75,6 +76,15 @@ class SmearDataset(Dataset):
 
     def __getitem__(self, index: int):
         return self.images[index], self.labels[index], self.masks[index], self.has_mask[index]
+
+    def preprocessed(self, preprocessing: Preprocessing, chunk: int = 256) -> SmearDataset:
+        """These items with ``preprocessing`` applied to the images (chunk by chunk); itself when it does nothing."""
+        if not preprocessing.active:
+            return self
+        part = copy.copy(self)
+        part.images = torch.cat([preprocessing.apply(self.images[i:i + chunk]) for i in range(0, len(self), chunk)]
+                                or [self.images])
+        return part
 
     def subset(self, indices) -> SmearDataset:
         """The items at ``indices`` (e.g. cross-validation folds), without decoding anything again."""

@@ -20,6 +20,7 @@ Same seed and epoch, same order on a rank. Items are those of
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from leukolab.data.reading.dataset import SmearDataset
 from leukolab.images import image_array
+from leukolab.models.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,14 @@ class SmearStream(IterableDataset):
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, max(1, shuffle_buffer), seed
         self.rank, self.world, self.epoch = 0, 1, 0
         self._labels = self._mask_flags = None
+        self.preprocessing = Preprocessing()
+        """Applied to every image as it is decoded (:meth:`preprocessed`); by default nothing."""
+
+    def preprocessed(self, preprocessing: Preprocessing) -> SmearStream:
+        """This stream with ``preprocessing`` applied to each image it yields, :meth:`head` and :meth:`sample` included."""
+        stream = copy.copy(self)
+        stream.preprocessing = preprocessing
+        return stream
 
     def shard(self, rank: int, world: int) -> SmearStream:
         """This stream as rank ``rank`` of ``world`` sees it."""
@@ -163,7 +173,7 @@ class SmearStream(IterableDataset):
                 break
             frames.append(self._read(piece, piece.rows[:left]).to_pandas())
             left -= len(frames[-1])
-        return SmearDataset(pd.concat(frames, ignore_index=True), with_masks=self.with_masks)
+        return SmearDataset(pd.concat(frames, ignore_index=True), with_masks=self.with_masks).preprocessed(self.preprocessing)
 
     def sample(self, count: int, seed: int) -> SmearDataset:
         """``count`` rows drawn uniformly without replacement (all when the split has fewer), decoded in memory."""
@@ -173,7 +183,7 @@ class SmearStream(IterableDataset):
             inside = chosen[(chosen >= piece.first) & (chosen < piece.first + len(piece.rows))] - piece.first
             if len(inside):
                 frames.append(self._read(piece, piece.rows[inside]).to_pandas())
-        return SmearDataset(pd.concat(frames, ignore_index=True), with_masks=self.with_masks)
+        return SmearDataset(pd.concat(frames, ignore_index=True), with_masks=self.with_masks).preprocessed(self.preprocessing)
 
     def __iter__(self):
         info = get_worker_info()
@@ -205,6 +215,8 @@ class SmearStream(IterableDataset):
     def _item(self, row: tuple):
         image_bytes, label, mask_bytes = row
         image = torch.from_numpy(np.ascontiguousarray(image_array(image_bytes).transpose(2, 0, 1)))
+        if self.preprocessing.active:
+            image = self.preprocessing.apply(image[None])[0]
         has_mask = self.with_masks and mask_bytes is not None
         if has_mask:
             mask = torch.from_numpy(image_array(mask_bytes) > 0).unsqueeze(0).to(torch.uint8)
