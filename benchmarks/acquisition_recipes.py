@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--experiment", default="resnet10t-classifier", help="the real profile's classifier")
     parser.add_argument("--work", default=None, help="folder for the raw and processed data (default: a temporary one)")
+    parser.add_argument("--seed", type=int, default=None, help="the training seed (default: the experiment's)")
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES), metavar="RECIPE",
                         help=f"the recipes to train (default: all): {', '.join(repr(r) for r in RECIPES)}")
     args = parser.parse_args()
@@ -85,7 +86,7 @@ def main() -> None:
     spark.stop()
     class_names = load_manifest(dataset_dir)["classes"]
     print(f"{args.experiment}, {args.images_per_class} images per class in sessions of 10, {args.image_size} px, "
-          f"{args.epochs} epochs; data ready after {time.perf_counter() - started:.0f} s wall; "
+          f"{args.epochs} epochs, training seed {'of the experiment' if args.seed is None else args.seed}; data ready after {time.perf_counter() - started:.0f} s wall; "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     print("| recipe | px | epochs run (grouped / acquisition) | s per epoch here, wall / CPU | preprocessing ms per image "
           "| image-level test acc | image-level test bal. acc [95% CI] | acquisition-aware val bal. acc "
@@ -94,7 +95,7 @@ def main() -> None:
     for name in args.recipes:
         overrides = RECIPES[name]
         experiment = load_experiment(args.experiment, {**overrides, "training": {"epochs": args.epochs},
-                                                       "inference": {"tta": False}})
+                                                       "inference": {"tta": False}, "seed": args.seed})
         grouped = figures(experiment, dataset_dir, "grouped", class_names)
         aware = figures(experiment, dataset_dir, "acquisition", class_names)
         image_level, honest = grouped["test"], aware["test"]
