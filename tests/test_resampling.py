@@ -173,3 +173,36 @@ def test_blocked_folds_withhold_the_embargo_and_pool_every_out_of_fold_predictio
     assert {"accuracy", "balanced_accuracy_ci_low", "balanced_accuracy_ci_high"} <= set(folds["pooled"])
     assert set(resampling_summary({"folds": folds})["resampling"]) == {
         "2 blocked folds, embargo 1 (train+val)", "2 blocked folds, embargo 1, pooled out-of-fold"}
+
+
+@pytest.mark.integration
+def test_a_preprocessed_experiment_publishes_a_model_that_answers_as_it_was_scored(dataset_dir, tmp_path, monkeypatch):
+    """Stain normalisation and a border crop, fitted on train: the logged model, loaded by URI, carries them and gives
+    the test images the probabilities the experiment scored them with; the folds and the acquisition-aware child run
+    train with them too."""
+    import mlflow
+    from scipy.special import softmax
+
+    from leukolab import tracking
+    from leukolab.config.experiment import load_experiment
+    from leukolab.data.reading.dataset import SmearDataset, load_split
+    from leukolab.experiments.run import run_experiment
+    from leukolab.predictor.uri import load_smear_model
+    from leukolab.training.loop import predict
+
+    monkeypatch.setenv("LEUKOLAB_WORKSPACE", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking.configure()
+    experiment = load_experiment("simple-cnn", {"training": {"epochs": 1, "batch_size": 8}, "model": {"width": 8},
+                                                "inference": {"tta": False}, "cv_folds": 2, "acquisition_aware": True,
+                                                "preprocessing": {"stain_normalization": "reinhard", "border_crop": 0.1}})
+    with mlflow.start_run(run_name="simple-cnn"):
+        result = run_experiment(experiment, dataset_dir)
+    model = load_smear_model(result.model_uri)
+    assert model.meta.stain_target is not None and model.meta.preprocessing.border_crop == 0.1
+    assert model.meta.mean != MEAN  # the colour statistics of the preprocessed train split, not the manifest's
+    test = SmearDataset(load_split(dataset_dir, "test"))
+    served = model.forward(test.images)["logits"] * model.meta.temperature
+    scored = predict(result.model, result.test_set.images, model.meta.mean, model.meta.std)["logits"]
+    assert np.allclose(softmax(served, axis=1), softmax(scored, axis=1), atol=1e-5)
+    assert result.resampling["folds"]["pooled"]["images"] == 36 and result.acquisition_aware["available"]

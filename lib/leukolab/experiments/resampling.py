@@ -10,10 +10,10 @@ Two experiment keys, either or both (absent: nothing extra runs):
   its training (:func:`leukolab.data.etl.acquisition_splits.blocked_folds`). Each fold trains on the rest and is scored once
   on itself. The held-out fold chooses nothing: folds train the full schedule without early stopping and keep the
   final weights, and their metrics are uncalibrated (temperature scaling does not change accuracy, macro-F1 or
-  ROC-AUC). Each fold normalises by its training images' own colour mean and std (and fits the experiment's
-  preprocessing on them). Classifiers also get the
-  pooled out-of-fold figure: every pooled image scored by the fold that held it out, with 95% intervals from a
-  cluster bootstrap over duplicate/patient groups (grouped) or acquisition blocks (blocked).
+  ROC-AUC). Each fold fits the experiment's preprocessing on its training images and normalises by their own colour
+  mean and std. Classifiers also get the pooled out-of-fold figure: every pooled image scored by the fold that held
+  it out, with 95% intervals from a cluster bootstrap over duplicate/patient groups (grouped) or acquisition blocks
+  (blocked).
 - ``seeds: [..]`` retrains on the usual train/val split once per seed (early stopping on val as always), scored
   on val and test.
 

@@ -9,8 +9,11 @@ for models that segment; with ``params={"explain": True}``, ``heatmap_png``
 ``out_of_distribution`` for models that carry an out-of-distribution check
 (:mod:`leukolab.ood`; models logged before it carry none and answer without).
 The model's folder holds the weights, a JSON of its metadata (:class:`~leukolab.predictor.meta.ModelMeta`:
-classes, image size, mean/std, temperature, the preprocessing and its fitted stain target), the fitted OOD check (``ood.npz``) and this library's code, so
-``mlflow.pyfunc.load_model`` is all a server needs.
+classes, image size, mean/std, temperature, the preprocessing and its fitted stain target), the fitted OOD check
+(``ood.npz``) and this library's code, so ``mlflow.pyfunc.load_model`` is all a server needs. Every path to the
+network (:meth:`SmearModel.forward`, :meth:`SmearModel.explain_prepared`) applies the model's preprocessing to the
+resized images (:mod:`leukolab.models.preprocessing`), as training applied it to the dataset's; the OOD check's
+colour and size detectors see the images before it.
 """
 
 from __future__ import annotations
