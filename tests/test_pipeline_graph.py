@@ -32,6 +32,9 @@ def test_the_smoke_profile_fans_out_its_experiments():
 def test_a_raw_folder_is_a_dependency_of_the_etl(tmp_path, monkeypatch):
     monkeypatch.setenv("LEUKOLAB_RAW_DIR", str(tmp_path))
     assert plan("real")["etl"].deps == [tmp_path]
+    # the recipe the acquisition-aware val split chose (docs/acquisition.md), for this profile's classifier only
+    overrides = plan("real")["classify-resnet10t-classifier"].parameters["overrides"]
+    assert overrides["preprocessing"] == {"stain_normalization": "reinhard"}
     monkeypatch.delenv("LEUKOLAB_RAW_DIR")
     with pytest.raises(ValueError, match="names an environment variable that is not set"):
         plan("real")

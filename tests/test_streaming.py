@@ -139,3 +139,15 @@ def test_a_sample_draws_distinct_rows_from_every_piece_by_seed(dataset):
     assert drawn == sample(40, seed=3) and drawn != sample(40, seed=4)
     assert max(drawn) > 80 and min(drawn) < 40  # across the files, not the split's head
     assert sorted(sample(500, seed=3)) == train_numbers()  # more than the split holds: all of it
+
+
+def test_a_preprocessed_stream_yields_what_the_preprocessed_split_in_memory_holds(dataset):
+    from leukolab.models.preprocessing import Preprocessing, fit_stain_target
+
+    memory = load_experiment_splits(load_experiment("simple-cnn"), dataset, ("val",), "memory")["val"]
+    preprocessing = Preprocessing(0.1, fit_stain_target(memory.images))
+    stream = SmearStream(dataset, "val").preprocessed(preprocessing)
+    streamed = torch.stack([image for image, *_ in stream])
+    assert torch.equal(streamed, memory.preprocessed(preprocessing).images)
+    assert not torch.equal(streamed, memory.images) and not SmearStream(dataset, "val").preprocessing.active
+    assert torch.equal(stream.head(3).images, streamed[:3])
