@@ -28,7 +28,7 @@ export PYTHONPATH := $(CURDIR)/lib
 help:
 	@echo "make run        set up if needed, then run the pipeline (PROFILE=$(PROFILE))"
 	@echo "make test       the whole test suite (unit, integration, nbval, the docs build)"
-	@echo "make test-long  the long end-to-end suites: SIGKILL and resume in every stage, the review loop's retrain"
+	@echo "make test-long  the long suites: faults (SIGKILL, Ctrl-C, hangs, full disk) and resume, the review loop, a tracking server, a Spark cluster"
 	@echo "make test-stack the compose stack built and brought up with Docker (docs/docker.md)"
 	@echo "make env        build the environment only; .venv links to it (source .venv/bin/activate)"
 	@echo "make docs       the documentation site, built with --strict into runs/site"
@@ -109,7 +109,7 @@ test-unit: env
 # The suites that each run the pipeline again (about 7 minutes on 2 cores), kept out of make test's 30 minutes;
 # .ci/run runs them after make test.
 test-long: env check-tools
-	$(BIN)/python -m pytest -m long tests/test_faults.py tests/test_review_loop.py
+	$(BIN)/python -m pytest -m long tests
 
 test-stack: env stack-tools
 	bash docker/engine.sh

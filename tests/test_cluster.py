@@ -107,6 +107,7 @@ def etl_runs(workspace, cluster):
     return runs
 
 
+@pytest.mark.long
 def test_the_cluster_answers_the_cli(workspace, cluster, capsys):
     assert cli.main(["cluster", "status"]) == 0
     printed = capsys.readouterr().out
@@ -115,6 +116,7 @@ def test_the_cluster_answers_the_cli(workspace, cluster, capsys):
     assert "already running" in capsys.readouterr().err
 
 
+@pytest.mark.long
 def test_the_etl_on_the_cluster_writes_what_local_writes(etl_runs, cluster):
     local, remote = (load_manifest(etl_runs[name]["dataset_dir"]) for name in ("local", "cluster"))
     assert remote["files"] == local["files"] and local["files"]["in"] == 401
@@ -154,16 +156,19 @@ def trained(workspace, cluster, etl_runs):
             "checkpoints": workspace / "checkpoints"}
 
 
+@pytest.mark.long
 def test_the_master_comes_from_the_command_line(trained, cluster):
     assert trained["experiment"].distributed.master == cluster["master_url"]
     assert trained["experiment"].distributed.num_processes == 2
     assert "leukolab-train" in {app["name"] for app in master_status(cluster)["completedapps"]}
 
 
+@pytest.mark.long
 def test_each_rank_trains_its_own_shard_on_the_cluster(trained):
     check_disjoint_rank_shards(trained)
 
 
+@pytest.mark.long
 def test_one_mlflow_run_holds_the_cluster_training(trained):
     client = MlflowClient()
     run = client.get_run(trained["run_id"])

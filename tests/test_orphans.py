@@ -14,7 +14,7 @@ import time
 import psutil
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 LAUNCHER = textwrap.dedent("""
     import sys, threading, time

@@ -155,6 +155,7 @@ def test_only_needs_the_upstream_results_from_an_earlier_run(tiny):
         run(project, run_id="alone", only="report")
 
 
+@pytest.mark.long
 def test_resume_continues_a_failed_run_from_the_failed_task(tiny):
     project, workspace = tiny
     failing = cli(workspace, "run", "--profile", str(project / "profile.yaml"), "--pipeline", str(project / "pipeline.yaml"),
@@ -189,6 +190,7 @@ def test_resume_continues_a_failed_run_from_the_failed_task(tiny):
     assert parent.info.status == "FINISHED" and parent.data.tags["leukolab.stage.report"].startswith("done ")
 
 
+@pytest.mark.long
 def test_ctrl_c_stops_the_running_notebook_and_resume_finishes_the_run(tiny):
     project, workspace = tiny
     command = [sys.executable, "-m", "leukolab.cli", "run", "--profile", str(project / "profile.yaml"), "--pipeline",
@@ -220,6 +222,7 @@ def test_ctrl_c_stops_the_running_notebook_and_resume_finishes_the_run(tiny):
     assert set(statuses(lineage).values()) == {"done"} and lineage["tasks"]["prepare"]["started"] == stopped["tasks"]["prepare"]["started"]
 
 
+@pytest.mark.long
 def test_a_stage_that_hangs_is_stopped_at_its_timeout_and_its_mlflow_run_failed(tiny):
     from mlflow.tracking import MlflowClient
 
@@ -245,6 +248,7 @@ def test_a_stage_that_hangs_is_stopped_at_its_timeout_and_its_mlflow_run_failed(
     assert child.info.status == "FAILED" and "timed out after 20 s" in child.data.tags["leukolab.error"]
 
 
+@pytest.mark.long
 def test_a_kernel_that_dies_is_reported_as_such(tiny):
     from leukolab.pipeline.runner import StageFailed
 
@@ -288,6 +292,7 @@ def test_lineage_records_every_task(tiny):
     assert cli(workspace, "runs", "show", "nope").returncode == 2
 
 
+@pytest.mark.long
 def test_a_full_disk_is_named_and_resume_after_freeing_it_finishes_the_run(tiny, tmpfs, monkeypatch):
     """The worst case: a stage's plain write fills the disk to the last byte, so neither its notebook, nor its
     result, nor the lineage, nor the SQLite store can be written; the run still stops with a message naming the full
@@ -311,6 +316,7 @@ def test_a_full_disk_is_named_and_resume_after_freeing_it_finishes_the_run(tiny,
     assert set(statuses(read_lineage("full")).values()) == {"done"}
 
 
+@pytest.mark.long
 def test_resume_marks_the_mlflow_runs_a_killed_runner_left_open(tiny):
     from mlflow.tracking import MlflowClient
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import _jpeg_bytes, leukolab
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(1500)]
 STAGES = ["etl", "segment", "classify", "evaluate", "publish", "serve"]
 
 
