@@ -201,6 +201,7 @@ def test_a_preprocessed_experiment_publishes_a_model_that_answers_as_it_was_scor
     model = load_smear_model(result.model_uri)
     assert model.meta.stain_target is not None and model.meta.preprocessing.border_crop == 0.1
     assert model.meta.mean != MEAN  # the colour statistics of the preprocessed train split, not the manifest's
+    assert model.meta.arriving_colour == MEAN  # the drift gauge's reference: train as it arrives, unprocessed
     test = SmearDataset(load_split(dataset_dir, "test"))
     served = model.forward(test.images)["logits"] * model.meta.temperature
     scored = predict(result.model, result.test_set.images, model.meta.mean, model.meta.std)["logits"]

@@ -110,7 +110,8 @@ def run_experiment(experiment: Experiment, dataset_dir: str | Path,
     meta = ModelMeta(experiment=experiment, class_names=class_names, image_size=manifest["image_size"],
                      image_rules=ImageRules.from_mapping(manifest.get("parameters", {})), mean=mean, std=std,
                      temperature=temperature, dataset_fingerprint=manifest["fingerprint"],
-                     stain_target=inputs.preprocessing.stain_target)
+                     stain_target=inputs.preprocessing.stain_target,
+                     input_mean=manifest["train_mean"] if inputs.preprocessing.active else None)
     # The published model preprocesses what it is given: its OOD check and input examples take the images unprocessed.
     ood = fit_ood(SmearModel(model, meta), *(_in_memory(raw[name], experiment.seed) for name in ("train", "val")))
     if ood is not None:

@@ -34,6 +34,9 @@ class ModelMeta(BaseModel):
     ``(pixels / 255 - mean) / std``."""
     stain_target: StainTarget | None = None
     """The LAB target fitted on the training split when the experiment normalises stain (models without: None)."""
+    input_mean: list[float] | None = None
+    """Per channel (0..1), the training split's mean colour as images arrive, before :attr:`preprocessing`; None when
+    there is none (it is :attr:`mean`). The served colour-drift gauge compares arriving images with it."""
     temperature: float = 1.0
     """Divides the logits (fitted on val); 1.0 for models that only segment."""
     dataset_fingerprint: str | None = None
@@ -44,6 +47,11 @@ class ModelMeta(BaseModel):
             raise ValueError("stain_target is needed exactly when the experiment's preprocessing.stain_normalization "
                              f"is on (it is {self.experiment.preprocessing.stain_normalization!r})")
         return self
+
+    @property
+    def arriving_colour(self) -> list[float]:
+        """The training split's mean colour as images arrive at the model (before its preprocessing)."""
+        return self.input_mean or self.mean
 
     @property
     def preprocessing(self) -> Preprocessing:

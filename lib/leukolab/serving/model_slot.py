@@ -126,7 +126,7 @@ class ModelSlot:
     def _serve(self, loaded: LoadedModel) -> None:
         self.current, self.load_error = loaded, None
         info, model = loaded.info, loaded.model
-        self.metrics.set_model(info.name, info.version, info.run_id, model.class_names, model.meta.mean)
+        self.metrics.set_model(info.name, info.version, info.run_id, model.class_names, model.meta.arriving_colour)
 
     @staticmethod
     async def _retire(old: LoadedModel) -> None:
