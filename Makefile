@@ -28,7 +28,7 @@ export PYTHONPATH := $(CURDIR)/lib
 help:
 	@echo "make run        set up if needed, then run the pipeline (PROFILE=$(PROFILE))"
 	@echo "make test       the whole test suite (unit, integration, nbval, the docs build)"
-	@echo "make test-long  the long suites: faults (SIGKILL, Ctrl-C, hangs, full disk) and resume, the review loop, a tracking server, a Spark cluster"
+	@echo "make test-long  the long suites: faults (SIGKILL, Ctrl-C, hangs, full disk) and resume, the review loop, a tracking server, a Spark cluster, the session stand-in"
 	@echo "make test-stack the compose stack built and brought up with Docker (docs/docker.md)"
 	@echo "make env        build the environment only; .venv links to it (source .venv/bin/activate)"
 	@echo "make docs       the documentation site, built with --strict into runs/site"

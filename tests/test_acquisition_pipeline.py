@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import leukolab
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 @pytest.fixture(scope="module")
