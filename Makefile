@@ -103,14 +103,14 @@ test: env check-tools docs
 test-unit: env
 	$(BIN)/python -m pytest tests -m "not integration"
 
-# The compose stack for real: a Docker engine (docker/engine.sh: installed and started when missing, as root), the
-# images (docker/build-images.sh: Debian stand-ins for registry base images where no registry answers), then
-# tests/test_compose_up.py brings the stack up, uses it and takes it down. See docs/docker.md.
-# The suites that each run the pipeline again (about 7 minutes on 2 cores), kept out of make test's 30 minutes;
+# The suites that each run the pipeline again (about 35 minutes on 2 cores), kept out of make test's 30 minutes;
 # .ci/run runs them after make test.
 test-long: env check-tools
 	$(BIN)/python -m pytest -m long tests
 
+# The compose stack for real: a Docker engine (docker/engine.sh: installed and started when missing, as root), the
+# images (docker/build-images.sh: Debian stand-ins for registry base images where no registry answers), then
+# tests/test_compose_up.py brings the stack up, uses it and takes it down. See docs/docker.md.
 test-stack: env stack-tools
 	bash docker/engine.sh
 	bash docker/build-images.sh
