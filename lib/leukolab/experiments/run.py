@@ -29,7 +29,7 @@ from leukolab.predictor.smear_model import SmearModel, log_smear_model
 from leukolab.tracking import flatten
 from leukolab.training.calibration import fit_temperature
 from leukolab.training.distributed import fit_distributed
-from leukolab.training.inputs import prepare_inputs
+from leukolab.training.inputs import in_memory, prepare_inputs
 from leukolab.training.loop import FitResult, dataset_outputs, evaluate, fit, predict
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def run_experiment(experiment: Experiment, dataset_dir: str | Path,
                      stain_target=inputs.preprocessing.stain_target,
                      input_mean=manifest["train_mean"] if inputs.preprocessing.active else None)
     # The published model preprocesses what it is given: its OOD check and input examples take the images unprocessed.
-    ood = fit_ood(SmearModel(model, meta), *(_in_memory(raw[name], experiment.seed) for name in ("train", "val")))
+    ood = fit_ood(SmearModel(model, meta), *(in_memory(raw[name], experiment.seed, OOD_FIT_ROWS) for name in ("train", "val")))
     if ood is not None:
         mlflow.log_metrics({"ood_threshold": ood.threshold, "ood_val_images": ood.val_images})
     unprocessed = raw["test"] if isinstance(raw["test"], SmearDataset) else raw["test"].head(2)
@@ -122,11 +122,6 @@ def run_experiment(experiment: Experiment, dataset_dir: str | Path,
     resampling = run_resampling(experiment, dataset_dir)
     return ExperimentResult(experiment, model, result, val_metrics, test_metrics, class_names, manifest,
                             shown, info.model_uri, figures, resampling, run_acquisition_aware(experiment, dataset_dir))
-
-
-def _in_memory(split, seed: int) -> SmearDataset:
-    """``split`` itself when decoded in memory; when streamed, a uniform sample of ``OOD_FIT_ROWS`` of its rows."""
-    return split if isinstance(split, SmearDataset) else split.sample(OOD_FIT_ROWS, seed)
 
 
 def fit_ood(model: SmearModel, train: SmearDataset, val: SmearDataset) -> OodDetector | None:

@@ -73,8 +73,13 @@ def crop_border(images: torch.Tensor, fraction: float) -> torch.Tensor:
 
 def lab_statistics(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation of an H x W x 3 uint8 RGB image in CIELAB (L 0-100, a and b signed)."""
-    lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab).reshape(-1, 3)
+    lab = _lab(image).reshape(-1, 3)
     return lab.mean(0), lab.std(0)
+
+
+def _lab(image: np.ndarray) -> np.ndarray:
+    """An H x W x 3 uint8 RGB image in CIELAB, float32."""
+    return cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
 
 
 def normalize_stain(images: torch.Tensor, target: StainTarget) -> torch.Tensor:
@@ -83,7 +88,7 @@ def normalize_stain(images: torch.Tensor, target: StainTarget) -> torch.Tensor:
     target_mean, target_std = np.asarray(target.mean, np.float32), np.asarray(target.std, np.float32)
     out = np.empty((len(images), *images.shape[2:], 3), np.uint8)
     for i, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
-        lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+        lab = _lab(image)
         flat = lab.reshape(-1, 3)
         mean, std = flat.mean(0), np.maximum(flat.std(0), MIN_STD)
         lab = (lab - mean) * (target_std / std) + target_mean

@@ -35,7 +35,7 @@ def fit_preprocessing(experiment: Experiment, train: SmearDataset | SmearStream)
     spec = experiment.preprocessing
     if spec.stain_normalization == "none":
         return Preprocessing(spec.border_crop)
-    images = _in_memory(train, experiment.seed).images
+    images = in_memory(train, experiment.seed).images
     return Preprocessing(spec.border_crop, fit_stain_target(crop_border(images, spec.border_crop)))
 
 
@@ -46,8 +46,9 @@ def prepare_inputs(experiment: Experiment, splits: dict[str, SmearDataset | Smea
     if not preprocessing.active:
         return Inputs(splits, preprocessing, list(mean), list(std))
     splits = {name: split.preprocessed(preprocessing) for name, split in splits.items()}
-    return Inputs(splits, preprocessing, **colour_statistics(_in_memory(splits["train"], experiment.seed)))
+    return Inputs(splits, preprocessing, **colour_statistics(in_memory(splits["train"], experiment.seed)))
 
 
-def _in_memory(split: SmearDataset | SmearStream, seed: int) -> SmearDataset:
-    return split if isinstance(split, SmearDataset) else split.sample(FIT_ROWS, seed)
+def in_memory(split: SmearDataset | SmearStream, seed: int, rows: int = FIT_ROWS) -> SmearDataset:
+    """``split`` itself when decoded in memory; when streamed, a uniform sample of ``rows`` of its rows."""
+    return split if isinstance(split, SmearDataset) else split.sample(rows, seed)
