@@ -6,7 +6,8 @@ duplicates), then in separate processes, so each peak RSS is that process's own:
 
 1. the ETL driver: ``run_etl`` on Spark ``local[<cores>]`` with near duplicates on (the banded Spark search
    from ``SPARK_FROM`` hashes, see ``leukolab.data.etl.near_duplicates``); wall time and the driver's peak RSS
-   (the Python driver; the JVM's heap is bounded by ``spark.driver.memory``, a setting);
+   (the Python driver, taken before anything imports torch, which the ETL does not; the JVM's heap is bounded by
+   ``spark.driver.memory``, a setting);
 2. a training rank: one epoch of ``simple-cnn`` (``--width``) streaming train from the Parquet
    (``data.loading: streaming``, one DataLoader worker), then the streamed validation; wall time and the
    peak RSS of the rank and of its worker.
@@ -74,7 +75,8 @@ def main() -> None:
     per_smear = {n: (r["etl"]["seconds"] + r["train"]["seconds"]) / n for n, r in rows.items()}
     cpu_per_smear = {n: (r["etl"]["cpu_seconds"] + r["train"]["cpu_seconds"]) / n for n, r in rows.items()}
     print(json.dumps(rows))
-    print(f"driver RSS {large['etl']['rss_mb'] / small['etl']['rss_mb']:.2f}, rank RSS "
+    growth = (large["etl"]["rss_mb"] - small["etl"]["rss_mb"]) * 1024 / (max(rows) - min(rows))
+    print(f"driver RSS {large['etl']['rss_mb'] / small['etl']['rss_mb']:.2f} ({growth:.2f} kB more per smear), rank RSS "
           f"{large['train']['rss_mb'] / small['train']['rss_mb']:.2f}, ETL time per smear "
           f"{large['etl']['seconds'] / max(rows) / (small['etl']['seconds'] / min(rows)):.2f}, epoch time per smear "
           f"{large['train']['seconds'] / max(rows) / (small['train']['seconds'] / min(rows)):.2f}; CPU time per smear "
@@ -108,7 +110,6 @@ def run_etl_phase(raw: str, out: str, size: str, cores: str) -> dict:
 
     from leukolab.data.etl.job import run_etl
     from leukolab.data.etl.params import EtlParams
-    from leukolab.data.reading.dataset import load_manifest
     from leukolab.data.spark import spark_session
 
     shutil.rmtree(out, ignore_errors=True)
@@ -118,7 +119,7 @@ def run_etl_phase(raw: str, out: str, size: str, cores: str) -> dict:
     seconds = time.perf_counter() - started
     cpu = cpu_seconds() - cpu_before  # the driver, the JVM and its Python workers
     spark.stop()
-    manifest = load_manifest(dataset)
+    manifest = json.loads((dataset / "manifest.json").read_text())  # not load_manifest: its module imports torch
     return {"dataset": str(dataset), "seconds": seconds, "cpu_seconds": cpu, "rss_mb": peak_mb(), "images": sum(
         sum(c.values()) for c in manifest["counts"].values()), "near_pairs": len(manifest["near_duplicate_pairs"]),
         "duplicate_groups": len(manifest["duplicate_groups"])}

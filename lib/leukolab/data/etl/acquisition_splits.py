@@ -95,23 +95,22 @@ def blocked_splits(rows: pd.DataFrame, keys: pd.Series, fractions: dict[str, flo
     if sum(runs.values()) >= blocks:
         raise ValueError(f"{blocks} acquisition blocks leave none for train after {runs}; use more blocks")
     rng = np.random.default_rng(_stable_seed(seed, "acquisition"))
-    result = pd.DataFrame(index=rows.index, columns=["acquisition_split", "acquisition_block", "acquisition_rank"])
-    result["acquisition_split"] = "train"
+    split, block, rank = np.full(len(rows), "train", dtype=object), np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64)
+    order = pd.DataFrame({"key": keys.to_numpy(), "source_path": rows["source_path"].to_numpy(),
+                          "class_name": rows["class_name"].to_numpy()})  # only the columns the order needs
     next_block = 0
-    for _, members in rows.assign(key=keys).groupby("class_name", sort=True):
-        ordered = members.sort_values(["key", "source_path"]).index
+    for _, members in order.groupby("class_name", sort=True):
+        ordered = members.sort_values(["key", "source_path"]).index.to_numpy()  # positions in rows
         n = len(ordered)
         block_of = np.minimum(np.arange(n) * blocks // max(n, 1), blocks - 1)
-        split_of_block = _place_runs(rng, runs, blocks)
-        split = split_of_block[block_of]
-        distance = _distance_to(split != "train")
-        split[(split == "train") & (distance <= _affordable_embargo(distance[split == "train"], embargo))] = EMBARGO
-        result.loc[ordered, "acquisition_split"] = split
-        result.loc[ordered, "acquisition_block"] = block_of + next_block
-        result.loc[ordered, "acquisition_rank"] = np.arange(n)
+        placed = _place_runs(rng, runs, blocks)[block_of]
+        distance = _distance_to(placed != "train")
+        placed[(placed == "train") & (distance <= _affordable_embargo(distance[placed == "train"], embargo))] = EMBARGO
+        split[ordered], block[ordered], rank[ordered] = placed, block_of + next_block, np.arange(n)
         next_block += blocks
+    result = pd.DataFrame({"acquisition_split": split, "acquisition_block": block, "acquisition_rank": rank}, index=rows.index)
     _keep_groups_whole(result, rows["group"])
-    return result.astype({"acquisition_block": "int64", "acquisition_rank": "int64"})
+    return result
 
 
 def _place_runs(rng: np.random.Generator, runs: dict[str, int], blocks: int) -> np.ndarray:
@@ -204,7 +203,8 @@ def acquisition_columns(table: pd.DataFrame, fractions: dict[str, float], params
     if keys is None:
         return pd.DataFrame({"acquisition_split": None, "acquisition_block": pd.NA, "acquisition_rank": pd.NA},
                             index=table.index).astype({"acquisition_block": "Int64", "acquisition_rank": "Int64"})
-    return blocked_splits(table.assign(group=table["group_id"]), keys, fractions, params.acquisition_blocks,
+    rows = pd.DataFrame({"source_path": table["source_path"], "class_name": table["class_name"], "group": table["group_id"]})
+    return blocked_splits(rows, keys, fractions, params.acquisition_blocks,
                           params.acquisition_embargo, params.seed)
 
 

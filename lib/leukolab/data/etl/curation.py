@@ -15,7 +15,7 @@ from leukolab.data.etl.acquisition_splits import acquisition_columns, acquisitio
 from leukolab.data.etl.leakage import leakage_report
 from leukolab.data.etl.masks import audit_masks, masks_manifest
 from leukolab.data.etl.params import EtlParams
-from leukolab.data.etl.schema import SCHEMA_VERSION
+from leukolab.data.etl.schema import PIXEL_SUMS, SCHEMA_VERSION
 from leukolab.data.etl.splits import assign_splits, group_rows, near_duplicate_pairs, split_fractions
 
 
@@ -33,24 +33,18 @@ def curate(meta: pd.DataFrame, params: EtlParams, near_search=near_duplicate_pai
     """Pair masks, quarantine, group duplicates and patients, and split; ``near_search(phashes, distance)`` finds
     the near-duplicate pairs (:func:`leukolab.data.etl.near_duplicates.find_near_duplicates` on a Spark session)."""
     ok = meta["status"] == "ok"
-    originals = meta[ok & (meta["role"] == "original")].copy()
+    kept = [column for column in meta.columns if column not in ("role", "status", "reason", "message")]
+    originals = meta.loc[ok & (meta["role"] == "original"), kept]  # a copy, without what is the same on every row
     masks = meta[ok & (meta["role"] == "mask")]
     mask_by_key = dict(zip(zip(masks["class_name"], masks["stem"]), masks["source_path"]))
     originals["mask_path"] = [mask_by_key.get(key) for key in zip(originals["class_name"], originals["stem"])]
-    used_masks = set(originals["mask_path"].dropna())
     originals = csv_labels.apply_label_map(originals, params.label_map)  # masks paired by the layout's classes
 
     quarantine = [
         {"source_path": r.source_path, "reason": r.reason, "message": r.message}
         for r in meta[meta["status"] == "quarantined"].itertuples()
     ]
-    any_original = set(zip(meta.loc[meta["role"] == "original", "class_name"], meta.loc[meta["role"] == "original", "stem"]))
-    quarantine += [
-        {"source_path": r.source_path, "reason": "mask_without_original",
-         "message": "its original was quarantined" if (r.class_name, r.stem) in any_original
-         else "no original image has this mask's class and stem"}
-        for r in masks.itertuples() if r.source_path not in used_masks
-    ]
+    quarantine += _unpaired_masks(meta, masks, set(originals["mask_path"].dropna()))
     if params.require_masks:
         missing = originals["mask_path"].isna()
         quarantine += [
@@ -69,12 +63,14 @@ def curate(meta: pd.DataFrame, params: EtlParams, near_search=near_duplicate_pai
     originals = audit_masks(originals[~conflicting].sort_values("source_path").reset_index(drop=True), masks, params)
 
     near = [] if not params.near_duplicates else near_search(list(originals["phash"]), params.near_duplicate_distance)
-    duplicate_group = group_rows(originals.assign(patient_id=None), near)
+    duplicate_group = group_rows(originals[["source_path", "content_hash"]].assign(patient_id=None), near)
     originals["group_id"] = group_rows(originals, near)  # duplicates and patients together
     fractions = split_fractions(params.train_fraction, params.val_fraction, params.test_fraction,
                                 params.holdouts, params.holdout_fraction)
-    originals["split"] = assign_splits(originals.assign(group=originals["group_id"]), fractions, params.seed)
-    originals = originals.join(acquisition_columns(originals, fractions, params))
+    groups = pd.DataFrame({"class_name": originals["class_name"], "group": originals["group_id"]})
+    originals["split"] = assign_splits(groups, fractions, params.seed)
+    for column, values in acquisition_columns(originals, fractions, params).items():
+        originals[column] = values
     classes = params.classes or sorted(originals["class_name"].unique())
     originals["label"] = originals["class_name"].map({name: i for i, name in enumerate(classes)})
     paths, hashes = originals["source_path"], originals["content_hash"]
@@ -84,6 +80,18 @@ def curate(meta: pd.DataFrame, params: EtlParams, near_search=near_duplicate_pai
     )
     quarantine.sort(key=lambda q: q["source_path"])
     return originals, quarantine, duplicates
+
+
+def _unpaired_masks(meta: pd.DataFrame, masks: pd.DataFrame, used: set[str]) -> list[dict]:
+    """Quarantine entries of the usable masks that no original took (``used``: the paired masks' paths)."""
+    unpaired = masks[~masks["source_path"].isin(used)]
+    if unpaired.empty:
+        return []
+    originals = meta[meta["role"] == "original"]
+    any_original = set(zip(originals["class_name"], originals["stem"]))
+    return [{"source_path": r.source_path, "reason": "mask_without_original",
+             "message": "its original was quarantined" if (r.class_name, r.stem) in any_original
+             else "no original image has this mask's class and stem"} for r in unpaired.itertuples()]
 
 
 def fingerprint(meta: pd.DataFrame, params: EtlParams, layout: str) -> str:
@@ -100,8 +108,8 @@ def build_manifest(name, raw_dir, layout, params, fingerprint, meta, table, quar
     classes = params.classes or sorted(table["class_name"].unique())
     train = table[table["split"] == "train"]
     pixels = params.image_size**2 * max(len(train), 1)
-    sums = np.sum(np.stack(train["pixel_sum"]), 0) if len(train) else np.zeros(3)
-    squares = np.sum(np.stack(train["pixel_sq_sum"]), 0) if len(train) else np.zeros(3)
+    sums = np.sum(np.ascontiguousarray(train[list(PIXEL_SUMS[:3])]), 0) if len(train) else np.zeros(3)
+    squares = np.sum(np.ascontiguousarray(train[list(PIXEL_SUMS[3:])]), 0) if len(train) else np.zeros(3)
     mean = sums / pixels
     std = np.sqrt(np.maximum(squares / pixels - mean**2, 1e-12))
     counts = table.groupby(["split", "class_name"]).size()

@@ -42,11 +42,12 @@ from leukolab.data.etl import labels as csv_labels
 from leukolab.data.etl.curation import build_manifest, curate, fingerprint
 from leukolab.data.etl.extra_sources import add_extra_rows, resolve_extra_sources
 from leukolab.data.etl.masks import derive_mask, nucleus_estimate, pack_bitmap
+from leukolab.data.etl.memory import return_freed_memory
 from leukolab.data.etl.near_duplicates import find_near_duplicates
 from leukolab.data.etl.params import EtlParams
 from leukolab.data.etl.parquet import write_dataset
 from leukolab.data.etl.raw_files import walk_files
-from leukolab.data.etl.schema import META_SCHEMA, PROCESSED_COLUMNS
+from leukolab.data.etl.schema import META_SCHEMA, PIXEL_SUMS, PROCESSED_COLUMNS
 from leukolab.data.etl.sources import Layout, detect_layout
 from leukolab.images import ImageRejected, decode_image, encode_png, resize_square
 
@@ -88,7 +89,7 @@ def process_file(relative_path: str, content: bytes, layout: Layout, params: Etl
         row["bitmap"] = pack_bitmap(nucleus_estimate(resized, params.mask_min_component))
     row["phash"] = perceptual_hash(resized)
     counts = np.asarray(resized.histogram(), dtype=np.float64).reshape(3, 256)  # exact, and far faster than numpy sums
-    row["pixel_sum"], row["pixel_sq_sum"] = (counts @ _VALUES).tolist(), (counts @ _VALUES**2).tolist()
+    row.update(zip(PIXEL_SUMS, [*(counts @ _VALUES).tolist(), *(counts @ _VALUES**2).tolist()]))
     return row
 
 
@@ -169,6 +170,7 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
                                        extra.prefix) for extra in extras]
         processed_at = time.perf_counter()
         table, quarantine, duplicates = curate(meta, params, partial(find_near_duplicates, spark=spark))
+        return_freed_memory()
         csv_labels.require_two_classes(table["class_name"], layout, params.layout is None, on_disk, params.label_map)
         if extras:
             table, quarantine, extra_entries = add_extra_rows(table, quarantine, extra_metas, extras, params)
@@ -213,12 +215,15 @@ def _first_pass(spark, root: Path, on_disk: list[str], layout: Layout, params: E
     files = files.filter(~relative.rlike(r"(^|/)\.")).select("path", "content")  # hidden files are not data
     processed = files.mapInPandas(
         _process_batches(root_uri, layout, params, str(parts_dir), mask_keys(layout, on_disk), prefix), META_SCHEMA)
-    return _add_unread_files(processed.toPandas(), root, on_disk, prefix)
+    # Through Arrow, each column freed as it is converted: a peak about 30 MB lower at 100,000 smears than
+    # toPandas's, which holds the batches, the table and the converted columns at once.
+    meta = processed.toArrow().to_pandas(self_destruct=True, split_blocks=True, use_threads=False)
+    return_freed_memory()
+    return _add_unread_files(meta, root, on_disk, prefix)
 
 
 def _session_settings(raw_dir: Path, on_disk: list[str], partitions: int) -> dict[str, str]:
-    """Spark SQL settings for one run: the input cut into about ``partitions`` parts of equal bytes, and Arrow
-    for the driver's small tables.
+    """Spark SQL settings for one run: the input cut into about ``partitions`` parts of equal bytes.
 
     Spark's defaults count 4 MB of "open cost" per file, which turns 2,000
     small JPEGs into ~60 tasks whose fixed cost (a Python round trip each)
@@ -227,8 +232,7 @@ def _session_settings(raw_dir: Path, on_disk: list[str], partitions: int) -> dic
     open_cost = 8 * 1024
     total = sum((raw_dir / path).stat().st_size + open_cost for path in on_disk)
     per_partition = min(_MAX_PARTITION_BYTES, max(open_cost, math.ceil(total / max(partitions, 1))))
-    return {"spark.sql.files.openCostInBytes": str(open_cost), "spark.sql.files.maxPartitionBytes": str(per_partition),
-            "spark.sql.execution.arrow.pyspark.enabled": "true"}
+    return {"spark.sql.files.openCostInBytes": str(open_cost), "spark.sql.files.maxPartitionBytes": str(per_partition)}
 
 
 @contextlib.contextmanager

@@ -147,17 +147,15 @@ def audit_mask(fraction: float, mask_bitmap: str, estimate_bitmap: str | None, p
 def audit_masks(originals: pd.DataFrame, masks: pd.DataFrame, params) -> pd.DataFrame:
     """``originals`` (with ``mask_path``) plus ``mask_status``, ``mask_reason``, ``mask_message``, ``mask_fraction`` and
     ``mask_raw_fraction`` (null where an image has no mask file)."""
-    by_path = masks.set_index("source_path")
-    rows = []
-    for original in originals.itertuples():
-        if not isinstance(original.mask_path, str):
-            rows.append((None, None, None, np.nan, np.nan))
-            continue
-        mask = by_path.loc[original.mask_path]
-        status, reason, message = audit_mask(mask["mask_fraction"], mask["bitmap"], original.bitmap, params)
-        rows.append((status, reason, message, mask["mask_fraction"], mask["mask_raw_fraction"]))
-    audited = pd.DataFrame(rows, index=originals.index,
-                           columns=["mask_status", "mask_reason", "mask_message", "mask_fraction", "mask_raw_fraction"])
+    audited = pd.DataFrame({"mask_status": None, "mask_reason": None, "mask_message": None, "mask_fraction": np.nan,
+                            "mask_raw_fraction": np.nan}, index=originals.index)
+    with_file = originals["mask_path"].notna()
+    if with_file.any():
+        mask = masks.set_index("source_path").loc[originals.loc[with_file, "mask_path"]]
+        audited.loc[with_file, ["mask_status", "mask_reason", "mask_message"]] = [
+            audit_mask(fraction, bitmap, original_bitmap, params) for fraction, bitmap, original_bitmap
+            in zip(mask["mask_fraction"], mask["bitmap"], originals.loc[with_file, "bitmap"])]
+        audited.loc[with_file, ["mask_fraction", "mask_raw_fraction"]] = mask[["mask_fraction", "mask_raw_fraction"]].to_numpy()
     _flag_low_coverage(audited, params.mask_min_relative)
     return originals.drop(columns=list(audited.columns), errors="ignore").join(audited)
 

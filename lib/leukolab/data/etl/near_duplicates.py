@@ -21,7 +21,7 @@ import logging
 import math
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 
 from leukolab.data.etl.splits import near_duplicate_pairs
 
@@ -58,7 +58,8 @@ def spark_near_duplicate_pairs(spark, phashes: list[str], max_distance: int,
         return []
     bands, radius = band_plan(len(phashes), max_distance, bands)
     signed = np.array([int(h, 16) for h in phashes], dtype=np.uint64).view(np.int64)
-    hashes = spark.createDataFrame(pd.DataFrame({"id": np.arange(len(signed), dtype=np.int64), "hash": signed}))
+    # From Arrow: a pandas frame without Spark's Arrow setting would become a Python row per hash on the driver.
+    hashes = spark.createDataFrame(pa.table({"id": np.arange(len(signed), dtype=np.int64), "hash": signed}))
     index_rows, probe_rows = [], []
     for band, (offset, width) in enumerate(bands):
         key = F.shiftrightunsigned("hash", offset).bitwiseAND(F.lit(_signed((1 << width) - 1)))

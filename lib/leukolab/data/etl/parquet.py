@@ -11,9 +11,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from leukolab.data.etl.memory import return_freed_arrow_memory
 from leukolab.data.etl.schema import DATASET_COLUMNS, DATASET_SCHEMA
 
 _MAX_FILE_BYTES = 256 * 1024 * 1024  # images per dataset Parquet file (and held by one second-pass task)
+_CURATED_CHUNK = 8192  # curated rows converted to Arrow at once
 ROW_GROUP_ROWS = 512
 """Rows per Parquet row group: the unit a training stream reads and shards (leukolab.data.reading.streaming), a few
 MB."""
@@ -23,22 +25,43 @@ def write_dataset(spark, meta: pd.DataFrame, table: pd.DataFrame, data_dir: Path
     """The second pass: Spark tasks read the first pass's part files, add the curated columns and write ``data_dir``.
 
     Part files are packed into output files of about equal bytes: ``tasks``
-    of them, or more where that keeps each under ``_MAX_FILE_BYTES``. Each
-    task gets only the metadata of its own rows.
+    of them, or more where that keeps each under ``_MAX_FILE_BYTES``. The
+    curated rows go to one Parquet file beside ``data_dir``, from which each
+    task reads only its own rows (rather than the driver pickling them all into the tasks).
     """
-    part_of = dict(zip(meta["source_path"], meta["part"]))
-    used = table["mask_path"].where(table["mask_status"] == "ok")  # implausible masks stay out of the dataset
-    rows = table.assign(mask_path=used, mask_part=used.map(part_of), original_width=table["width"].astype("int32"),
-                        original_height=table["height"].astype("int32"))
-    rows = rows[["part", "mask_part", "mask_path", *(c for c in DATASET_COLUMNS if c not in ("image", "mask"))]]
+    masks = meta[meta["role"] == "mask"]
+    part_of = dict(zip(masks["source_path"], masks["part"]))
+    curated = data_dir.parent / f".curated-{uuid.uuid4().hex}.parquet"
+    with pq.ParquetWriter(curated, _curated_schema()) as writer:
+        for start in range(0, len(table), _CURATED_CHUNK):  # by chunks: Arrow's copy of the whole table costs ~60 MB at 100k
+            writer.write_table(_curated_rows(table.iloc[start:start + _CURATED_CHUNK], part_of))
+            return_freed_arrow_memory()
     data_dir.mkdir()
     sizes = table.groupby("part")["png_bytes"].sum()
     files = max(tasks, math.ceil(sizes.sum() / _MAX_FILE_BYTES))
-    jobs = [(index, str(data_dir), rows[rows["part"].isin(parts)].to_dict("list"))
-            for index, parts in enumerate(_pack(sizes, files))]
-    written = spark.sparkContext.parallelize(jobs, max(len(jobs), 1)).map(_write_dataset_part).sum()
+    jobs = [(index, str(data_dir), str(curated), parts) for index, parts in enumerate(_pack(sizes, files))]
+    try:
+        written = spark.sparkContext.parallelize(jobs, max(len(jobs), 1)).map(_write_dataset_part).sum()
+    finally:
+        curated.unlink()
     if written != len(table):
         raise AssertionError(f"the dataset has {written} rows, the curated table {len(table)}")
+
+
+def _curated_rows(table: pd.DataFrame, part_of: dict[str, str]) -> pa.Table:
+    """Curated rows as the curated rows' file holds them (``part_of``: each mask file's part file); masks found
+    implausible are left out."""
+    used = table["mask_path"].where(table["mask_status"] == "ok")
+    rows = table.assign(mask_path=used, mask_part=used.map(part_of), original_width=table["width"].astype("int32"),
+                        original_height=table["height"].astype("int32"))
+    schema = _curated_schema()
+    return pa.Table.from_pandas(rows[schema.names], schema, preserve_index=False)
+
+
+def _curated_schema() -> pa.Schema:
+    """The curated rows' file: where each row's image and mask are, then the dataset's columns but the pixels."""
+    located = [pa.field(name, pa.string()) for name in ("part", "mask_part", "mask_path")]
+    return pa.schema(located + [field for field in DATASET_SCHEMA if field.name not in ("image", "mask")])
 
 
 def _pack(sizes: pd.Series, bins: int) -> list[list[str]]:
@@ -56,12 +79,12 @@ def _write_dataset_part(job) -> int:
 
     The pixels stay in Arrow buffers: read, gathered with ``take``, written.
     """
-    index, data_dir, rows = job
-    rows = pd.DataFrame(rows).sort_values("source_path", ignore_index=True)
-    columns = {name: pa.array(rows[name], DATASET_SCHEMA.field(name).type, from_pandas=True)
-               for name in DATASET_COLUMNS if name not in ("image", "mask")}
-    columns["image"] = _gather_pixels(rows["part"], rows["source_path"])
-    columns["mask"] = _gather_pixels(rows["mask_part"], rows["mask_path"])
+    index, data_dir, curated, parts = job
+    rows = pq.read_table(curated, filters=[("part", "in", parts)]).sort_by("source_path")
+    located = rows.select(["part", "source_path", "mask_part", "mask_path"]).to_pandas()
+    columns = {name: rows.column(name) for name in DATASET_COLUMNS if name not in ("image", "mask")}
+    columns["image"] = _gather_pixels(located["part"], located["source_path"])
+    columns["mask"] = _gather_pixels(located["mask_part"], located["mask_path"])
     table = pa.table([columns[name] for name in DATASET_COLUMNS], schema=DATASET_SCHEMA)
     # PNG bytes do not compress further and every blob is unique: no codec, and dictionaries only for the small columns.
     path, partial = f"{data_dir}/part-{index:05d}.parquet", f"{data_dir}/.part-{index:05d}-{uuid.uuid4().hex}"
