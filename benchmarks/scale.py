@@ -120,6 +120,8 @@ def run_etl_phase(raw: str, out: str, size: str, cores: str) -> dict:
     cpu = cpu_seconds() - cpu_before  # the driver, the JVM and its Python workers
     spark.stop()
     manifest = json.loads((dataset / "manifest.json").read_text())  # not load_manifest: its module imports torch
+    if "torch" in sys.modules:
+        raise SystemExit("the ETL phase imported torch: its peak RSS would not be the ETL driver's own")
     return {"dataset": str(dataset), "seconds": seconds, "cpu_seconds": cpu, "rss_mb": peak_mb(), "images": sum(
         sum(c.values()) for c in manifest["counts"].values()), "near_pairs": len(manifest["near_duplicate_pairs"]),
         "duplicate_groups": len(manifest["duplicate_groups"])}
