@@ -61,12 +61,12 @@ def group_rows(rows: pd.DataFrame, near_pairs: list[tuple[int, int, int]] = ()) 
     count = len(rows)
     hashes = pd.factorize(rows["content_hash"])[0]  # -1 where missing
     patients = pd.factorize(rows["patient_id"])[0]
+    hash_node, patient_node = count, count + hashes.max(initial=-1) + 1  # the first node of each kind
+    nodes = patient_node + patients.max(initial=-1) + 1
     near = np.asarray([pair[:2] for pair in near_pairs], dtype=np.int64).reshape(-1, 2)
-    has_hash, has_patient = hashes >= 0, patients >= 0
-    rows_of = np.arange(count)
-    sources = np.concatenate([rows_of[has_hash], rows_of[has_patient], near[:, 0]])
-    targets = np.concatenate([count + hashes[has_hash], count + hashes.max(initial=-1) + 1 + patients[has_patient], near[:, 1]])
-    nodes = count + hashes.max(initial=-1) + 1 + patients.max(initial=-1) + 1
+    row = np.arange(count)
+    sources = np.concatenate([row[hashes >= 0], row[patients >= 0], near[:, 0]])
+    targets = np.concatenate([hash_node + hashes[hashes >= 0], patient_node + patients[patients >= 0], near[:, 1]])
     graph = sparse.coo_matrix((np.ones(len(sources), np.int8), (sources, targets)), shape=(nodes, nodes))
     component = csgraph.connected_components(graph, directed=False)[1][:count]
     first_path = pd.Series(rows["source_path"].to_numpy()).groupby(component).min()
