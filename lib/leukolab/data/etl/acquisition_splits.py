@@ -31,8 +31,13 @@ _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
 
 def name_keys(source_paths: pd.Series) -> pd.Series:
     """The last number in each file's name (without its extension), as a float; NaN where the name has none."""
-    stems = source_paths.map(lambda path: path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
-    return stems.map(lambda stem: float(m.group(1)) if (m := _LAST_NUMBER.search(stem)) else np.nan)
+    return source_paths.map(_last_number)
+
+
+def _last_number(path: str) -> float:
+    """The last number in the file name of ``path`` (without its extension); NaN where it has none."""
+    found = _LAST_NUMBER.search(path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+    return float(found.group(1)) if found else np.nan
 
 
 def acquisition_keys(rows: pd.DataFrame, column: str | None = None) -> tuple[pd.Series | None, str]:

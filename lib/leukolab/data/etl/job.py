@@ -42,7 +42,7 @@ from leukolab.data.etl import labels as csv_labels
 from leukolab.data.etl.curation import build_manifest, curate, fingerprint
 from leukolab.data.etl.extra_sources import add_extra_rows, resolve_extra_sources
 from leukolab.data.etl.masks import derive_mask, nucleus_estimate, pack_bitmap
-from leukolab.data.etl.memory import return_freed_memory
+from leukolab.data.etl.memory import large_allocations_returned, return_freed_memory
 from leukolab.data.etl.near_duplicates import find_near_duplicates
 from leukolab.data.etl.params import EtlParams
 from leukolab.data.etl.parquet import write_dataset
@@ -134,6 +134,7 @@ def _process_batches(root_uri: str, layout: Layout, params: EtlParams, parts_dir
     return run
 
 
+@large_allocations_returned()
 def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlParams, dataset_name: str | None = None,
             *, tasks_per_core: int = 3, extra_sources: list[str] | None = None) -> Path:
     """Run the ETL; return the dataset folder ``<output_root>/<dataset>/<fingerprint>/``.
@@ -168,10 +169,13 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
                 meta["acquisition_key"] = meta["source_path"].map(located.labels.acquisition_keys)
             extra_metas = [_first_pass(spark, extra.root, extra.files, extra.layout, extra.params, staging / "processed",
                                        extra.prefix) for extra in extras]
+        del on_disk  # meta lists every file now (9 MB of paths at 100,000 smears)
         processed_at = time.perf_counter()
         table, quarantine, duplicates = curate(meta, params, partial(find_near_duplicates, spark=spark))
+        meta = meta[["source_path", "role", "status", "content_hash", "part"]]  # what the later steps read
         return_freed_memory()
-        csv_labels.require_two_classes(table["class_name"], layout, params.layout is None, on_disk, params.label_map)
+        csv_labels.require_two_classes(table["class_name"], layout, params.layout is None, meta["source_path"],
+                                       params.label_map)
         if extras:
             table, quarantine, extra_entries = add_extra_rows(table, quarantine, extra_metas, extras, params)
             meta = pd.concat([meta, *extra_metas], ignore_index=True)

@@ -15,6 +15,7 @@ gives each image its acquisition key (:func:`leukolab.data.etl.acquisition_split
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -278,7 +279,7 @@ def label_entries(labels: CsvLabels | None, table: pd.DataFrame, label_map: dict
     return entries
 
 
-def require_two_classes(class_names, layout: str, detected: bool, files: list[str],
+def require_two_classes(class_names, layout: str, detected: bool, files: Iterable[str],
                         label_map: dict[str, str] | None = None) -> None:
     """Refuse a classification dataset that has fewer than two classes after curation, saying what to try."""
     found = sorted(set(class_names))

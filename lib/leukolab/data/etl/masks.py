@@ -145,8 +145,8 @@ def audit_mask(fraction: float, mask_bitmap: str, estimate_bitmap: str | None, p
 
 
 def audit_masks(originals: pd.DataFrame, masks: pd.DataFrame, params) -> pd.DataFrame:
-    """``originals`` (with ``mask_path``) plus ``mask_status``, ``mask_reason``, ``mask_message``, ``mask_fraction`` and
-    ``mask_raw_fraction`` (null where an image has no mask file)."""
+    """The audit's columns for ``originals`` (with ``mask_path``), on its index: ``mask_status``, ``mask_reason``,
+    ``mask_message``, ``mask_fraction`` and ``mask_raw_fraction`` (null where an image has no mask file)."""
     audited = pd.DataFrame({"mask_status": None, "mask_reason": None, "mask_message": None, "mask_fraction": np.nan,
                             "mask_raw_fraction": np.nan}, index=originals.index)
     with_file = originals["mask_path"].notna()
@@ -157,7 +157,7 @@ def audit_masks(originals: pd.DataFrame, masks: pd.DataFrame, params) -> pd.Data
             in zip(mask["mask_fraction"], mask["bitmap"], originals.loc[with_file, "bitmap"])]
         audited.loc[with_file, ["mask_fraction", "mask_raw_fraction"]] = mask[["mask_fraction", "mask_raw_fraction"]].to_numpy()
     _flag_low_coverage(audited, params.mask_min_relative)
-    return originals.drop(columns=list(audited.columns), errors="ignore").join(audited)
+    return audited
 
 
 def _flag_low_coverage(audited: pd.DataFrame, min_relative: float) -> None:
