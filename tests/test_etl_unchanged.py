@@ -142,8 +142,11 @@ def test_per_file_rows_manifest_and_dataset_rows_match_the_reference_code(raw, m
     without_mask = (new["role"] == "original") & new["bitmap"].isna() & old["bitmap"].notna()
     assert set(new.loc[without_mask, "source_path"]) == {"Original/Benign/Benign_0001.jpg", "Original/Pre/Pre_0001.jpg",
                                                          "Original/Early/Early_0000.jpg", "Original/Pro/grey.png"}
-    assert new.drop(columns="bitmap").equals(old.drop(columns="bitmap"))
+    unpaired = (new["role"] == "original") & new["stem"].isna()  # no mask shares its stem: no stem, no estimate
+    assert (without_mask <= unpaired).all() and new.loc[unpaired, "bitmap"].isna().all()
+    assert new.drop(columns=["bitmap", "stem"]).equals(old.drop(columns=["bitmap", "stem"]))
     assert new["bitmap"][~without_mask].equals(old["bitmap"][~without_mask])
+    assert new["stem"][~unpaired].equals(old["stem"][~unpaired])
     masks = old[(old["role"] == "mask") & (old["status"] == "ok")]
     assert masks["source_path"].str.endswith(".png").sum() == 4 and masks["mask_fraction"].min() < 0.005  # exact, failed
 

@@ -101,11 +101,15 @@ def blocked_splits(rows: pd.DataFrame, keys: pd.Series, fractions: dict[str, flo
         raise ValueError(f"{blocks} acquisition blocks leave none for train after {runs}; use more blocks")
     rng = np.random.default_rng(_stable_seed(seed, "acquisition"))
     split, block, rank = np.full(len(rows), "train", dtype=object), np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64)
-    order = pd.DataFrame({"key": keys.to_numpy(), "source_path": rows["source_path"].to_numpy(),
-                          "class_name": rows["class_name"].to_numpy()})  # only the columns the order needs
+    # Each class in key order, ties by source_path: numpy sorts of positions (a pandas sort of the key and path
+    # columns per class copied them).
+    key, classes = keys.to_numpy(dtype=float), pd.Categorical(rows["class_name"])
+    path_rank = np.empty(len(rows), np.int64)
+    path_rank[np.argsort(rows["source_path"].to_numpy(), kind="stable")] = np.arange(len(rows))
     next_block = 0
-    for _, members in order.groupby("class_name", sort=True):
-        ordered = members.sort_values(["key", "source_path"]).index.to_numpy()  # positions in rows
+    for code in range(len(classes.categories)):
+        members = np.flatnonzero(classes.codes == code)
+        ordered = members[np.lexsort((path_rank[members], key[members]))]  # positions in rows
         n = len(ordered)
         block_of = np.minimum(np.arange(n) * blocks // max(n, 1), blocks - 1)
         placed = _place_runs(rng, runs, blocks)[block_of]
@@ -224,9 +228,9 @@ def acquisition_manifest(table: pd.DataFrame, classes: list[str], params) -> dic
     split = table["acquisition_split"]
     counts = table.groupby(["acquisition_split", "class_name"]).size()
     in_train = set(table.loc[split == "train", "group_id"])
-    evaluated = table[~split.isin(["train", EMBARGO])]
+    evaluated = table.loc[~split.isin(["train", EMBARGO]), "group_id"]
     return {
         "available": True, "key": source, "blocks": params.acquisition_blocks, "embargo": params.acquisition_embargo,
         "counts": {name: {c: int(counts.get((name, c), 0)) for c in classes} for name in sorted(split.unique())},
-        "straddling_images": int(evaluated["group_id"].isin(in_train).sum()),
+        "straddling_images": int(evaluated.isin(in_train).sum()),
     }

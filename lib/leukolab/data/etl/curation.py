@@ -18,10 +18,12 @@ from leukolab.data.etl.params import EtlParams
 from leukolab.data.etl.schema import PIXEL_SUMS, SCHEMA_VERSION
 from leukolab.data.etl.splits import assign_splits, group_rows, near_duplicate_pairs, split_fractions
 
-_SAME_ON_EVERY_ROW = ("role", "status", "reason", "message")
-"""Columns of the first pass's metadata that are the same on every curated original."""
-_MASK_ROWS_ONLY = ("mask_fraction", "mask_raw_fraction")
-"""Columns filled on mask rows only; an original gets its mask's values from the audit."""
+_NOT_CURATED = (
+    "role", "status", "reason", "message",  # the same on every curated original
+    "mask_fraction", "mask_raw_fraction",  # filled on mask rows only; an original gets its mask's from the audit
+    "stem",  # what paired the masks
+)
+"""Columns of the first pass's metadata that the curated table leaves out."""
 
 
 @dataclass
@@ -67,7 +69,7 @@ def curate(meta: pd.DataFrame, params: EtlParams, near_search=near_duplicate_pai
         if isinstance(r.mask_path, str):
             quarantine.append({"source_path": r.mask_path, "reason": "conflicting_labels", "message": "its original was quarantined"})
     chosen = chosen[~conflicting].sort_values("source_path")
-    taken = [column for column in meta.columns if column not in (*_SAME_ON_EVERY_ROW, *_MASK_ROWS_ONLY)]
+    taken = [column for column in meta.columns if column not in _NOT_CURATED]
     originals = meta.loc[chosen.index, taken]
     originals.index = pd.RangeIndex(len(originals))
     originals["class_name"] = chosen["class_name"].to_numpy()  # the shared label where a label_map maps
@@ -89,8 +91,9 @@ def curate(meta: pd.DataFrame, params: EtlParams, near_search=near_duplicate_pai
     classes = params.classes or sorted(originals["class_name"].unique())
     originals["label"] = originals["class_name"].map({name: i for i, name in enumerate(classes)})
     paths, hashes = originals["source_path"], originals["content_hash"]
+    shared = duplicate_group.duplicated(keep=False)  # rows in a group of two or more: a list per group, not per row
     duplicates = Duplicates(
-        groups=sorted(sorted(group) for group in paths.groupby(duplicate_group).agg(list) if len(group) > 1),
+        groups=sorted(sorted(group) for group in paths[shared].groupby(duplicate_group[shared]).agg(list)),
         near_pairs=[{"a": paths[i], "b": paths[j], "distance": d} for i, j, d in near if hashes[i] != hashes[j]],
     )
     quarantine.sort(key=lambda q: q["source_path"])
@@ -121,7 +124,7 @@ def fingerprint(meta: pd.DataFrame, params: EtlParams, layout: str) -> str:
 def build_manifest(name, raw_dir, layout, params, fingerprint, meta, table, quarantine, duplicates: Duplicates) -> dict:
     """The dataset's manifest; checks that no file was lost and that at most ``max_bad_fraction`` were unusable."""
     classes = params.classes or sorted(table["class_name"].unique())
-    train = table[table["split"] == "train"]
+    train = table.loc[table["split"] == "train", list(PIXEL_SUMS)]
     pixels = params.image_size**2 * max(len(train), 1)
     sums = np.sum(np.ascontiguousarray(train[list(PIXEL_SUMS[:3])]), 0) if len(train) else np.zeros(3)
     squares = np.sum(np.ascontiguousarray(train[list(PIXEL_SUMS[3:])]), 0) if len(train) else np.zeros(3)
@@ -139,7 +142,7 @@ def build_manifest(name, raw_dir, layout, params, fingerprint, meta, table, quar
             f"{params.max_bad_fraction}; first reasons: {quarantine[:5]}"
         )
     reasons = pd.Series([q["reason"] for q in quarantine], dtype=object).value_counts()
-    with_patient = table[table["patient_id"].notna()]
+    with_patient = table.loc[table["patient_id"].notna(), ["split", "patient_id"]]
     return {
         "schema_version": SCHEMA_VERSION,
         "dataset": name,

@@ -42,7 +42,7 @@ from leukolab.data.etl import labels as csv_labels
 from leukolab.data.etl.curation import build_manifest, curate, fingerprint
 from leukolab.data.etl.extra_sources import add_extra_rows, resolve_extra_sources
 from leukolab.data.etl.masks import derive_mask, nucleus_estimate, pack_bitmap
-from leukolab.data.etl.memory import large_allocations_returned, return_freed_memory
+from leukolab.data.etl.memory import arrow_through_malloc, large_allocations_returned, return_freed_memory
 from leukolab.data.etl.near_duplicates import find_near_duplicates
 from leukolab.data.etl.params import EtlParams
 from leukolab.data.etl.parquet import write_dataset
@@ -62,11 +62,14 @@ def process_file(relative_path: str, content: bytes, layout: Layout, params: Etl
     """Decode, validate, resize, encode and hash one raw file (runs on Spark workers).
 
     ``masked``: the ``(class_name, stem)`` of every mask file (:func:`mask_keys`). Only an original with a mask
-    gets the colour estimate of its nuclei that the mask audit compares (``bitmap``); ``None``: every original.
+    gets its ``stem`` (what pairs it) and the colour estimate of its nuclei that the mask audit compares
+    (``bitmap``); ``None``: every original.
     """
     source = layout.locate(relative_path)
     row = dict.fromkeys(PROCESSED_COLUMNS)
-    row.update(source_path=relative_path, role=source.role, class_name=source.class_name, stem=source.stem,
+    pairable = source.role != "original" or masked is None or (source.class_name, source.stem) in masked
+    row.update(source_path=relative_path, role=source.role, class_name=source.class_name,
+               stem=source.stem if pairable else None,  # only where a mask can pair: 6 MB less at 100,000 smears
                patient_id=source.patient_id, status="ok", content_hash=hashlib.sha256(content).hexdigest())
     if source.role in ("ignored", "label_file"):
         return {**row, "status": "quarantined" if source.role == "ignored" else "label_file",
@@ -85,7 +88,7 @@ def process_file(relative_path: str, content: bytes, layout: Layout, params: Etl
         return row
     resized = resize_square(image, params.image_size)
     row["png"] = encode_png(resized, params.png_compress_level)
-    if masked is None or (source.class_name, source.stem) in masked:
+    if pairable:
         row["bitmap"] = pack_bitmap(nucleus_estimate(resized, params.mask_min_component))
     row["phash"] = perceptual_hash(resized)
     counts = np.asarray(resized.histogram(), dtype=np.float64).reshape(3, 256)  # exact, and far faster than numpy sums
@@ -111,8 +114,8 @@ def _process_batches(root_uri: str, layout: Layout, params: EtlParams, parts_dir
     """The first pass's ``mapInPandas`` function: binaryFile rows in, metadata out, encoded images to a part file per batch.
 
     Part files get unique names, so a retried or speculative task attempt
-    never overwrites one that the driver's metadata points to. ``prefix`` starts every ``source_path`` (an extra
-    source's rows: :mod:`leukolab.data.etl.extra_sources`).
+    never overwrites one that the driver's metadata points to; a row's ``part`` is its file's name in ``parts_dir``.
+    ``prefix`` starts every ``source_path`` (an extra source's rows: :mod:`leukolab.data.etl.extra_sources`).
     """
     root = unquote(root_uri)  # Spark's paths are URIs: a space in a name arrives as %20
 
@@ -124,10 +127,10 @@ def _process_batches(root_uri: str, layout: Layout, params: EtlParams, parts_dir
             encoded = frame["png"].notna()
             frame["part"], frame["png_bytes"] = None, frame["png"].map(len, na_action="ignore")
             if encoded.any():
-                part = f"{parts_dir}/part-{uuid.uuid4().hex}.parquet"
+                part = f"part-{uuid.uuid4().hex}.parquet"
                 pixels = pa.table({"source_path": frame.loc[encoded, "source_path"].tolist(),
                                    "png": pa.array(frame.loc[encoded, "png"].tolist(), pa.binary())})
-                pq.write_table(pixels, part, compression="none", use_dictionary=False)
+                pq.write_table(pixels, f"{parts_dir}/{part}", compression="none", use_dictionary=False)
                 frame.loc[encoded, "part"] = part
             yield frame.drop(columns="png")
 
@@ -163,16 +166,18 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
     staging = Path(output_root).resolve() / dataset_name / f".staging-{uuid.uuid4().hex[:8]}"
     (staging / "processed").mkdir(parents=True)
     try:
-        with _spark_conf(spark, _session_settings(raw_dir, on_disk, tasks)):
-            meta = _first_pass(spark, raw_dir, on_disk, located, params, staging / "processed")
+        settings, masked = _session_settings(raw_dir, on_disk, tasks), mask_keys(located, on_disk)
+        del on_disk  # listed again after the first pass, rather than held through it: 9 MB at 100,000 smears
+        with _spark_conf(spark, settings):
+            meta = _first_pass(spark, raw_dir, located, params, staging / "processed", masked)
             if params.acquisition_column is not None:
                 meta["acquisition_key"] = meta["source_path"].map(located.labels.acquisition_keys)
-            extra_metas = [_first_pass(spark, extra.root, extra.files, extra.layout, extra.params, staging / "processed",
-                                       extra.prefix) for extra in extras]
-        del on_disk  # meta lists every file now (9 MB of paths at 100,000 smears)
+            extra_metas = [_first_pass(spark, extra.root, extra.layout, extra.params, staging / "processed",
+                                       mask_keys(extra.layout, extra.files), extra.prefix) for extra in extras]
         processed_at = time.perf_counter()
         table, quarantine, duplicates = curate(meta, params, partial(find_near_duplicates, spark=spark))
-        meta = meta[["source_path", "role", "status", "content_hash", "part"]]  # what the later steps read
+        for column in meta.columns.difference(["source_path", "role", "status", "content_hash", "part"]):
+            del meta[column]  # only what the later steps read; in place, as every column is its own block
         return_freed_memory()
         csv_labels.require_two_classes(table["class_name"], layout, params.layout is None, meta["source_path"],
                                        params.label_map)
@@ -189,7 +194,7 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
             log.info("dataset %s is up to date (fingerprint %s); reusing it", dataset_name, dataset_fingerprint)
             return Path(output_root) / dataset_name / dataset_fingerprint
         curated_at = time.perf_counter()
-        write_dataset(spark, meta, table, staging / "data", tasks)
+        write_dataset(spark, meta, table, staging / "processed", staging / "data", tasks)
         shutil.rmtree(staging / "processed")
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if dataset_dir.exists():
@@ -202,10 +207,10 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
     return Path(output_root) / dataset_name / dataset_fingerprint
 
 
-def _first_pass(spark, root: Path, on_disk: list[str], layout: Layout, params: EtlParams, parts_dir: Path,
+def _first_pass(spark, root: Path, layout: Layout, params: EtlParams, parts_dir: Path, masked: frozenset,
                 prefix: str = "") -> pd.DataFrame:
     """The first pass over one folder: every file's metadata (``source_path`` starting with ``prefix``), its
-    encoded image in a part file under ``parts_dir``."""
+    encoded image in a part file under ``parts_dir``; ``masked``: :func:`mask_keys` of its files."""
     from pyspark.sql import functions as F
 
     root_uri = root.as_uri().replace("file:///", "file:/") + "/"
@@ -218,16 +223,19 @@ def _first_pass(spark, root: Path, on_disk: list[str], layout: Layout, params: E
     relative = F.expr(f"substring(path, {len(root_uri) + 1})")
     files = files.filter(~relative.rlike(r"(^|/)\.")).select("path", "content")  # hidden files are not data
     processed = files.mapInPandas(
-        _process_batches(root_uri, layout, params, str(parts_dir), mask_keys(layout, on_disk), prefix), META_SCHEMA)
-    # Through Arrow, each column freed as it is converted: a peak about 30 MB lower at 100,000 smears than
-    # toPandas's, which holds the batches, the table and the converted columns at once.
-    meta = processed.toArrow().to_pandas(self_destruct=True, split_blocks=True, use_threads=False)
+        _process_batches(root_uri, layout, params, str(parts_dir), masked, prefix), META_SCHEMA)
+    # Through Arrow, each column's buffer freed as it is converted (selfDestruct gives every column its own, and
+    # malloc unmaps it at once): a lower peak than toPandas's, which holds the batches, the table and the pandas
+    # columns at once.
+    with arrow_through_malloc():
+        meta = processed.toArrow().to_pandas(self_destruct=True, split_blocks=True, use_threads=False)
     return_freed_memory()
-    return _add_unread_files(meta, root, on_disk, prefix)
+    return _add_unread_files(meta, root, walk_files(root), prefix)
 
 
 def _session_settings(raw_dir: Path, on_disk: list[str], partitions: int) -> dict[str, str]:
-    """Spark SQL settings for one run: the input cut into about ``partitions`` parts of equal bytes.
+    """Spark SQL settings for one run: the input cut into about ``partitions`` parts of equal bytes, and the
+    collected metadata in one buffer per column (``selfDestruct``: :func:`_first_pass`).
 
     Spark's defaults count 4 MB of "open cost" per file, which turns 2,000
     small JPEGs into ~60 tasks whose fixed cost (a Python round trip each)
@@ -236,7 +244,8 @@ def _session_settings(raw_dir: Path, on_disk: list[str], partitions: int) -> dic
     open_cost = 8 * 1024
     total = sum((raw_dir / path).stat().st_size + open_cost for path in on_disk)
     per_partition = min(_MAX_PARTITION_BYTES, max(open_cost, math.ceil(total / max(partitions, 1))))
-    return {"spark.sql.files.openCostInBytes": str(open_cost), "spark.sql.files.maxPartitionBytes": str(per_partition)}
+    return {"spark.sql.files.openCostInBytes": str(open_cost), "spark.sql.files.maxPartitionBytes": str(per_partition),
+            "spark.sql.execution.arrow.pyspark.selfDestruct.enabled": "true"}
 
 
 @contextlib.contextmanager

@@ -29,14 +29,13 @@ def leaked_test_images(table: pd.DataFrame, split, near_pairs: list[dict]) -> di
     of the same patient (``patient``; ``None`` without patient ids) in train, under ``split`` (one per row)."""
     split = pd.Series(np.asarray(split, dtype=object), index=table.index)
     test, train = split == "test", split == "train"
-    train_hashes = set(table.loc[train, "content_hash"])
-    position = {path: i for i, path in enumerate(table["source_path"])}
+    paths = pd.Index(table["source_path"])
+    first, second = (paths.get_indexer([pair[end] for pair in near_pairs]) for end in ("a", "b"))
     in_train, is_test = train.to_numpy(), test.to_numpy()
-    near_test = {position[p[b]] for p in near_pairs for a, b in (("a", "b"), ("b", "a"))
-                 if in_train[position[p[a]]] and is_test[position[p[b]]]}
+    near_test = set(second[in_train[first] & is_test[second]]) | set(first[in_train[second] & is_test[first]])
     patients = table["patient_id"]
     return {
-        "exact": int(table.loc[test, "content_hash"].isin(train_hashes).sum()),
+        "exact": int(table.loc[test, "content_hash"].isin(table.loc[train, "content_hash"]).sum()),
         "near": len(near_test),
         "patient": int(patients[test].dropna().isin(set(patients[train].dropna())).sum()) if patients.notna().any() else None,
     }

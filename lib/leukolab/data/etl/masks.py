@@ -178,7 +178,7 @@ def masks_manifest(table: pd.DataFrame, classes: list[str], params) -> dict:
     the parameters and a shortcut warning (or null)."""
     per_class = {}
     for name in classes:
-        rows = table[table["class_name"] == name]
+        rows = table.loc[table["class_name"] == name, ["mask_status", "mask_fraction", "mask_reason"]]
         with_file = rows[rows["mask_status"].notna()]
         quartiles = with_file["mask_fraction"].quantile([0.25, 0.5, 0.75]).tolist() if len(with_file) else [None] * 3
         per_class[name] = {
@@ -188,7 +188,8 @@ def masks_manifest(table: pd.DataFrame, classes: list[str], params) -> dict:
             "fraction_q1": _round(quartiles[0]), "fraction_median": _round(quartiles[1]), "fraction_q3": _round(quartiles[2]),
         }
     change = (table["mask_fraction"] - table["mask_raw_fraction"]).dropna()
-    implausible = table[table["mask_status"] == "implausible"].sort_values("source_path")
+    implausible = table.loc[table["mask_status"] == "implausible",
+                            ["source_path", "mask_path", "mask_reason", "mask_message"]].sort_values("source_path")
     return {
         "parameters": {name: getattr(params, name) for name in ("mask_threshold", "mask_min_component", "mask_fill_holes",
                                                                  "mask_min_fraction", "mask_min_agreement", "mask_min_relative")},
