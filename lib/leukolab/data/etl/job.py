@@ -42,12 +42,12 @@ from leukolab.data.etl import labels as csv_labels
 from leukolab.data.etl.curation import build_manifest, curate, fingerprint
 from leukolab.data.etl.extra_sources import add_extra_rows, resolve_extra_sources
 from leukolab.data.etl.masks import derive_mask, nucleus_estimate, pack_bitmap
-from leukolab.data.etl.memory import arrow_through_malloc, large_allocations_returned, return_freed_memory
+from leukolab.data.etl.memory import arrow_through_malloc, arrow_to_pandas, large_allocations_returned, return_freed_memory
 from leukolab.data.etl.near_duplicates import find_near_duplicates
 from leukolab.data.etl.params import EtlParams
 from leukolab.data.etl.parquet import write_dataset
 from leukolab.data.etl.raw_files import walk_files
-from leukolab.data.etl.schema import META_SCHEMA, PIXEL_SUMS, PROCESSED_COLUMNS
+from leukolab.data.etl.schema import DISTINCT_META_COLUMNS, META_SCHEMA, PIXEL_SUMS, PROCESSED_COLUMNS
 from leukolab.data.etl.sources import Layout, detect_layout
 from leukolab.images import ImageRejected, decode_image, encode_png, resize_square
 
@@ -224,12 +224,10 @@ def _first_pass(spark, root: Path, layout: Layout, params: EtlParams, parts_dir:
     files = files.filter(~relative.rlike(r"(^|/)\.")).select("path", "content")  # hidden files are not data
     processed = files.mapInPandas(
         _process_batches(root_uri, layout, params, str(parts_dir), masked, prefix), META_SCHEMA)
-    # Through Arrow, each column's buffer freed as it is converted (selfDestruct gives every column its own, and
-    # malloc unmaps it at once): a lower peak than toPandas's, which holds the batches, the table and the pandas
-    # columns at once.
+    # Through Arrow, each column's buffers freed as it is converted (selfDestruct gives every column its own): a
+    # lower peak than toPandas's, which holds the batches, the table and the pandas columns at once.
     with arrow_through_malloc():
-        meta = processed.toArrow().to_pandas(self_destruct=True, split_blocks=True, use_threads=False)
-    return_freed_memory()
+        meta = arrow_to_pandas(processed.toArrow(), distinct=DISTINCT_META_COLUMNS)
     return _add_unread_files(meta, root, walk_files(root), prefix)
 
 

@@ -23,6 +23,8 @@ PROCESSED_SCHEMA = (
 PROCESSED_COLUMNS = tuple(column.split()[0] for column in PROCESSED_SCHEMA.split(", "))
 META_SCHEMA = PROCESSED_SCHEMA.replace("png binary", "part string, png_bytes int")
 """What the first pass returns to Spark: the processed row without its PNG, the part file that holds it and its size."""
+DISTINCT_META_COLUMNS = ("source_path", "stem", "content_hash", "phash")
+"""Columns of :data:`META_SCHEMA` whose values differ from file to file (where set)."""
 DATASET_SCHEMA = pa.schema([
     ("image", pa.binary()), ("mask", pa.binary()), ("label", pa.int64()), ("class_name", pa.string()),
     ("split", pa.string()), ("source_path", pa.string()), ("content_hash", pa.string()), ("patient_id", pa.string()),
