@@ -6,6 +6,7 @@ module; the tests then read what the run wrote. tests/test_etl_layouts.py runs t
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from leukolab.data.etl.job import run_etl
@@ -20,6 +21,12 @@ CLASSES = ["Benign", "Early", "Pre", "Pro"]
 def run(spark, raw, out, **overrides):
     settings = {"image_size": 48, "classes": CLASSES, "max_bad_fraction": 0.5, "holdouts": 1, **overrides}
     return run_etl(spark, raw, out, EtlParams(**settings))
+
+
+def layout(dataset_dir):
+    """Each dataset Parquet file's name and its rows' source paths, in order."""
+    return {path.name: pq.read_table(path, columns=["source_path"]).column(0).to_pylist()
+            for path in sorted((dataset_dir / "data").glob("*.parquet"))}
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +110,7 @@ def test_same_input_same_manifest_and_reuse(spark, planted, planted_run, tmp_pat
     second = run(spark, planted, tmp_path)
     assert first.name == second.name
     assert (first / "manifest.json").read_bytes() == (second / "manifest.json").read_bytes()
+    assert layout(first) == layout(second)  # the same rows in the same files, in the same order
     written = (first / "manifest.json").stat().st_mtime_ns
     assert run(spark, planted, first.parent.parent) == first  # reused, not rewritten
     assert (first / "manifest.json").stat().st_mtime_ns == written

@@ -43,9 +43,7 @@ def write_dataset(spark, meta: pd.DataFrame, table: pd.DataFrame, parts_dir: Pat
             writer.write_table(_curated_rows(table.iloc[start:start + _CURATED_CHUNK], part_of))
             return_freed_arrow_memory()
     data_dir.mkdir()
-    sizes = table.groupby("part")["png_bytes"].sum()
-    files = max(tasks, math.ceil(sizes.sum() / _MAX_FILE_BYTES))
-    jobs = [(index, str(parts_dir), str(data_dir), str(curated), parts) for index, parts in enumerate(_pack(sizes, files))]
+    jobs = [(index, str(parts_dir), str(data_dir), str(curated), parts) for index, parts in enumerate(output_files(table, tasks))]
     try:
         written = spark.sparkContext.parallelize(jobs, max(len(jobs), 1)).map(_write_dataset_part).sum()
     finally:
@@ -63,10 +61,23 @@ def _curated_rows(table: pd.DataFrame, part_of: dict[str, str]) -> pa.Table:
     return pa.Table.from_pandas(rows[_CURATED_SCHEMA.names], _CURATED_SCHEMA, preserve_index=False, nthreads=1)
 
 
+def output_files(table: pd.DataFrame, tasks: int) -> list[list[str]]:
+    """The part files (``part``) whose curated rows each dataset Parquet file holds: about equal bytes
+    (``png_bytes``), ``tasks`` files or more where that keeps each under ``_MAX_FILE_BYTES``.
+
+    The same rows make the same files on every run: part files are named at random and many hold equal bytes (a
+    batch of 64 images each), so they are ordered by their first ``source_path``, not by name. A training stream
+    reads in the files' order, so a rebuilt dataset trains as the first did.
+    """
+    parts = table.groupby("part").agg(size=("png_bytes", "sum"), first=("source_path", "min")).sort_values("first")
+    return _pack(parts["size"], max(tasks, math.ceil(parts["size"].sum() / _MAX_FILE_BYTES)))
+
+
 def _pack(sizes: pd.Series, bins: int) -> list[list[str]]:
-    """Items (index) into at most ``bins`` bins of about equal total size: largest first, each to the emptiest bin."""
+    """Items (index) into at most ``bins`` bins of about equal total size: largest first (equal sizes in the order
+    given), each to the emptiest bin."""
     loads, contents = [0] * min(bins, len(sizes)), [[] for _ in range(min(bins, len(sizes)))]
-    for item, size in sorted(sizes.items(), key=lambda pair: (-pair[1], pair[0])):
+    for item, size in sorted(sizes.items(), key=lambda pair: -pair[1]):
         emptiest = loads.index(min(loads))
         loads[emptiest] += size
         contents[emptiest].append(item)
