@@ -175,9 +175,8 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
             extra_metas = [_first_pass(spark, extra.root, extra.layout, extra.params, staging / "processed",
                                        mask_keys(extra.layout, extra.files), extra.prefix) for extra in extras]
         processed_at = time.perf_counter()
-        table, quarantine, duplicates = curate(meta, params, partial(find_near_duplicates, spark=spark))
-        for column in meta.columns.difference(["source_path", "role", "status", "content_hash", "part"]):
-            del meta[column]  # only what the later steps read; in place, as every column is its own block
+        table, quarantine, duplicates = curate(meta, params, partial(find_near_duplicates, spark=spark),
+                                               keep_in_meta=("source_path", "role", "status", "content_hash", "part"))
         return_freed_memory()
         csv_labels.require_two_classes(table["class_name"], layout, params.layout is None, meta["source_path"],
                                        params.label_map)
@@ -187,6 +186,7 @@ def run_etl(spark, raw_dir: str | Path, output_root: str | Path, params: EtlPara
         dataset_fingerprint = fingerprint(meta, params, layout)
         dataset_dir = staging.parent / dataset_fingerprint
         manifest = build_manifest(dataset_name, raw_dir, layout, params, dataset_fingerprint, meta, table, quarantine, duplicates)
+        return_freed_memory()
         manifest.update(csv_labels.label_entries(located.labels, table, params.label_map))
         if extras:
             manifest["extra_sources"] = extra_entries
