@@ -19,6 +19,7 @@ S: ETL + epoch wall time per smear). A shared machine slows both sizes alike onl
 
     python benchmarks/scale.py                       # 10,000 and 100,000 smears: about 30 CPU-minutes
     python benchmarks/scale.py --sizes 2000,8000     # a quick look
+    python benchmarks/scale.py --reuse --figure docs/scale.svg   # the figure in docs/scale.md, from the last run
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=8, help="simple-cnn's first channels")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/leukolab-scale"))
     parser.add_argument("--reuse", action="store_true", help="take a size's results from an earlier run's result-N.json")
+    parser.add_argument("--figure", type=Path, help="also draw peak RSS and time per smear against the size (SVG)")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     from scale_smears import generate
@@ -81,8 +83,38 @@ def main() -> None:
           f"{large['etl']['seconds'] / max(rows) / (small['etl']['seconds'] / min(rows)):.2f}, epoch time per smear "
           f"{large['train']['seconds'] / max(rows) / (small['train']['seconds'] / min(rows)):.2f}; CPU time per smear "
           f"{cpu_per_smear[max(rows)] / cpu_per_smear[min(rows)]:.2f}")
+    if args.figure:
+        draw(rows, args.figure)
     label = "/".join(f"{n // 1000}k" if n % 1000 == 0 else str(n) for n in (max(rows), min(rows)))
     print(f"peak RSS {label} = {rss:.2f}; time per smear {label} = {per_smear[max(rows)] / per_smear[min(rows)]:.2f}")
+
+
+def draw(rows: dict[int, dict], path: Path) -> None:
+    """Peak RSS and wall time per smear against the number of smears: flat lines are what scaling out needs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(rows)
+    plt.rcParams["svg.fonttype"] = "none"  # text stays text: a smaller, searchable SVG
+    figure, (memory, speed) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for label, phase_name, key in (("training rank", "train", "rss_mb"), ("its DataLoader worker", "train", "worker_rss_mb"),
+                                   ("ETL driver", "etl", "rss_mb")):
+        memory.plot(sizes, [rows[n][phase_name][key] for n in sizes], marker="o", label=label)
+    for label, phase_name in (("one streaming epoch", "train"), ("ETL", "etl")):
+        speed.plot(sizes, [rows[n][phase_name]["seconds"] * 1000 / n for n in sizes], marker="o", label=label)
+    memory.set(ylabel="peak RSS (MB)", title="Memory per process")
+    speed.set(ylabel="wall ms per smear", title="Time per smear")
+    for axes in (memory, speed):
+        axes.set(xscale="log", xlabel="smears", ylim=(0, axes.get_ylim()[1] * 1.35))  # room for the legend on top
+        axes.set_xticks(sizes, [f"{n:,}" for n in sizes])
+        axes.grid(alpha=0.3)
+        axes.legend(loc="upper center", ncol=2, fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, metadata={"Date": None})
+    plt.close(figure)
+    print(f"figure: {path}")
 
 
 def phase(name: str, *args: str) -> dict:
