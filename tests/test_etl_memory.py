@@ -31,14 +31,14 @@ def test_the_frame_is_the_one_arrow_would_convert_to():
     assert list(converted.columns) == list(expected.columns)  # distinct columns are converted last, not placed last
 
 
-def test_repeated_strings_share_one_object_and_distinct_columns_are_left_alone():
+def test_repeated_strings_share_one_object():
     converted = arrow_to_pandas(metadata_table(), distinct=("source_path", "content_hash"))
     roles = converted["role"]
     assert roles[0] is roles[1] is roles[4]  # "original", deduplicated across batches
     assert converted.loc[0, "source_path"] == "Original/Benign/s00000.jpg"
 
 
-def test_conversion_works_inside_the_malloc_settings_and_leaves_them_usable():
+def test_conversion_works_inside_large_allocations_returned():
     with large_allocations_returned():
         converted = arrow_to_pandas(metadata_table())
     assert converted.shape == (12, 5)
